@@ -1,0 +1,42 @@
+"""potluck: federated and decentralized model training on Linux.
+
+Layers, top to bottom; imports point downward only (tests/test_layers.py checks it)::
+
+    cli            commands: parse, validate, print; no logic of their own
+    apps           simulate / server / node / peer: wire a runtime to a backend
+    backends       where nodes run: in-process, process pool (later Ray, gRPC, gossip);
+                   each implements runtime's NodePool
+    observability  run reports and plots (later metrics and logs), as round hooks
+    runtime        the round loop (coordinator), NodePool seam, node runner, run directory
+    strategies     streaming aggregation rules and server optimizers
+    tasks          the Task protocol, PyTorch / scikit-learn adapters, data loaders
+    core           Params, messages, errors, config, seeds; needs only numpy
+
+``tasks`` and ``strategies`` do not know each other.
+
+The seam between *what to compute* (Task, Strategy) and *where it runs* is
+:class:`potluck.runtime.pool.NodePool`.
+"""
+
+from potluck.core import (
+    ConfigError,
+    DataError,
+    EvaluateInstruction,
+    EvaluateResult,
+    FitInstruction,
+    FitResult,
+    NodeError,
+    ParamsError,
+    Params,
+    ParamsKind,
+    PotluckError,
+    RoundFailed,
+    TaskError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError", "DataError", "EvaluateInstruction", "EvaluateResult", "FitInstruction", "FitResult",
+    "NodeError", "Params", "ParamsError", "ParamsKind", "PotluckError", "RoundFailed", "TaskError", "__version__",
+]

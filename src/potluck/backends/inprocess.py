@@ -1,0 +1,51 @@
+"""Every virtual node in this process, one after another, sharing one Task instance.
+
+The fastest backend for small models: no serialisation, no worker start-up. A call
+cannot be interrupted, so the deadline is checked between nodes: instructions not yet
+started when it passes yield ``NodeTimedOut``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TypeVar
+
+from potluck.core.errors import NodeError, NodeTimedOut
+from potluck.core.messages import EvaluateInstruction, FitInstruction
+from potluck.runtime.node import NodeData, NodeRunner
+from potluck.runtime.pool import EvaluateOutcome, FitOutcome
+from potluck.tasks.protocol import Task
+
+I = TypeVar("I", FitInstruction, EvaluateInstruction)
+R = TypeVar("R")
+
+
+class InProcessPool:
+    def __init__(self, task: Task, data: Mapping[str, NodeData], clock: Callable[[], float] = time.monotonic) -> None:
+        self.runner = NodeRunner(task, data)
+        self._ids = list(data)
+        self._clock = clock
+
+    def node_ids(self) -> Sequence[str]:
+        return self._ids
+
+    def fit(self, instructions: Sequence[FitInstruction], timeout: float) -> Iterator[FitOutcome]:
+        return self._run(instructions, timeout, self.runner.fit)
+
+    def evaluate(self, instructions: Sequence[EvaluateInstruction], timeout: float) -> Iterator[EvaluateOutcome]:
+        return self._run(instructions, timeout, self.runner.evaluate)
+
+    def _run(self, instructions: Sequence[I], timeout: float, call: Callable[[I], R]) -> Iterator[R | NodeError]:
+        deadline = self._clock() + timeout
+        for ins in instructions:
+            if self._clock() >= deadline:
+                yield NodeTimedOut(ins.node_id, f"round deadline of {timeout:g} s passed before it ran")
+                continue
+            try:
+                yield call(ins)
+            except NodeError as exc:
+                yield exc
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,67 @@
+"""Test helpers users can use too: a pool of scripted in-memory nodes and a fake clock.
+
+>>> pool = ScriptedPool({"a": lambda ins: FitResult(ins.round, "a", zero_delta(ins.params), 10)})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from potluck.core.errors import NodeError, NodeFailed
+from potluck.core.messages import EvaluateInstruction, EvaluateResult, FitInstruction, FitResult
+from potluck.core.params import Params, ParamsKind
+from potluck.runtime.pool import EvaluateOutcome, FitOutcome
+
+FitScript = Callable[[FitInstruction], FitResult]
+
+
+def zero_delta(params: Params) -> Params:
+    return Params.from_arrays({k: np.zeros_like(v) for k, v in params.items()}, ParamsKind.DELTA, copy=False)
+
+
+class ScriptedPool:
+    """Each node is a function of its instruction. ``order`` (optional) reorders results,
+    to test that the coordinator does not depend on arrival order. A script that raises
+    yields ``NodeFailed`` (or the ``NodeError`` it raised)."""
+
+    def __init__(self, scripts: Mapping[str, FitScript], order: Callable[[list[str]], list[str]] | None = None) -> None:
+        self.scripts = dict(scripts)
+        self.order = order
+        self.calls: list[FitInstruction] = []
+
+    def node_ids(self) -> Sequence[str]:
+        return list(self.scripts)
+
+    def fit(self, instructions: Sequence[FitInstruction], timeout: float) -> Iterator[FitOutcome]:
+        by_node = {ins.node_id: ins for ins in instructions}
+        nodes = self.order(list(by_node)) if self.order else list(by_node)
+        for node in nodes:
+            self.calls.append(by_node[node])
+            try:
+                yield self.scripts[node](by_node[node])
+            except NodeError as exc:
+                yield exc
+            except Exception as exc:
+                yield NodeFailed(node, f"{type(exc).__name__}: {exc}")
+
+    def evaluate(self, instructions: Sequence[EvaluateInstruction], timeout: float) -> Iterator[EvaluateOutcome]:
+        for ins in instructions:
+            yield EvaluateResult(ins.round, ins.node_id, 0.0, 1, {"accuracy": 1.0})
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class FakeClock:
+    """A clock that moves only when told to: ``clock.advance(5)``."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -1,0 +1,25 @@
+"""The ``potluck`` command: one sub-command per module in this package."""
+
+from __future__ import annotations
+
+import typer
+
+from potluck.cli import simulate
+
+app = typer.Typer(
+    name="potluck",
+    help="Federated and decentralized model training: every node keeps its data, only updates travel.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("simulate", help=simulate.HELP)(simulate.simulate)
+
+
+@app.callback()
+def _root() -> None:
+    """potluck: federated training on Linux. Start with `potluck simulate`."""
+
+
+def main() -> None:
+    app()

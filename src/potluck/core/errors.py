@@ -1,0 +1,90 @@
+"""The one exception tree of potluck.
+
+Every error potluck raises on purpose derives from :class:`PotluckError`, so a caller
+can catch the project's own failures without swallowing programming errors::
+
+    PotluckError
+    ├── ConfigError          an option, a TOML value or a name (strategy, task) is invalid
+    ├── DataError            a data file is missing, malformed or cannot be partitioned
+    ├── TaskError            user Task code failed or a Task spec cannot be resolved
+    ├── ParamsError          parameters cannot be decoded or do not fit
+    │   ├── SchemaMismatch   names, shapes or dtypes differ from the expected schema
+    │   └── NonFiniteError   an array holds NaN or Inf
+    ├── StrategyError        an aggregation rule was misused (e.g. nothing to aggregate)
+    ├── NodeError            a node did not deliver a result for an instruction
+    │   ├── NodeFailed       it broke: raised, crashed, or sent something unusable
+    │   ├── NodeTimedOut     it missed the round deadline
+    │   └── NodeLeft         it left on purpose (clean shutdown), not a fault
+    ├── RoundFailed          a round could not commit (quorum not met after retries)
+    └── RunDirError          a run directory is missing, inconsistent or not writable
+
+Messages name the file, option or node concerned, because they are shown to people
+as the one-line reason a command failed.
+"""
+
+from __future__ import annotations
+
+
+class PotluckError(Exception):
+    """Base class of every error potluck raises on purpose."""
+
+
+class ConfigError(PotluckError):
+    """An option, a configuration file value or a named component is invalid."""
+
+
+class DataError(PotluckError):
+    """A data source is missing, malformed, or cannot be split as asked."""
+
+
+class TaskError(PotluckError):
+    """A Task cannot be resolved, or user Task code failed."""
+
+
+class ParamsError(PotluckError):
+    """Parameters cannot be decoded, or they do not fit where they are used."""
+
+
+class SchemaMismatch(ParamsError):
+    """Parameter names, shapes or dtypes differ from the expected schema."""
+
+
+class NonFiniteError(ParamsError):
+    """An array holds NaN or Inf values."""
+
+
+class StrategyError(PotluckError):
+    """An aggregation rule or strategy was used in a way it does not support."""
+
+
+class NodeError(PotluckError):
+    """A node did not deliver a usable result for an instruction."""
+
+    def __init__(self, node_id: str, reason: str) -> None:
+        super().__init__(f"node {node_id}: {reason}")
+        self.node_id = node_id
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Crosses process boundaries (process pool); rebuild from the two fields.
+        return (type(self), (self.node_id, self.reason))
+
+
+class NodeFailed(NodeError):
+    """The node broke: its code raised, its process died, or its result was unusable."""
+
+
+class NodeTimedOut(NodeError):
+    """The node did not answer before the round deadline."""
+
+
+class NodeLeft(NodeError):
+    """The node left the run on purpose; not counted as a fault."""
+
+
+class RoundFailed(PotluckError):
+    """A round could not be committed, for example because the quorum was not met."""
+
+
+class RunDirError(PotluckError):
+    """A run directory is missing, inconsistent with the requested run, or not writable."""

@@ -1,0 +1,72 @@
+"""What a node does with an instruction, the same for every backend.
+
+A virtual node is just its data split, so one Task (one model instance) can serve
+many of them in turn: :class:`NodeRunner` holds the Task and looks up the node's data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from potluck.core.errors import NodeFailed, NodeLeft, PotluckError
+from potluck.core.messages import EvaluateInstruction, EvaluateResult, FitInstruction, FitResult
+from potluck.core.params import Params, ParamsKind
+from potluck.tasks.data.dataset import Dataset
+from potluck.tasks.protocol import Task
+
+
+@dataclass(frozen=True)
+class NodeData:
+    """One node's local data: ``train`` for fitting, ``val`` (maybe empty) for evaluation."""
+
+    train: Dataset
+    val: Dataset
+
+
+def delta(trained: Params, start: Params) -> Params:
+    """``trained − start`` per array, as a DELTA; schemas must match."""
+    trained.check_schema(start.schema, what="trained parameters")
+    return Params.from_arrays(
+        {k: trained[k] - start[k] for k in start}, ParamsKind.DELTA, copy=False
+    )
+
+
+class NodeRunner:
+    """Runs instructions for the nodes whose data it holds, with one Task instance."""
+
+    def __init__(self, task: Task, data: Mapping[str, NodeData]) -> None:
+        self.task = task
+        self.data = data
+
+    def _node(self, node_id: str) -> NodeData:
+        try:
+            return self.data[node_id]
+        except KeyError:
+            raise NodeLeft(node_id, "no such node in this pool") from None
+
+    def fit(self, ins: FitInstruction) -> FitResult:
+        node = self._node(ins.node_id)
+        started = time.perf_counter()
+        try:
+            out = self.task.fit(ins.params, node.train, ins.config, ins.seed)
+            update = delta(out.params, ins.params)
+        except PotluckError as exc:
+            raise NodeFailed(ins.node_id, f"fit failed: {exc}") from exc
+        except Exception as exc:  # user Task code: any failure is this node's failure
+            raise NodeFailed(ins.node_id, f"fit raised {type(exc).__name__}: {exc}") from exc
+        metrics = {**out.metrics, "fit_seconds": time.perf_counter() - started}
+        return FitResult(ins.round, ins.node_id, update, out.num_examples, metrics)
+
+    def evaluate(self, ins: EvaluateInstruction) -> EvaluateResult:
+        node = self._node(ins.node_id)
+        if len(node.val) == 0:
+            return EvaluateResult(ins.round, ins.node_id, float("nan"), 0, {})
+        try:
+            out = self.task.evaluate(ins.params, node.val)
+        except PotluckError as exc:
+            raise NodeFailed(ins.node_id, f"evaluate failed: {exc}") from exc
+        except Exception as exc:
+            raise NodeFailed(ins.node_id, f"evaluate raised {type(exc).__name__}: {exc}") from exc
+        return EvaluateResult(ins.round, ins.node_id, out.loss, out.num_examples, dict(out.metrics))

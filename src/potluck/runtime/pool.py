@@ -1,0 +1,43 @@
+"""The seam between *what to compute* and *where it runs*: a pool of nodes.
+
+The coordinator drives every backend (in-process, process pool, Ray, gRPC fleet)
+through this one interface, so sampling, deadlines, quorum, aggregation and commits
+behave the same in simulation and deployment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Protocol, Union
+
+from potluck.core.errors import NodeError
+from potluck.core.messages import EvaluateInstruction, EvaluateResult, FitInstruction, FitResult
+
+FitOutcome = Union[FitResult, NodeError]
+EvaluateOutcome = Union[EvaluateResult, NodeError]
+
+
+class NodePool(Protocol):
+    """Nodes that can be asked to fit and evaluate.
+
+    ``fit`` and ``evaluate`` yield exactly one outcome per instruction, in any order,
+    as they complete: a result, or a :class:`NodeError` (``NodeFailed``,
+    ``NodeTimedOut``, ``NodeLeft``) naming the node. ``timeout`` is in seconds from the
+    call; once it passes, every outstanding instruction yields ``NodeTimedOut`` and
+    the iterator ends. An implementation never blocks past the timeout by more than
+    the time one in-process call takes to return.
+    """
+
+    def node_ids(self) -> Sequence[str]:
+        """Nodes available for the next round, in a stable order."""
+        ...
+
+    def fit(self, instructions: Sequence[FitInstruction], timeout: float) -> Iterator[FitOutcome]:
+        ...
+
+    def evaluate(self, instructions: Sequence[EvaluateInstruction], timeout: float) -> Iterator[EvaluateOutcome]:
+        ...
+
+    def close(self) -> None:
+        """Release workers and connections; idempotent."""
+        ...

@@ -1,0 +1,43 @@
+"""What one committed round produced: the line written to ``metrics.jsonl``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """Figures of one committed round.
+
+    ``accuracy``/``loss`` come from centralized evaluation on the held-out set (NaN
+    when there is none); ``federated_*`` from the nodes' validation splits when that
+    round ran federated evaluation. ``failures`` counts results not aggregated, by
+    reason (``failed``, ``timed_out``, ``left``, ``rejected``).
+    """
+
+    round: int
+    accuracy: float
+    loss: float
+    num_nodes: int
+    sampled: int
+    seconds: float
+    model_digest: str
+    attempts: int = 1
+    num_examples: int = 0
+    train_loss: float = math.nan
+    federated_accuracy: float = math.nan
+    federated_loss: float = math.nan
+    failures: Mapping[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        # JSON has no NaN: missing figures are written as null.
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RoundRecord:
+        known = {k: (math.nan if v is None else v) for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["failures"] = dict(data.get("failures") or {})
+        return cls(**known)

@@ -1,0 +1,124 @@
+"""Built-in tasks and the resolution of a task name (``digits`` or ``module:attribute``).
+
+| name            | model                        | data                                   |
+|-----------------|------------------------------|----------------------------------------|
+| digits          | PyTorch MLP 64-64-10 (SGD, momentum 0.9, 5 local epochs) | scikit-learn's bundled 8×8 digits       |
+| digits-sklearn  | scikit-learn SGDClassifier   | scikit-learn's bundled 8×8 digits       |
+| mlp             | PyTorch MLP (hidden 128)     | ``--data-path`` (CSV, NPZ, IDX, images) |
+| cnn             | PyTorch small CNN            | ``--data-path`` images (IDX, folders)   |
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from potluck.core.errors import DataError, TaskError
+from potluck.tasks.data.dataset import Dataset
+from potluck.tasks.protocol import Task
+
+DEFAULT_TASK = "digits"
+
+
+def load_digits(path: Path | None = None) -> Dataset:
+    """scikit-learn's bundled 8×8 digits (1,797 examples), pixels scaled to [0, 1].
+
+    Read straight from the file scikit-learn ships, without importing scikit-learn
+    (which costs more than a second of start-up). A ``path`` loads any data instead.
+    """
+    if path is not None:
+        from potluck.tasks.data.loaders import load_dataset
+
+        return load_dataset(path)
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the digits data set ships with scikit-learn: pip install scikit-learn")
+    file = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    if not file.is_file():
+        raise DataError(f"scikit-learn's digits file is missing: {file}")
+    table = np.loadtxt(file, delimiter=",", dtype=np.float32)
+    x = np.ascontiguousarray(table[:, :-1] / 16.0, dtype=np.float32)
+    return Dataset(x, table[:, -1].astype(np.int64), source=str(file))
+
+
+def _load_path(path: Path | None, *, task: str) -> Dataset:
+    if path is None:
+        raise DataError(f"the {task} task trains on your data: pass --data-path")
+    from potluck.tasks.data.loaders import load_dataset
+
+    return load_dataset(path)
+
+
+def _digits() -> Task:
+    from potluck.tasks.models import mlp
+    from potluck.tasks.torch_task import FitSettings, TorchClassifierTask
+
+    return TorchClassifierTask(
+        "digits",
+        partial(mlp, hidden=(64,)),
+        load_digits,
+        defaults=FitSettings(lr=0.05, momentum=0.9, epochs=5, batch_size=32),
+    )
+
+
+def _digits_sklearn() -> Task:
+    from potluck.tasks.sklearn_task import SklearnLinearTask
+
+    return SklearnLinearTask("digits-sklearn", load_digits)
+
+
+def _mlp() -> Task:
+    from potluck.tasks.models import mlp
+    from potluck.tasks.torch_task import TorchClassifierTask
+
+    return TorchClassifierTask("mlp", partial(mlp, hidden=(128,)), partial(_load_path, task="mlp"))
+
+
+def _cnn() -> Task:
+    from potluck.tasks.models import small_cnn
+    from potluck.tasks.torch_task import FitSettings, TorchClassifierTask
+
+    return TorchClassifierTask(
+        "cnn", small_cnn, partial(_load_path, task="cnn"), defaults=FitSettings(lr=0.05), num_threads=None
+    )
+
+
+BUILTIN_TASKS: dict[str, Callable[[], Task]] = {
+    "digits": _digits,
+    "digits-sklearn": _digits_sklearn,
+    "mlp": _mlp,
+    "cnn": _cnn,
+}
+
+
+def resolve_task(spec: str) -> Task:
+    """A fresh Task for a built-in name or ``package.module:attribute``.
+
+    The attribute may be a Task instance or a callable with no arguments returning one.
+    Raises :class:`TaskError` naming what could not be found or what is missing.
+    """
+    if spec in BUILTIN_TASKS:
+        return BUILTIN_TASKS[spec]()
+    if ":" not in spec:
+        raise TaskError(
+            f"unknown task {spec!r}: use one of {', '.join(BUILTIN_TASKS)} or module:attribute"
+        )
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise TaskError(f"task {spec!r}: cannot import module {module_name!r}: {exc}") from exc
+    try:
+        obj = getattr(module, attr)
+    except AttributeError as exc:
+        raise TaskError(f"task {spec!r}: module {module_name!r} has no attribute {attr!r}") from exc
+    task = obj if isinstance(obj, Task) else obj() if callable(obj) else obj
+    missing = [m for m in ("name", "load_data", "build", "fit", "evaluate") if not hasattr(task, m)]
+    if missing:
+        raise TaskError(f"task {spec!r} is not a Task: it lacks {', '.join(missing)}")
+    return task  # type: ignore[no-any-return]

@@ -1,0 +1,77 @@
+"""SGD (with momentum, weight decay) and Adam as plain tensor updates.
+
+``torch.optim`` imports ``torch._dynamo`` the first time an optimizer is created,
+which costs 1–2 s per process: more than a whole simulated run of a small model. These
+updates follow ``torch.optim.SGD`` and ``torch.optim.Adam`` (default options, no
+``nesterov``/``amsgrad``) step for step; the tests check them against torch.optim.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+
+
+class LocalSGD:
+    def __init__(self, params: Iterable[torch.Tensor], lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self._buffers: list[torch.Tensor | None] = [None] * len(self.params)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            d = p.grad
+            if self.weight_decay:
+                d = d.add(p, alpha=self.weight_decay)
+            if self.momentum:
+                buf = self._buffers[i]
+                if buf is None:
+                    buf = self._buffers[i] = d.clone()
+                else:
+                    buf.mul_(self.momentum).add_(d)
+                d = buf
+            p.add_(d, alpha=-self.lr)
+
+
+class LocalAdam:
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor],
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        self._m = [torch.zeros_like(p) for p in self.params]
+        self._v = [torch.zeros_like(p) for p in self.params]
+        self._t = 0
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self._t += 1
+        b1, b2 = self.betas
+        correction1 = 1 - b1**self._t
+        correction2_sqrt = math.sqrt(1 - b2**self._t)
+        for p, m, v in zip(self.params, self._m, self._v):
+            if p.grad is None:
+                continue
+            g = p.grad if not self.weight_decay else p.grad.add(p, alpha=self.weight_decay)
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = (v.sqrt() / correction2_sqrt).add_(self.eps)
+            p.addcdiv_(m, denom, value=-self.lr / correction1)
