@@ -1,0 +1,17 @@
+"""Aggregation rules and server update rules.
+
+:class:`WeightedMean` (and its pure form :func:`weighted_mean`) folds nodes' deltas into
+an example-weighted mean; a :class:`Strategy` decides what the nodes are told and how the
+mean becomes the next global model. Pick one by name with :func:`make_strategy`.
+"""
+
+from potluck.strategies.aggregate import WeightedMean, weighted_mean
+from potluck.strategies.base import Aggregator, Strategy
+from potluck.strategies.fedavg import FedAvg, FedAvgM, FedProx
+from potluck.strategies.fedopt import FedAdagrad, FedAdam, FedYogi
+from potluck.strategies.registry import STRATEGIES, make_strategy, strategy_options
+
+__all__ = [
+    "STRATEGIES", "Aggregator", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedProx",
+    "FedYogi", "Strategy", "WeightedMean", "make_strategy", "strategy_options", "weighted_mean",
+]
