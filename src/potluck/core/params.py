@@ -20,8 +20,9 @@ from safetensors.numpy import save as _st_save
 
 from potluck.core.errors import NonFiniteError, ParamsError, SchemaMismatch
 
-_KIND_KEY = "potluck.kind"
-_ORDER_KEY = "potluck.order"
+# One metadata key holding sorted JSON: safetensors writes several metadata keys in an
+# unspecified order, which would make the "canonical" bytes (and digests) vary.
+_META_KEY = "potluck"
 
 # One entry of a schema: (name, shape, dtype string such as "float32").
 SchemaEntry = tuple[str, tuple[int, ...], str]
@@ -85,13 +86,15 @@ class Params(Mapping[str, np.ndarray]):
             arrays = _st_load(bytes(data))
         except (SafetensorError, ValueError, TypeError, OverflowError) as exc:
             raise ParamsError(f"cannot decode parameters: {exc}") from exc
-        metadata = _read_metadata(bytes(data))
-        kind_text = metadata.get(_KIND_KEY, ParamsKind.FULL.value)
+        except KeyError as exc:  # a safetensors dtype numpy lacks (BF16, F8_*)
+            raise ParamsError(f"cannot decode parameters: unsupported dtype {exc}") from exc
+        meta = _read_metadata(bytes(data))
+        kind_text = meta.get("kind", ParamsKind.FULL.value)
         try:
             kind = ParamsKind(kind_text)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise ParamsError(f"cannot decode parameters: unknown kind {kind_text!r}") from exc
-        order = _parse_order(metadata.get(_ORDER_KEY), arrays)
+        order = _parse_order(meta.get("order"), arrays)
         return cls.from_arrays({name: arrays[name] for name in order}, kind, copy=False)
 
     # -- mapping protocol -------------------------------------------------------
@@ -155,8 +158,8 @@ class Params(Mapping[str, np.ndarray]):
 
     def encode(self) -> bytes:
         """Canonical safetensors bytes: the same arrays always give the same bytes."""
-        metadata = {_KIND_KEY: self._kind.value, _ORDER_KEY: json.dumps(list(self._arrays))}
-        return bytes(_st_save(dict(self._arrays), metadata=metadata))
+        meta = json.dumps({"kind": self._kind.value, "order": list(self._arrays)}, sort_keys=True)
+        return bytes(_st_save(dict(self._arrays), metadata={_META_KEY: meta}))
 
     def with_kind(self, kind: ParamsKind) -> Params:
         return Params(self._arrays, kind, _token=_PRIVATE)
@@ -200,23 +203,27 @@ def schema_digest(schema: tuple[SchemaEntry, ...]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _read_metadata(data: bytes) -> dict[str, str]:
-    # safetensors' numpy loader drops the metadata; the header is 8-byte length + JSON.
+def _read_metadata(data: bytes) -> dict[str, Any]:
+    """potluck's metadata object; empty for safetensors files written by other tools."""
+    # safetensors' numpy loader drops the metadata; the header is 8-byte length + JSON
+    # (already validated by the loader when this runs).
     header_len = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + header_len])
     meta = header.get("__metadata__") or {}
-    if not isinstance(meta, dict):
-        raise ParamsError("cannot decode parameters: __metadata__ is not an object")
-    return {str(k): str(v) for k, v in meta.items()}
-
-
-def _parse_order(text: str | None, arrays: dict[str, np.ndarray]) -> list[str]:
-    if text is None:
-        return sorted(arrays)
+    if not isinstance(meta, dict) or _META_KEY not in meta:
+        return {}
     try:
-        order = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ParamsError(f"cannot decode parameters: bad {_ORDER_KEY} metadata") from exc
-    if not isinstance(order, list) or sorted(map(str, order)) != sorted(arrays):
-        raise ParamsError(f"cannot decode parameters: {_ORDER_KEY} does not list the stored arrays")
+        ours = json.loads(meta[_META_KEY])
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise ParamsError(f"cannot decode parameters: bad {_META_KEY!r} metadata") from exc
+    if not isinstance(ours, dict):
+        raise ParamsError(f"cannot decode parameters: {_META_KEY!r} metadata is not an object")
+    return ours
+
+
+def _parse_order(order: object, arrays: dict[str, np.ndarray]) -> list[str]:
+    if order is None:
+        return sorted(arrays)
+    if not isinstance(order, list) or sorted(map(str, order)) != sorted(arrays) or len(order) != len(arrays):
+        raise ParamsError("cannot decode parameters: the stored order does not list the stored arrays")
     return [str(n) for n in order]
