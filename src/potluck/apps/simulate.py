@@ -104,6 +104,7 @@ def run_simulation(
 
 
 def _check_same_run(run_dir: RunDirectory, config: SimulationConfig) -> None:
+    run_dir.read_config()  # RunDirError when there is no run here
     stored = SimulationConfig.load(run_dir.config_file)
     differ = [
         name for name in stored.__dataclass_fields__

@@ -72,7 +72,7 @@ def simulate(
     config: Optional[Path] = typer.Option(None, "--config", help="A TOML file with any of these settings (flags win)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --run-dir from its last committed round."),
 ) -> None:
-    with failures_as_exit_codes(_console.print):
+    with failures_as_exit_codes(lambda line: typer.echo(line, err=True)):
         flags = {
             "task": task, "data_path": str(data_path) if data_path else None, "nodes": nodes, "rounds": rounds,
             "fraction": fraction, "min_nodes": min_nodes, "quorum": quorum, "round_timeout": round_timeout,
