@@ -9,7 +9,7 @@ import potluck
 
 PACKAGE = Path(potluck.__file__).parent
 # Lower index = lower layer. A module may import its own layer and layers below it.
-LAYERS = ["core", "tasks", "strategies", "runtime", "observability", "backends", "apps", "cli"]
+LAYERS = ["core", "transport", "tasks", "strategies", "runtime", "observability", "backends", "apps", "cli"]
 # Layers that sit beside each other and must not know each other.
 INDEPENDENT = {("tasks", "strategies"), ("strategies", "tasks")}
 

@@ -10,6 +10,7 @@ Layers, top to bottom; imports point downward only (tests/test_layers.py checks 
     runtime        the round loop (coordinator), NodePool seam, node runner, run directory
     strategies     streaming aggregation rules and server optimizers
     tasks          the Task protocol, PyTorch / scikit-learn adapters, data loaders
+    transport      wire protocol (protobuf, gRPC), TLS material, chunked streaming
     core           Params, messages, errors, config, seeds; needs only numpy
 
 ``tasks`` and ``strategies`` do not know each other.

@@ -8,7 +8,9 @@ and the key; options of a strategy or fit settings are checked by their owners.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
 import sys
 import types
 import typing
@@ -22,7 +24,7 @@ from potluck.core.errors import ConfigError
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found, no-redef]
 
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 
@@ -109,7 +111,7 @@ class SimulationConfig:
         lines = [f"{k} = {_toml_value(v)}" for k, v in scalars.items() if v is not None]
         for table in ("strategy_options", "fit"):
             values = getattr(self, table)
-            lines += ["", f"[{table}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+            lines += ["", f"[{table}]"] + [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items()]
         return "\n".join(lines) + "\n"
 
 
@@ -152,5 +154,9 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value) if math.isfinite(value) else ("nan" if math.isnan(value) else ("inf" if value > 0 else "-inf"))
-    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
+    # A JSON string is a TOML basic string once DEL, which JSON leaves raw, is escaped too.
+    return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)

@@ -117,7 +117,9 @@ def resolve_task(spec: str) -> Task:
         obj = getattr(module, attr)
     except AttributeError as exc:
         raise TaskError(f"task {spec!r}: module {module_name!r} has no attribute {attr!r}") from exc
-    task = obj if isinstance(obj, Task) else obj() if callable(obj) else obj
+    # A class with the Task attributes passes isinstance(..., Task) itself: call it.
+    is_task = isinstance(obj, Task) and not isinstance(obj, type)
+    task = obj if is_task else obj() if callable(obj) else obj
     missing = [m for m in ("name", "load_data", "build", "fit", "evaluate") if not hasattr(task, m)]
     if missing:
         raise TaskError(f"task {spec!r} is not a Task: it lacks {', '.join(missing)}")

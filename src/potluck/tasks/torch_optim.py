@@ -55,7 +55,7 @@ class LocalAdam:
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
         self._m = [torch.zeros_like(p) for p in self.params]
         self._v = [torch.zeros_like(p) for p in self.params]
-        self._t = 0
+        self._t = [0] * len(self.params)  # per parameter, as torch counts: skipped steps don't count
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -63,13 +63,13 @@ class LocalAdam:
 
     @torch.no_grad()
     def step(self) -> None:
-        self._t += 1
         b1, b2 = self.betas
-        correction1 = 1 - b1**self._t
-        correction2_sqrt = math.sqrt(1 - b2**self._t)
-        for p, m, v in zip(self.params, self._m, self._v):
+        for i, (p, m, v) in enumerate(zip(self.params, self._m, self._v, strict=True)):
             if p.grad is None:
                 continue
+            self._t[i] += 1
+            correction1 = 1 - b1 ** self._t[i]
+            correction2_sqrt = math.sqrt(1 - b2 ** self._t[i])
             g = p.grad if not self.weight_decay else p.grad.add(p, alpha=self.weight_decay)
             m.lerp_(g, 1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
