@@ -115,3 +115,27 @@ def test_strongly_non_iid_converges(tmp_path, small_config, strategy, options, p
     accuracies = [r.accuracy for r in result.records]
     assert accuracies[-1] > 0.7 > accuracies[0] - 0.3
     assert np.isfinite([r.loss for r in result.records]).all()
+
+
+def test_natural_partition_by_group_column(tmp_path, small_config):
+    """A CSV with a `site` column: one node per site, each holding only its own rows."""
+    rng = np.random.default_rng(0)
+    rows = ["site,label," + ",".join(f"f{i}" for i in range(4))]
+    for n in range(120):
+        label = n % 3
+        features = rng.normal(size=4) + label
+        rows.append(f"site{n % 4},{label}," + ",".join(f"{v:.4f}" for v in features))
+    data = tmp_path / "sites.csv"
+    data.write_text("\n".join(rows) + "\n")
+    cfg = small_config(tmp_path, task="mlp", data_path=str(data), group_column="site", partition="natural",
+                       nodes=4, rounds=3, min_nodes=1)
+    result = run_simulation(cfg)
+    assert [r.num_nodes for r in result.records] == [4, 4, 4]
+    from potluck.apps.simulate import federation_spec
+    from potluck.runtime.federation import build_federation
+
+    federation = build_federation(federation_spec(cfg))
+    sites = [set(node.train.groups) | set(node.val.groups) for node in federation.nodes.values()]
+    assert sorted(site for s in sites for site in s) == ["site0", "site1", "site2", "site3"]
+    assert all(len(s) == 1 for s in sites)
+    assert sum(len(n.train) + len(n.val) for n in federation.nodes.values()) == 120 - len(federation.test)

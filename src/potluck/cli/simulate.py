@@ -54,6 +54,8 @@ class ProgressDisplay:
 def simulate(
     task: Optional[str] = typer.Option(None, help="Built-in task (digits, digits-sklearn, mlp, cnn) or module:attribute.  [default: digits]"),
     data_path: Optional[Path] = typer.Option(None, help="Data for the task: CSV (label column), NPZ (x, y), IDX (MNIST) or an image folder."),
+    label_column: Optional[str] = typer.Option(None, help="CSV column holding the label.  [default: label]"),
+    group_column: Optional[str] = typer.Option(None, help="CSV column naming each example's owner, for --partition natural."),
     nodes: Optional[int] = typer.Option(None, help="Number of virtual nodes.  [default: 10]"),
     rounds: Optional[int] = typer.Option(None, help="Rounds to run.  [default: 30]"),
     fraction: Optional[float] = typer.Option(None, help="Fraction of nodes sampled per round.  [default: 1.0]"),
@@ -74,7 +76,8 @@ def simulate(
 ) -> None:
     with failures_as_exit_codes(lambda line: typer.echo(line, err=True)):
         flags = {
-            "task": task, "data_path": str(data_path) if data_path else None, "nodes": nodes, "rounds": rounds,
+            "task": task, "data_path": str(data_path) if data_path else None, "nodes": nodes,
+            "label_column": label_column, "group_column": group_column, "rounds": rounds,
             "fraction": fraction, "min_nodes": min_nodes, "quorum": quorum, "round_timeout": round_timeout,
             "strategy": strategy, "partition": partition, "alpha": alpha, "seed": seed, "workers": workers,
             "federated_eval_every": federated_eval_every, "run_dir": str(run_dir) if run_dir else None,

@@ -35,6 +35,8 @@ class SimulationConfig:
 
     task: str = "digits"
     data_path: str | None = None
+    label_column: str = "label"
+    group_column: str | None = None
     nodes: int = 10
     rounds: int = 30
     fraction: float = 1.0

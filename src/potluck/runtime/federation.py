@@ -36,6 +36,8 @@ class FederationSpec:
     seed: int = 0
     test_fraction: float = 0.2
     val_fraction: float = 0.1
+    label_column: str = "label"
+    group_column: str | None = None
 
     def node_id(self, index: int) -> str:
         return f"node-{index:0{max(3, len(str(self.nodes - 1)))}d}"
@@ -53,7 +55,7 @@ class Federation:
 
 def build_federation(spec: FederationSpec) -> Federation:
     """Load, split and build the model; raise ``DataError``/``TaskError`` on bad input."""
-    task = resolve_task(spec.task)
+    task = resolve_task(spec.task, label_column=spec.label_column, group_column=spec.group_column)
     data = task.load_data(Path(spec.data_path) if spec.data_path else None)
     if len(data) < 2:
         raise DataError(f"{data.source}: {len(data)} examples, need at least 2")

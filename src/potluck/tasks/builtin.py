@@ -25,7 +25,7 @@ from potluck.tasks.protocol import Task
 DEFAULT_TASK = "digits"
 
 
-def load_digits(path: Path | None = None) -> Dataset:
+def load_digits(path: Path | None = None, **columns: str | None) -> Dataset:
     """scikit-learn's bundled 8×8 digits (1,797 examples), pixels scaled to [0, 1].
 
     Read straight from the file scikit-learn ships, without importing scikit-learn
@@ -34,7 +34,7 @@ def load_digits(path: Path | None = None) -> Dataset:
     if path is not None:
         from potluck.tasks.data.loaders import load_dataset
 
-        return load_dataset(path)
+        return load_dataset(path, **columns)  # type: ignore[arg-type]
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
         raise DataError("the digits data set ships with scikit-learn: pip install scikit-learn")
@@ -46,49 +46,49 @@ def load_digits(path: Path | None = None) -> Dataset:
     return Dataset(x, table[:, -1].astype(np.int64), source=str(file))
 
 
-def _load_path(path: Path | None, *, task: str) -> Dataset:
+def _load_path(path: Path | None, *, task: str, **columns: str | None) -> Dataset:
     if path is None:
         raise DataError(f"the {task} task trains on your data: pass --data-path")
     from potluck.tasks.data.loaders import load_dataset
 
-    return load_dataset(path)
+    return load_dataset(path, **columns)  # type: ignore[arg-type]
 
 
-def _digits() -> Task:
+def _digits(**columns: str | None) -> Task:
     from potluck.tasks.models import mlp
     from potluck.tasks.torch_task import FitSettings, TorchClassifierTask
 
     return TorchClassifierTask(
         "digits",
         partial(mlp, hidden=(64,)),
-        load_digits,
+        partial(load_digits, **columns),
         defaults=FitSettings(lr=0.05, momentum=0.9, epochs=5, batch_size=32),
     )
 
 
-def _digits_sklearn() -> Task:
+def _digits_sklearn(**columns: str | None) -> Task:
     from potluck.tasks.sklearn_task import SklearnLinearTask
 
-    return SklearnLinearTask("digits-sklearn", load_digits)
+    return SklearnLinearTask("digits-sklearn", partial(load_digits, **columns))
 
 
-def _mlp() -> Task:
+def _mlp(**columns: str | None) -> Task:
     from potluck.tasks.models import mlp
     from potluck.tasks.torch_task import TorchClassifierTask
 
-    return TorchClassifierTask("mlp", partial(mlp, hidden=(128,)), partial(_load_path, task="mlp"))
+    return TorchClassifierTask("mlp", partial(mlp, hidden=(128,)), partial(_load_path, task="mlp", **columns))
 
 
-def _cnn() -> Task:
+def _cnn(**columns: str | None) -> Task:
     from potluck.tasks.models import small_cnn
     from potluck.tasks.torch_task import FitSettings, TorchClassifierTask
 
     return TorchClassifierTask(
-        "cnn", small_cnn, partial(_load_path, task="cnn"), defaults=FitSettings(lr=0.05), num_threads=None
+        "cnn", small_cnn, partial(_load_path, task="cnn", **columns), defaults=FitSettings(lr=0.05), num_threads=None
     )
 
 
-BUILTIN_TASKS: dict[str, Callable[[], Task]] = {
+BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
     "digits": _digits,
     "digits-sklearn": _digits_sklearn,
     "mlp": _mlp,
@@ -96,14 +96,17 @@ BUILTIN_TASKS: dict[str, Callable[[], Task]] = {
 }
 
 
-def resolve_task(spec: str) -> Task:
+def resolve_task(spec: str, *, label_column: str = "label", group_column: str | None = None) -> Task:
     """A fresh Task for a built-in name or ``package.module:attribute``.
+
+    ``label_column`` and ``group_column`` tell the built-in tasks' CSV reader which
+    columns hold the label and the natural owner; a custom Task loads its own data.
 
     The attribute may be a Task instance or a callable with no arguments returning one.
     Raises :class:`TaskError` naming what could not be found or what is missing.
     """
     if spec in BUILTIN_TASKS:
-        return BUILTIN_TASKS[spec]()
+        return BUILTIN_TASKS[spec](label_column=label_column, group_column=group_column)
     if ":" not in spec:
         raise TaskError(
             f"unknown task {spec!r}: use one of {', '.join(BUILTIN_TASKS)} or module:attribute"
