@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from potluck.cli import simulate
+from potluck.cli import certs, simulate
 
 app = typer.Typer(
     name="potluck",
@@ -14,6 +14,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("simulate", help=simulate.HELP)(simulate.simulate)
+app.add_typer(certs.app, name="certs", help=certs.HELP)
 
 
 @app.callback()

@@ -1,0 +1,1 @@
+"""Wire protocol, gRPC server/client, TLS material, chunked streaming; the only layer that knows protobuf."""
