@@ -17,7 +17,7 @@ from potluck.runtime.node import NodeData, NodeRunner
 from potluck.runtime.pool import EvaluateOutcome, FitOutcome
 from potluck.tasks.protocol import Task
 
-I = TypeVar("I", FitInstruction, EvaluateInstruction)
+Ins = TypeVar("Ins", FitInstruction, EvaluateInstruction)
 R = TypeVar("R")
 
 
@@ -36,7 +36,7 @@ class InProcessPool:
     def evaluate(self, instructions: Sequence[EvaluateInstruction], timeout: float) -> Iterator[EvaluateOutcome]:
         return self._run(instructions, timeout, self.runner.evaluate)
 
-    def _run(self, instructions: Sequence[I], timeout: float, call: Callable[[I], R]) -> Iterator[R | NodeError]:
+    def _run(self, instructions: Sequence[Ins], timeout: float, call: Callable[[Ins], R]) -> Iterator[R | NodeError]:
         deadline = self._clock() + timeout
         for ins in instructions:
             if self._clock() >= deadline:

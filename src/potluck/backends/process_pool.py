@@ -14,7 +14,7 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -94,8 +94,8 @@ class ProcessPool:
         executor, self._executor = self._executor, None
         if executor is None:
             return
-        processes: Callable[[], Any] = lambda: list(getattr(executor, "_processes", {}).values())
-        for proc in processes():
+        # The executor keeps its worker processes private; reach in to kill hung ones.
+        for proc in list(getattr(executor, "_processes", {}).values()):
             proc.kill()  # hung or dead workers cannot finish; a new pool replaces them
         executor.shutdown(wait=False, cancel_futures=True)
 

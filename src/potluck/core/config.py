@@ -24,7 +24,7 @@ from potluck.core.errors import ConfigError
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[import-not-found, no-redef]
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 
