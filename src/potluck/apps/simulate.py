@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from potluck.apps.run import open_run
 from potluck.backends.inprocess import InProcessPool
 from potluck.backends.process_pool import ProcessPool
 from potluck.core.config import SimulationConfig
@@ -76,16 +77,9 @@ def run_simulation(
     if check is not None:
         check(config.fit)
 
-    params, first_round = federation.initial_params, 1
     if resume:
         _check_same_run(run_dir, config)
-        last = run_dir.prepare_resume()
-        params, state, _ = run_dir.load(last)
-        strategy.load_state(state)
-        first_round = last + 1
-    else:
-        run_dir.create(config.to_toml())
-        run_dir.commit(RoundRecord(0, float("nan"), float("nan"), 0, 0, 0.0, params.digest), params, strategy.state())
+    params, first_round = open_run(run_dir, config.to_toml(), federation.initial_params, strategy, resume=resume)
 
     test = federation.test
     evaluator = (lambda p: federation.task.evaluate(p, test)) if len(test) else None

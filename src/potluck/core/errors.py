@@ -16,7 +16,12 @@ can catch the project's own failures without swallowing programming errors::
     │   ├── NodeTimedOut     it missed the round deadline
     │   └── NodeLeft         it left on purpose (clean shutdown), not a fault
     ├── RoundFailed          a round could not commit (quorum not met after retries)
-    └── RunDirError          a run directory is missing, inconsistent or not writable
+    ├── RunDirError          a run directory is missing, inconsistent or not writable
+    ├── AccessDenied         a peer is not allowed: certificate identity, allow-list
+    ├── UnknownId            a run, session or instruction id is unknown (or expired)
+    ├── ResultRejected       a result was refused: another round, another node's
+    │                        instruction, or after the deadline
+    └── TransportError       the other side cannot be reached or the connection broke
 
 Messages name the file, option or node concerned, because they are shown to people
 as the one-line reason a command failed.
@@ -88,3 +93,19 @@ class RoundFailed(PotluckError):
 
 class RunDirError(PotluckError):
     """A run directory is missing, inconsistent with the requested run, or not writable."""
+
+
+class AccessDenied(PotluckError):
+    """A peer is not allowed: its certificate identity or the allow-list says no."""
+
+
+class UnknownId(PotluckError):
+    """A run, session or instruction id is not known here, or no longer valid."""
+
+
+class ResultRejected(PotluckError):
+    """A result was refused: for another round or node, or after its deadline."""
+
+
+class TransportError(PotluckError):
+    """The other side cannot be reached, or the connection broke mid-call."""

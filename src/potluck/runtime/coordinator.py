@@ -128,8 +128,12 @@ class Coordinator:
 
     def sample(self, rnd: int, attempt: int = 1) -> list[str]:
         """The nodes asked to train in this round: seeded by (seed, round, attempt)."""
-        available = list(self.pool.node_ids())
         p = self.policy
+        available = list(self.pool.node_ids())
+        wait = getattr(self.pool, "wait_for_nodes", None)  # deployed pools: nodes may still be joining
+        if len(available) < p.min_nodes and wait is not None:
+            wait(p.min_nodes, p.round_timeout)
+            available = list(self.pool.node_ids())
         want = max(p.min_nodes, math.ceil(p.fraction * len(available)))
         if len(available) < p.min_nodes:
             return []

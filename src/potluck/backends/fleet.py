@@ -1,0 +1,301 @@
+"""Real nodes over gRPC: the server-side NodePool, and the handler nodes call into.
+
+Nodes join, then long-poll for instructions; ``fit``/``evaluate`` put one instruction in
+each sampled node's inbox and yield results as nodes push them. A node is *live* while
+it has called in within ``node_ttl`` seconds; one that goes silent mid-round is
+reported as ``NodeFailed`` as soon as that is noticed, not only at the deadline.
+
+Every result is checked before it counts: the session and certificate identity, that
+the instruction was given to this node, for this round, and is still open; then the
+payload's schema and finiteness. A repeated push of an accepted result is acknowledged
+and ignored. Refusals are counted by reason in :attr:`FleetPool.rejections`.
+"""
+
+from __future__ import annotations
+
+import collections
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Union
+
+from potluck.core.errors import (
+    AccessDenied,
+    NodeError,
+    NodeFailed,
+    NodeLeft,
+    NodeTimedOut,
+    ParamsError,
+    PotluckError,
+    ResultRejected,
+    SchemaMismatch,
+    UnknownId,
+)
+from potluck.core.messages import EvaluateInstruction, EvaluateResult, FitInstruction, FitResult
+from potluck.core.params import Params, ParamsKind, SchemaEntry, schema_digest
+from potluck.runtime.pool import EvaluateOutcome, FitOutcome
+from potluck.transport.chunks import DEFAULT_MAX_PAYLOAD_BYTES
+from potluck.transport.fleet_messages import HeartbeatInfo, IncomingResult, JoinInfo, OutgoingInstruction, Welcome
+
+Instruction = Union[FitInstruction, EvaluateInstruction]
+Outcome = Union[FitResult, EvaluateResult, NodeError]
+
+
+@dataclass
+class _Node:
+    info: JoinInfo
+    session: str
+    last_seen: float
+    inbox: collections.deque[OutgoingInstruction] = field(default_factory=collections.deque)
+
+
+@dataclass
+class _Open:
+    """An instruction handed out and not yet answered."""
+
+    node_id: str
+    round: int
+    kind: str
+
+
+class FleetPool:
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        model_id: str,
+        schema: tuple[SchemaEntry, ...],
+        data_info_json: bytes,
+        allow: set[str] | None = None,
+        heartbeat_seconds: float = 2.0,
+        node_ttl: float | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.run_id, self.model_id, self.schema = run_id, model_id, schema
+        self.schema_digest = schema_digest(schema)
+        self.data_info_json = data_info_json
+        self.allow = allow
+        self.heartbeat_seconds = heartbeat_seconds
+        self.node_ttl = node_ttl if node_ttl is not None else 3 * heartbeat_seconds + 1
+        self.max_payload_bytes = max_payload_bytes
+        self.clock = clock
+        self.current_round = 0
+        self.finished = False
+        self.rejections: collections.Counter[str] = collections.Counter()
+        self._cond = threading.Condition()
+        self._nodes: dict[str, _Node] = {}
+        self._sessions: dict[str, str] = {}  # session -> node id
+        self._open: dict[str, _Open] = {}
+        self._done: set[str] = set()  # instruction ids whose result was accepted
+        self._closed: dict[str, str] = {}  # instruction id -> why it no longer takes results
+        self._outcomes: collections.deque[tuple[str, Outcome]] = collections.deque()
+
+    # -- handler side: called from gRPC threads -------------------------------------
+
+    def join(self, info: JoinInfo, peer: str | None) -> Welcome:
+        with self._cond:
+            if self.allow is not None and info.node_id not in self.allow:
+                self.rejections["not_allowed"] += 1
+                raise AccessDenied(f"node {info.node_id!r} is not on this server's allow-list")
+            if info.task_name != self.model_id:
+                self.rejections["model_id"] += 1
+                raise SchemaMismatch(f"this server trains model {self.model_id!r}, node {info.node_id!r} runs {info.task_name!r}")
+            session = ""
+            if info.schema_digest:  # an empty digest only asks what to build
+                if info.schema_digest != self.schema_digest:
+                    self.rejections["schema"] += 1
+                    raise SchemaMismatch(
+                        f"node {info.node_id!r} builds parameters with schema {info.schema_digest[:12]}…, "
+                        f"this run's model has {self.schema_digest[:12]}…"
+                    )
+                session = secrets.token_hex(16)
+                old = self._nodes.get(info.node_id)
+                node = _Node(info, session, self.clock())
+                if old is not None:  # a rejoin (restart, reconnect): resend what it had not answered
+                    self._sessions.pop(old.session, None)
+                    node.inbox.extend(old.inbox)
+                self._nodes[info.node_id] = node
+                self._sessions[session] = info.node_id
+                self._cond.notify_all()
+            return Welcome(self.run_id, self.model_id, self.schema_digest, self.current_round, session,
+                           self.heartbeat_seconds, self.data_info_json)
+
+    def _node_for(self, session: str, peer: str | None) -> _Node:
+        node_id = self._sessions.get(session)
+        if node_id is None:
+            self.rejections["unknown_session"] += 1
+            raise UnknownId("unknown or expired session: join again")
+        if peer is not None and peer != node_id:
+            self.rejections["identity"] += 1
+            raise AccessDenied(f"session belongs to node {node_id!r}, certificate says {peer!r}")
+        node = self._nodes[node_id]
+        node.last_seen = self.clock()
+        return node
+
+    def next_instruction(self, session: str, wait: float, peer: str | None) -> OutgoingInstruction | None:
+        deadline = self.clock() + wait
+        with self._cond:
+            node = self._node_for(session, peer)
+            while not node.inbox and not self.finished:
+                left = deadline - self.clock()
+                if left <= 0 or self._sessions.get(session) != node.info.node_id:
+                    return None
+                self._cond.wait(min(left, 1.0))
+                node.last_seen = self.clock()
+            return node.inbox.popleft() if node.inbox else None
+
+    def submit(self, result: IncomingResult, peer: str | None) -> bool:
+        with self._cond:
+            node = self._node_for(result.session, peer)
+            node_id = node.info.node_id
+            if result.instruction_id in self._done:
+                return True
+            why = self._closed.get(result.instruction_id)
+            if why is not None:
+                self.rejections["late"] += 1
+                raise ResultRejected(f"instruction {result.instruction_id} no longer takes results: {why}")
+            ins = self._open.get(result.instruction_id)
+            if ins is None:
+                self.rejections["unknown_instruction"] += 1
+                raise UnknownId(f"no instruction {result.instruction_id!r} was given in this run")
+            if ins.node_id != node_id:
+                self.rejections["wrong_node"] += 1
+                raise ResultRejected(f"instruction {result.instruction_id} was given to node {ins.node_id!r}, not {node_id!r}")
+            if result.round != ins.round:
+                self.rejections["wrong_round"] += 1
+                raise ResultRejected(f"result says round {result.round}, its instruction was for round {ins.round}")
+        outcome = self._decode(result, node_id, ins)  # outside the lock: decoding can be slow
+        with self._cond:
+            if result.instruction_id in self._done or result.instruction_id not in self._open:
+                return result.instruction_id in self._done
+            del self._open[result.instruction_id]
+            self._outcomes.append((result.instruction_id, outcome))
+            self._cond.notify_all()
+            if isinstance(outcome, NodeError):
+                self._closed[result.instruction_id] = "its result was refused"
+                raise outcome.__cause__ if isinstance(outcome.__cause__, PotluckError) else outcome
+            self._done.add(result.instruction_id)
+        return False
+
+    def _decode(self, result: IncomingResult, node_id: str, ins: _Open) -> Outcome:
+        if result.num_examples <= 0:
+            return self._refuse(node_id, "invalid", ParamsError(f"result reports {result.num_examples} examples"))
+        if ins.kind == "evaluate":
+            return EvaluateResult(ins.round, node_id, result.loss, result.num_examples, dict(result.metrics))
+        try:
+            params = Params.decode(result.payload)
+            params.check_schema(self.schema, what=f"update from {node_id}")
+            params.check_finite(what=f"update from {node_id}")
+        except ParamsError as exc:
+            return self._refuse(node_id, type(exc).__name__, exc)
+        return FitResult(ins.round, node_id, params.with_kind(ParamsKind.DELTA), result.num_examples,
+                         dict(result.metrics))
+
+    def _refuse(self, node_id: str, reason: str, exc: PotluckError) -> NodeError:
+        self.rejections[reason] += 1
+        error = NodeFailed(node_id, f"result refused: {exc}")
+        error.__cause__ = exc
+        return error
+
+    def heartbeat(self, session: str, peer: str | None) -> HeartbeatInfo:
+        with self._cond:
+            self._node_for(session, peer)
+            return HeartbeatInfo(self.current_round, self.finished)
+
+    def leave(self, session: str, reason: str, peer: str | None) -> None:
+        with self._cond:
+            node = self._node_for(session, peer)
+            del self._nodes[node.info.node_id]
+            del self._sessions[session]
+            for ins_id, ins in list(self._open.items()):
+                if ins.node_id == node.info.node_id:
+                    del self._open[ins_id]
+                    self._closed[ins_id] = "the node left"
+                    self._outcomes.append((ins_id, NodeLeft(ins.node_id, f"left the run: {reason or 'no reason given'}")))
+            self._cond.notify_all()
+
+    # -- pool side: called by the coordinator ---------------------------------------
+
+    def node_ids(self) -> Sequence[str]:
+        with self._cond:
+            now = self.clock()
+            return sorted(n for n, node in self._nodes.items() if now - node.last_seen <= self.node_ttl)
+
+    def wait_for_nodes(self, count: int, timeout: float) -> bool:
+        """Block until ``count`` nodes are live; False if ``timeout`` passes first."""
+        deadline = self.clock() + timeout
+        while len(self.node_ids()) < count:
+            if self.clock() >= deadline:
+                return False
+            with self._cond:
+                self._cond.wait(0.2)
+        return True
+
+    def fit(self, instructions: Sequence[FitInstruction], timeout: float) -> Iterator[FitOutcome]:
+        return self._dispatch("fit", instructions, timeout)  # type: ignore[return-value]
+
+    def evaluate(self, instructions: Sequence[EvaluateInstruction], timeout: float) -> Iterator[EvaluateOutcome]:
+        return self._dispatch("evaluate", instructions, timeout)  # type: ignore[return-value]
+
+    def _dispatch(self, kind: str, instructions: Sequence[Instruction], timeout: float) -> Iterator[Outcome]:
+        deadline = self.clock() + timeout
+        payloads: dict[str, tuple[bytes, str]] = {}  # params digest -> (bytes, sha256); encoded once per round
+        waiting: dict[str, str] = {}  # instruction id -> node id
+        early: list[Outcome] = []
+        with self._cond:
+            for ins in instructions:
+                self.current_round = max(self.current_round, ins.round)
+                node = self._nodes.get(ins.node_id)
+                if node is None:
+                    early.append(NodeLeft(ins.node_id, "not connected"))
+                    continue
+                if ins.params.digest not in payloads:
+                    payloads[ins.params.digest] = (ins.params.encode(), ins.params.digest)
+                payload, digest = payloads[ins.params.digest]
+                ins_id = secrets.token_hex(12)
+                seed = ins.seed if isinstance(ins, FitInstruction) else 0
+                node.inbox.append(OutgoingInstruction(ins_id, self.run_id, ins.round, kind, dict(ins.config), seed,  # type: ignore[arg-type]
+                                                      payload, digest))
+                self._open[ins_id] = _Open(ins.node_id, ins.round, kind)
+                waiting[ins_id] = ins.node_id
+            self._cond.notify_all()
+        yield from early
+        while waiting:
+            ready: list[Outcome] = []
+            with self._cond:
+                now = self.clock()
+                if now >= deadline:
+                    break
+                while self._outcomes:
+                    ins_id, outcome = self._outcomes.popleft()
+                    if waiting.pop(ins_id, None) is not None:
+                        ready.append(outcome)
+                for ins_id, node_id in list(waiting.items()):
+                    node = self._nodes.get(node_id)
+                    if node is None or now - node.last_seen > self.node_ttl:
+                        del waiting[ins_id]
+                        self._close(ins_id, "the node went silent")
+                        ready.append(NodeFailed(node_id, f"lost: no call from it for over {self.node_ttl:g} s"))
+                if not ready and waiting:
+                    self._cond.wait(min(0.2, max(0.0, deadline - now)))
+            yield from ready
+        with self._cond:
+            for ins_id in waiting:
+                self._close(ins_id, "the round deadline passed")
+        for node_id in waiting.values():
+            yield NodeTimedOut(node_id, f"no result within the round deadline of {timeout:g} s")
+
+    def _close(self, ins_id: str, why: str) -> None:
+        self._open.pop(ins_id, None)
+        self._closed[ins_id] = why
+        for node in self._nodes.values():
+            node.inbox = collections.deque(i for i in node.inbox if i.instruction_id != ins_id)
+
+    def close(self) -> None:
+        """Tell every node the run is over (heartbeats and pulls report it)."""
+        with self._cond:
+            self.finished = True
+            self._cond.notify_all()

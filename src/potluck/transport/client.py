@@ -1,0 +1,125 @@
+"""The node's side of the wire: one channel to the server, five calls.
+
+Every failed call raises a potluck error (via :func:`~potluck.transport.status.error_from_rpc`):
+the server's own refusal with its specific kind, or :class:`TransportError` when the
+server cannot be reached, which the node loop answers with backoff and a rejoin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import grpc
+
+from potluck.transport import convert
+from potluck.transport.certs import PemBundle
+from potluck.transport.chunks import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_PAYLOAD_BYTES, PayloadError, Reassembly, split
+from potluck.transport.fleet_messages import (
+    PROTOCOL,
+    HeartbeatInfo,
+    IncomingResult,
+    JoinInfo,
+    OutgoingInstruction,
+    Welcome,
+)
+from potluck.transport.status import error_from_rpc
+from potluck.transport.v1 import fleet_pb2 as pb
+from potluck.transport.v1 import fleet_pb2_grpc as pb_grpc
+
+_KIND = {pb.FIT: "fit", pb.EVALUATE: "evaluate"}
+
+
+class FleetClient:
+    """``tls=None`` connects in plaintext (only for servers started with --insecure)."""
+
+    def __init__(
+        self,
+        address: str,
+        tls: PemBundle | None,
+        *,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        max_message_bytes: int = 8 * 2**20,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        call_timeout: float = 60.0,
+    ) -> None:
+        opts = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        if tls is None:
+            self.channel = grpc.insecure_channel(address, options=opts)
+        else:
+            creds = grpc.ssl_channel_credentials(root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.cert)
+            self.channel = grpc.secure_channel(address, creds, options=opts)
+        self.stub = pb_grpc.FleetStub(self.channel)
+        self.chunk_bytes, self.max_payload_bytes, self.call_timeout = chunk_bytes, max_payload_bytes, call_timeout
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def join(self, info: JoinInfo) -> Welcome:
+        request = pb.JoinRequest(
+            node_id=info.node_id, task_name=info.task_name, task_version=info.task_version,
+            schema_digest=info.schema_digest, num_examples=info.num_examples, protocol=PROTOCOL,
+            resources=pb.Resources(cpus=info.cpus, memory_bytes=info.memory_bytes, gpus=info.gpus),
+        )
+        try:
+            r = self.stub.Join(request, timeout=self.call_timeout)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        return Welcome(r.run_id, r.model_id, r.schema_digest, r.current_round, r.session, r.heartbeat_seconds,
+                       r.data_info_json)
+
+    def pull(self, session: str, wait: float) -> OutgoingInstruction | None:
+        """The next instruction, or ``None`` if none came within ``wait`` seconds."""
+        try:
+            parts = self.stub.Pull(pb.PullRequest(session=session, wait_seconds=wait), timeout=wait + self.call_timeout)
+            first = next(parts, None)
+            if first is None:
+                return None
+            if first.WhichOneof("part") != "header":
+                raise PayloadError("truncated", "an instruction must start with its header")
+            h = first.header
+            assembly = Reassembly(h.params_size, h.params_sha256, self.max_payload_bytes)
+            for part in parts:
+                assembly.add(part.chunk)
+            payload = assembly.finish()
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        return OutgoingInstruction(
+            h.instruction_id, h.run_id, h.round, _KIND.get(h.kind, "fit"),  # type: ignore[arg-type]
+            convert.config_from_proto(h.config), h.seed, payload, h.params_sha256,
+        )
+
+    def push(self, result: IncomingResult) -> bool:
+        """Send a result; returns True if the server had it already (a repeat)."""
+        header = pb.ResultHeader(
+            session=result.session, instruction_id=result.instruction_id, round=result.round,
+            num_examples=result.num_examples, loss=result.loss, metrics=dict(result.metrics),
+            params_size=len(result.payload), params_sha256=hashlib.sha256(result.payload).hexdigest(),
+        )
+
+        def parts() -> Iterator[pb.ResultPart]:
+            yield pb.ResultPart(header=header)
+            for chunk in split(result.payload, self.chunk_bytes):
+                yield pb.ResultPart(chunk=chunk)
+
+        try:
+            reply = self.stub.Push(parts(), timeout=self.call_timeout + len(result.payload) / 1e6)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        return bool(reply.duplicate)
+
+    def heartbeat(self, session: str) -> HeartbeatInfo:
+        try:
+            r = self.stub.Heartbeat(pb.HeartbeatRequest(session=session), timeout=self.call_timeout)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        return HeartbeatInfo(r.current_round, r.run_finished)
+
+    def leave(self, session: str, reason: str) -> None:
+        try:
+            self.stub.Leave(pb.LeaveRequest(session=session, reason=reason), timeout=5.0)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc

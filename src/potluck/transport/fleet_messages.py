@@ -1,0 +1,92 @@
+"""What the fleet protocol carries, as plain dataclasses on both sides of the wire.
+
+The servicer and the client convert these to and from protobuf; the server-side
+handler (a NodePool) and the node loop only ever see these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from potluck.core.messages import Scalar
+
+PROTOCOL = "potluck.v1"
+InstructionKind = Literal["fit", "evaluate"]
+
+
+@dataclass(frozen=True)
+class JoinInfo:
+    node_id: str
+    task_name: str
+    schema_digest: str
+    num_examples: int
+    task_version: str = ""
+    cpus: int = 0
+    memory_bytes: int = 0
+    gpus: int = 0
+
+
+@dataclass(frozen=True)
+class Welcome:
+    run_id: str
+    model_id: str
+    schema_digest: str
+    current_round: int
+    session: str
+    heartbeat_seconds: float
+    data_info_json: bytes
+
+
+@dataclass(frozen=True)
+class OutgoingInstruction:
+    """One instruction for one node; ``payload`` is the safetensors model."""
+
+    instruction_id: str
+    run_id: str
+    round: int
+    kind: InstructionKind
+    config: Mapping[str, Scalar]
+    seed: int
+    payload: bytes
+    payload_sha256: str
+
+
+@dataclass(frozen=True)
+class IncomingResult:
+    """A node's answer; ``payload`` (a delta) is empty for evaluate results."""
+
+    session: str
+    instruction_id: str
+    round: int
+    num_examples: int
+    loss: float = float("nan")
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    payload: bytes = b""
+
+
+@dataclass(frozen=True)
+class HeartbeatInfo:
+    current_round: int
+    run_finished: bool
+
+
+class FleetHandler(Protocol):
+    """Server-side logic behind the servicer. ``peer`` is the node id proven by the
+    client certificate (``None`` with --insecure). Raise potluck errors; the servicer
+    maps them to status codes."""
+
+    max_payload_bytes: int
+
+    def join(self, info: JoinInfo, peer: str | None) -> Welcome: ...
+
+    def next_instruction(self, session: str, wait: float, peer: str | None) -> OutgoingInstruction | None: ...
+
+    def submit(self, result: IncomingResult, peer: str | None) -> bool:
+        """Accept a result; True if it had been accepted before (a duplicate)."""
+        ...
+
+    def heartbeat(self, session: str, peer: str | None) -> HeartbeatInfo: ...
+
+    def leave(self, session: str, reason: str, peer: str | None) -> None: ...

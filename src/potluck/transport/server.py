@@ -1,0 +1,165 @@
+"""The gRPC side of the server: identities, chunk streams, status codes.
+
+:class:`FleetServicer` knows gRPC and protobuf and nothing of rounds; it hands plain
+dataclasses to a :class:`~potluck.transport.fleet_messages.FleetHandler`. Under mutual
+TLS a node's identity is its certificate's common name, never what it claims.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+
+from potluck.core.errors import AccessDenied, PotluckError
+from potluck.transport import convert
+from potluck.transport.certs import PemBundle
+from potluck.transport.chunks import DEFAULT_CHUNK_BYTES, PayloadError, Reassembly, split
+from potluck.transport.fleet_messages import PROTOCOL, FleetHandler, IncomingResult, JoinInfo
+from potluck.transport.status import details_of, status_of
+from potluck.transport.v1 import fleet_pb2 as pb
+from potluck.transport.v1 import fleet_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+_KIND = {"fit": pb.FIT, "evaluate": pb.EVALUATE}
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """``max_message_bytes`` caps one gRPC message (chunks must fit under it);
+    ``max_workers`` bounds concurrent calls, and each waiting node holds one."""
+
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    max_message_bytes: int = 8 * 2**20
+    max_workers: int = 256
+    max_pull_wait: float = 30.0
+
+
+def _peer(context: grpc.ServicerContext) -> str | None:
+    names = context.auth_context().get("x509_common_name")
+    return names[0].decode() if names else None
+
+
+class FleetServicer(pb_grpc.FleetServicer):
+    def __init__(self, handler: FleetHandler, options: ServerOptions, *, secure: bool) -> None:
+        self.handler, self.options, self.secure = handler, options, secure
+
+    def _identity(self, context: grpc.ServicerContext) -> str | None:
+        peer = _peer(context)
+        if self.secure and peer is None:
+            raise AccessDenied("no client certificate: nodes must present one issued by the project CA")
+        return peer
+
+    def _abort(self, context: grpc.ServicerContext, error: PotluckError) -> None:
+        log.info("refused %s: %s", context.peer(), error)
+        context.abort(status_of(error), details_of(error))
+
+    def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:  # noqa: N802
+        try:
+            peer = self._identity(context)
+            if request.protocol and request.protocol != PROTOCOL:
+                raise AccessDenied(f"protocol {request.protocol!r} is not supported; this server speaks {PROTOCOL}")
+            if peer is not None and request.node_id != peer:
+                raise AccessDenied(f"node id {request.node_id!r} does not match its certificate ({peer!r})")
+            info = JoinInfo(
+                node_id=request.node_id, task_name=request.task_name, schema_digest=request.schema_digest,
+                num_examples=request.num_examples, task_version=request.task_version,
+                cpus=request.resources.cpus, memory_bytes=request.resources.memory_bytes, gpus=request.resources.gpus,
+            )
+            w = self.handler.join(info, peer)
+        except PotluckError as exc:
+            self._abort(context, exc)
+            raise AssertionError("unreachable") from exc  # context.abort raises
+        return pb.JoinReply(
+            run_id=w.run_id, model_id=w.model_id, schema_digest=w.schema_digest, current_round=w.current_round,
+            session=w.session, heartbeat_seconds=w.heartbeat_seconds, data_info_json=w.data_info_json,
+        )
+
+    def Pull(self, request: pb.PullRequest, context: grpc.ServicerContext) -> Iterator[pb.InstructionPart]:  # noqa: N802
+        try:
+            wait = min(max(request.wait_seconds, 0.0), self.options.max_pull_wait)
+            ins = self.handler.next_instruction(request.session, wait, self._identity(context))
+        except PotluckError as exc:
+            self._abort(context, exc)
+            return
+        if ins is None:
+            return
+        header = pb.InstructionHeader(
+            instruction_id=ins.instruction_id, run_id=ins.run_id, round=ins.round, kind=_KIND[ins.kind],
+            config=convert.config_to_proto(ins.config), seed=ins.seed,
+            params_size=len(ins.payload), params_sha256=ins.payload_sha256,
+        )
+        yield pb.InstructionPart(header=header)
+        for chunk in split(ins.payload, self.options.chunk_bytes):
+            yield pb.InstructionPart(chunk=chunk)
+
+    def Push(self, request_iterator: Iterator[pb.ResultPart], context: grpc.ServicerContext) -> pb.PushReply:  # noqa: N802
+        try:
+            peer = self._identity(context)
+            first = next(request_iterator, None)
+            if first is None or first.WhichOneof("part") != "header":
+                raise PayloadError("truncated", "a push must start with a result header")
+            h = first.header
+            payload = b""
+            if h.params_size:
+                assembly = Reassembly(h.params_size, h.params_sha256, self.handler.max_payload_bytes)
+                for part in request_iterator:
+                    if part.WhichOneof("part") != "chunk":
+                        raise PayloadError("overrun", "a second header inside one push")
+                    assembly.add(part.chunk)
+                payload = assembly.finish()
+            result = IncomingResult(
+                session=h.session, instruction_id=h.instruction_id, round=h.round, num_examples=h.num_examples,
+                loss=h.loss, metrics=convert.metrics_from_proto(h.metrics), payload=payload,
+            )
+            duplicate = self.handler.submit(result, peer)
+        except PotluckError as exc:
+            self._abort(context, exc)
+            raise AssertionError("unreachable") from exc
+        return pb.PushReply(accepted=True, duplicate=duplicate)
+
+    def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatReply:  # noqa: N802
+        try:
+            info = self.handler.heartbeat(request.session, self._identity(context))
+        except PotluckError as exc:
+            self._abort(context, exc)
+            raise AssertionError("unreachable") from exc
+        return pb.HeartbeatReply(current_round=info.current_round, run_finished=info.run_finished)
+
+    def Leave(self, request: pb.LeaveRequest, context: grpc.ServicerContext) -> pb.LeaveReply:  # noqa: N802
+        try:
+            self.handler.leave(request.session, request.reason, self._identity(context))
+        except PotluckError as exc:
+            self._abort(context, exc)
+        return pb.LeaveReply()
+
+
+def start_server(
+    handler: FleetHandler, address: str, tls: PemBundle | None, options: ServerOptions | None = None
+) -> tuple[grpc.Server, int]:
+    """Serve ``handler`` on ``address`` (``host:port``; port 0 picks one). Returns the
+    started server and the bound port. ``tls=None`` serves plaintext (--insecure)."""
+    options = options or ServerOptions()
+    server = grpc.server(
+        concurrent.futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="potluck-rpc"),
+        options=[
+            ("grpc.max_receive_message_length", options.max_message_bytes),
+            ("grpc.max_send_message_length", options.max_message_bytes),
+        ],
+        maximum_concurrent_rpcs=options.max_workers,
+    )
+    pb_grpc.add_FleetServicer_to_server(FleetServicer(handler, options, secure=tls is not None), server)
+    if tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        credentials = grpc.ssl_server_credentials(
+            [(tls.key, tls.cert)], root_certificates=tls.ca, require_client_auth=True
+        )
+        port = server.add_secure_port(address, credentials)
+    if port == 0:
+        raise OSError(f"cannot bind {address}")
+    server.start()
+    return server, port
