@@ -181,10 +181,10 @@ class FleetPool:
         return False
 
     def _decode(self, result: IncomingResult, node_id: str, ins: _Open) -> Outcome:
+        if ins.kind == "evaluate":  # 0 examples: the node has no validation split
+            return EvaluateResult(ins.round, node_id, result.loss, result.num_examples, dict(result.metrics))
         if result.num_examples <= 0:
             return self._refuse(node_id, "invalid", ParamsError(f"result reports {result.num_examples} examples"))
-        if ins.kind == "evaluate":
-            return EvaluateResult(ins.round, node_id, result.loss, result.num_examples, dict(result.metrics))
         try:
             params = Params.decode(result.payload)
             params.check_schema(self.schema, what=f"update from {node_id}")

@@ -1,0 +1,151 @@
+"""``node``: train on local data when the server asks; only updates leave the machine.
+
+The node dials out, joins, and long-polls. Before it joins for real it builds its model
+for the data shape the server announces and checks that the parameter schema matches
+the server's, so a wrong Task is refused with a clear message instead of failing later.
+When the server goes away, the node retries with exponential backoff and jitter, then
+rejoins the run in progress.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from potluck.core.errors import AccessDenied, NodeError, PotluckError, SchemaMismatch, TransportError, UnknownId
+from potluck.core.messages import EvaluateInstruction, FitInstruction
+from potluck.core.params import Params
+from potluck.core.seeds import rng_for
+from potluck.runtime.node import NodeData, NodeRunner
+from potluck.tasks.builtin import resolve_task
+from potluck.tasks.protocol import DataInfo, Task
+from potluck.transport.certs import load_pem_bundle
+from potluck.transport.client import FleetClient
+from potluck.transport.fleet_messages import IncomingResult, JoinInfo, Welcome
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    server_address: str
+    node_id: str
+    data_path: str
+    task: str = "digits"
+    model_id: str | None = None  # the model the operator expects; checked against the server's
+    tls_dir: str = "tls"
+    insecure: bool = False
+    val_fraction: float = 0.1
+    poll_seconds: float = 10.0
+    max_backoff: float = 30.0
+    max_message_mb: float = 8.0
+    chunk_mb: float = 2.0
+
+
+class NodeAgent:
+    """One node's loop. ``stop()`` (e.g. from SIGTERM) makes ``run()`` leave and return."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.task: Task = resolve_task(config.task)
+        if config.model_id is not None and config.model_id != self.task.name:
+            raise SchemaMismatch(f"--model-id {config.model_id!r} is not what task {config.task!r} trains ({self.task.name!r})")
+        data = self.task.load_data(Path(config.data_path))
+        order = rng_for(0, "node-val", config.node_id).permutation(len(data))
+        n_val = int(len(data) * config.val_fraction) if len(data) > 1 else 0
+        self.data = NodeData(data.subset(order[n_val:], source=f"{config.node_id} train"),
+                             data.subset(order[:n_val], source=f"{config.node_id} val"))
+        tls = None if config.insecure else load_pem_bundle(Path(config.tls_dir), "node", config.node_id)
+        mb = 2**20
+        self.client = FleetClient(config.server_address, tls, chunk_bytes=int(config.chunk_mb * mb),
+                                  max_message_bytes=int(config.max_message_mb * mb))
+        self._stop = threading.Event()
+        self._built_for: bytes | None = None
+        self.rounds_done = 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> int:
+        """Serve until the run finishes (0) or ``stop()``; fatal refusals raise."""
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                welcome = self._join()
+                backoff = 0.5
+                if self._serve(welcome):
+                    return 0
+            except (TransportError, UnknownId) as exc:
+                delay = random.uniform(0, backoff)  # full jitter: a restarted server is not hit all at once
+                log.warning("node %s: %s; retrying in %.1f s", self.config.node_id, exc, delay)
+                self._stop.wait(delay)
+                backoff = min(backoff * 2, self.config.max_backoff)
+        return 0
+
+    def _join(self) -> Welcome:
+        probe = self.client.join(JoinInfo(self.config.node_id, self.task.name, "", len(self.data.train)))
+        if self._built_for != probe.data_info_json:
+            raw = json.loads(probe.data_info_json)
+            info = DataInfo(tuple(raw["input_shape"]), int(raw["num_classes"]))
+            self._schema = self.task.build(info, 0).schema_digest
+            self._built_for = probe.data_info_json
+        if self._schema != probe.schema_digest:
+            raise SchemaMismatch(
+                f"the server's model {probe.model_id!r} has parameter schema {probe.schema_digest[:12]}…, "
+                f"this node's task builds {self._schema[:12]}…: install the same Task version as the server"
+            )
+        cpus = os.cpu_count() or 0
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        welcome = self.client.join(JoinInfo(self.config.node_id, self.task.name, self._schema, len(self.data.train),
+                                            cpus=cpus, memory_bytes=memory))
+        log.info("node %s joined run %s at round %d", self.config.node_id, welcome.run_id, welcome.current_round)
+        return welcome
+
+    def _serve(self, welcome: Welcome) -> bool:
+        """Pull and answer instructions; True when the run is over."""
+        runner = NodeRunner(self.task, {self.config.node_id: self.data})
+        last_beat = 0.0
+        while not self._stop.is_set():
+            if time.monotonic() - last_beat > welcome.heartbeat_seconds:
+                if self.client.heartbeat(welcome.session).run_finished:
+                    return True
+                last_beat = time.monotonic()
+            ins = self.client.pull(welcome.session, min(self.config.poll_seconds, welcome.heartbeat_seconds))
+            if ins is None:
+                continue
+            params = Params.decode(ins.payload)
+            try:
+                if ins.kind == "fit":
+                    out = runner.fit(FitInstruction(ins.round, self.config.node_id, params, ins.config, ins.seed))
+                    result = IncomingResult(welcome.session, ins.instruction_id, ins.round, out.num_examples,
+                                            metrics=dict(out.metrics), payload=out.params.encode())
+                else:
+                    ev = runner.evaluate(EvaluateInstruction(ins.round, self.config.node_id, params, ins.config))
+                    result = IncomingResult(welcome.session, ins.instruction_id, ins.round, ev.num_examples,
+                                            loss=ev.loss, metrics=dict(ev.metrics))
+            except NodeError as exc:  # the server counts it as a missed result at its deadline
+                log.error("node %s: round %d %s failed: %s", self.config.node_id, ins.round, ins.kind, exc)
+                continue
+            self.client.push(result)
+            self.rounds_done += ins.kind == "fit"
+        try:
+            self.client.leave(welcome.session, "stopped")
+        except PotluckError:
+            pass  # leaving is a courtesy; the server also notices silence
+        return True
+
+
+def run_node(config: NodeConfig) -> int:
+    agent = NodeAgent(config)
+    try:
+        return agent.run()
+    except (SchemaMismatch, AccessDenied):
+        raise
+    finally:
+        agent.client.close()

@@ -1,0 +1,116 @@
+"""``server``: one federated run served to real nodes over gRPC (mutual TLS by default).
+
+The same coordinator and strategy as ``simulate``; the pool is a :class:`FleetPool`.
+Started again with the same run directory, the server resumes after its last committed
+round, and nodes rejoin by themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from potluck.apps.run import open_run
+from potluck.backends.fleet import FleetPool
+from potluck.core.config import ServerConfig
+from potluck.core.errors import RoundFailed, RunDirError
+from potluck.core.params import Params
+from potluck.core.seeds import derive_seed
+from potluck.observability.report import write_report
+from potluck.runtime.coordinator import Coordinator, RoundHook, RoundPolicy
+from potluck.runtime.federation import stratified_split
+from potluck.runtime.records import RoundRecord
+from potluck.runtime.rundir import RunDirectory
+from potluck.strategies.registry import make_strategy
+from potluck.tasks.builtin import resolve_task
+from potluck.tasks.protocol import DataInfo
+from potluck.transport.certs import load_pem_bundle
+from potluck.transport.server import ServerOptions, start_server
+
+log = logging.getLogger(__name__)
+MB = 2**20
+
+
+@dataclass
+class ServerResult:
+    run_dir: Path
+    final_params: Params
+    records: list[RoundRecord]
+    resumed_from: int
+    rejections: dict[str, int]
+
+
+def run_server(
+    config: ServerConfig, *, hooks: Sequence[RoundHook] = (), on_ready: Callable[[int], None] | None = None
+) -> ServerResult:
+    """Serve the run until every round is committed; ``on_ready(port)`` once listening."""
+    task = resolve_task(config.task)
+    data = task.load_data(Path(config.data_path) if config.data_path else None)
+    info = DataInfo.from_dataset(data)
+    if config.data_path is None:  # a bundled data set: evaluate on the same held-out split as simulate
+        _, held = stratified_split(data.y, config.test_fraction, derive_seed(config.seed, "holdout"))
+        data = data.subset(held, source=f"{data.source} (held out)")
+    initial = task.build(info, derive_seed(config.seed, "init"))
+    strategy = make_strategy(config.strategy, config.strategy_options)
+    check = getattr(task, "check_fit_config", None)
+    if check is not None:
+        check(config.fit)
+
+    run_dir = RunDirectory(Path(config.run_dir))
+    resume = bool(run_dir.committed_rounds())
+    if resume:
+        _check_same_run(run_dir, config)
+    params, first_round = open_run(run_dir, config.to_toml(), initial, strategy, resume=resume)
+    run_id = _run_id(run_dir)
+
+    pool = FleetPool(
+        run_id=run_id, model_id=task.name, schema=initial.schema,
+        data_info_json=json.dumps(info.to_dict()).encode(), allow=set(config.allow) if config.allow else None,
+        heartbeat_seconds=config.heartbeat_seconds, max_payload_bytes=int(config.max_payload_mb * MB),
+    )
+    pool.current_round = first_round - 1
+    tls = None if config.insecure else load_pem_bundle(Path(config.tls_dir), "server")
+    options = ServerOptions(chunk_bytes=int(config.chunk_mb * MB), max_message_bytes=int(config.max_message_mb * MB))
+    server, port = start_server(pool, config.bind, tls, options)
+    try:
+        if on_ready is not None:
+            on_ready(port)
+        if first_round <= config.rounds and not pool.wait_for_nodes(config.min_nodes, config.wait_for_nodes):
+            raise RoundFailed(f"only {len(pool.node_ids())} of min_nodes={config.min_nodes} nodes joined "
+                              f"within {config.wait_for_nodes:g} s")
+        policy = RoundPolicy(
+            rounds=config.rounds, fraction=config.fraction, min_nodes=config.min_nodes, quorum=config.quorum,
+            round_timeout=config.round_timeout, max_retries=config.max_retries,
+            federated_eval_every=config.federated_eval_every, seed=config.seed,
+        )
+        evaluator = (lambda p: task.evaluate(p, data)) if len(data) else None
+        coordinator = Coordinator(pool, strategy, policy, fit_config=config.fit, evaluator=evaluator,
+                                  hooks=[run_dir, *hooks])
+        final = coordinator.run(params, first_round)
+        run_dir.write_final(final)
+    finally:
+        pool.close()  # nodes learn the run is over from their next call
+        server.stop(grace=2.0).wait(5.0)
+    records = run_dir.records()
+    write_report(records, run_dir.path / "report.png", title=f"potluck server: {task.name}, {config.strategy}")
+    return ServerResult(run_dir.path, final, records, first_round - 1, dict(pool.rejections))
+
+
+def _run_id(run_dir: RunDirectory) -> str:
+    marker = run_dir.path / "run-id"
+    if not marker.exists():
+        marker.write_text(secrets.token_hex(8) + "\n")
+    return marker.read_text().strip()
+
+
+def _check_same_run(run_dir: RunDirectory, config: ServerConfig) -> None:
+    stored = ServerConfig.load(run_dir.config_file)
+    keep = ("task", "strategy", "strategy_options", "seed", "fit")
+    differ = [k for k in keep if getattr(stored, k) != getattr(config, k)]
+    if differ:
+        raise RunDirError(f"{run_dir.path} holds a run with other settings ({', '.join(differ)}); "
+                          "use the same settings to resume it, or another --run-dir")

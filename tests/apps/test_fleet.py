@@ -1,0 +1,117 @@
+"""A deployed run over gRPC with mutual TLS on 127.0.0.1: server and nodes in threads."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from potluck.apps.node import NodeAgent, NodeConfig
+from potluck.apps.server import run_server
+from potluck.core.config import ServerConfig
+from potluck.core.errors import AccessDenied, SchemaMismatch
+from potluck.core.seeds import derive_seed
+from potluck.runtime.federation import stratified_split
+from potluck.tasks.builtin import load_digits
+from potluck.tasks.data.partition import iid
+from potluck.transport.certs import init_ca, issue_node, issue_server
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    """A CA, server and node certificates, and three nodes' digits data as NPZ files."""
+    root = tmp_path_factory.mktemp("fleet")
+    tls = root / "tls"
+    init_ca(tls)
+    issue_server(tls, ["127.0.0.1", "localhost"])
+    for node in ("n0", "n1", "n2", "intruder"):
+        issue_node(tls, node)
+    data = load_digits()
+    train, _ = stratified_split(data.y, 0.2, derive_seed(0, "holdout"))
+    for i, part in enumerate(iid(len(train), 3, seed=1)):
+        idx = train[part]
+        np.savez(root / f"n{i}.npz", x=data.x[idx], y=data.y[idx])
+    return root
+
+
+class Fleet:
+    """Runs the server in a thread; nodes are started as threads on demand."""
+
+    def __init__(self, root: Path, **overrides) -> None:
+        self.root = root
+        self.port: int | None = None
+        self.ready = threading.Event()
+        self.result = None
+        self.error: BaseException | None = None
+        base = dict(bind="127.0.0.1:0", tls_dir=str(root / "tls"), run_dir=str(root / overrides.pop("run", "run")),
+                    rounds=3, min_nodes=3, fit={"epochs": 2}, round_timeout=60.0, heartbeat_seconds=0.5)
+        self.config = ServerConfig.from_mapping({**base, **overrides})
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.agents: list[NodeAgent] = []
+
+    def _serve(self) -> None:
+        try:
+            self.result = run_server(self.config, on_ready=self._on_ready)
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+            self.ready.set()
+
+    def _on_ready(self, port: int) -> None:
+        self.port = port
+        self.ready.set()
+
+    def start(self) -> Fleet:
+        self.thread.start()
+        assert self.ready.wait(30)
+        return self
+
+    def node(self, node_id: str, data: str | None = None, **kw) -> NodeAgent:
+        cfg = NodeConfig(server_address=f"127.0.0.1:{self.port}", node_id=node_id,
+                         data_path=str(self.root / (data or f"{node_id}.npz")), tls_dir=str(self.root / "tls"),
+                         poll_seconds=0.5, **kw)
+        agent = NodeAgent(cfg)
+        threading.Thread(target=agent.run, daemon=True).start()
+        self.agents.append(agent)
+        return agent
+
+    def finish(self, timeout: float = 120):
+        self.thread.join(timeout)
+        for agent in self.agents:
+            agent.stop()
+        assert not self.thread.is_alive(), "server did not finish"
+        if self.error:
+            raise self.error
+        return self.result
+
+
+def test_three_nodes_over_mutual_tls_commit_every_round(deployment):
+    fleet = Fleet(deployment).start()
+    for node in ("n0", "n1", "n2"):
+        fleet.node(node)
+    result = fleet.finish()
+    assert [r.round for r in result.records] == [1, 2, 3]
+    assert all(r.num_nodes == 3 and not r.failures for r in result.records)
+    assert result.records[-1].accuracy > 0.85
+    assert result.records[-1].federated_accuracy > 0.8
+    assert all(agent.rounds_done == 3 for agent in fleet.agents)
+
+
+def test_wrong_model_and_identity_are_refused_with_reasons(deployment):
+    fleet = Fleet(deployment, run="run-refusals", rounds=1, min_nodes=2).start()
+    # A node whose task trains another model.
+    with pytest.raises(SchemaMismatch, match="this server trains model 'digits'"):
+        NodeAgent(NodeConfig(f"127.0.0.1:{fleet.port}", "n0", str(deployment / "n0.npz"), task="digits-sklearn",
+                             tls_dir=str(deployment / "tls")))._join()
+    # A certificate for one node, claiming to be another.
+    agent = NodeAgent(NodeConfig(f"127.0.0.1:{fleet.port}", "intruder", str(deployment / "n0.npz"),
+                                 tls_dir=str(deployment / "tls")))
+    agent.config = NodeConfig(f"127.0.0.1:{fleet.port}", "n1", str(deployment / "n0.npz"), tls_dir=str(deployment / "tls"))
+    with pytest.raises(AccessDenied, match="does not match its certificate"):
+        agent._join()
+    fleet.node("n0")
+    fleet.node("n1")
+    result = fleet.finish()
+    assert result.records[-1].num_nodes == 2
+    assert result.rejections["model_id"] == 1
