@@ -118,6 +118,7 @@ class NodeAgent:
                 last_beat = time.monotonic()
             ins = self.client.pull(welcome.session, min(self.config.poll_seconds, welcome.heartbeat_seconds))
             if ins is None:
+                last_beat = 0.0  # nothing to do: ask right away whether the run is over
                 continue
             params = Params.decode(ins.payload)
             try:

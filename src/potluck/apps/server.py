@@ -93,7 +93,7 @@ def run_server(
         final = coordinator.run(params, first_round)
         run_dir.write_final(final)
     finally:
-        pool.close()  # nodes learn the run is over from their next call
+        pool.close(linger=2 * config.heartbeat_seconds)  # nodes learn the run is over and exit
         server.stop(grace=2.0).wait(5.0)
     records = run_dir.records()
     write_report(records, run_dir.path / "report.png", title=f"potluck server: {task.name}, {config.strategy}")

@@ -85,6 +85,7 @@ class FleetPool:
         self.current_round = 0
         self.finished = False
         self.rejections: collections.Counter[str] = collections.Counter()
+        self._told_finished: set[str] = set()
         self._cond = threading.Condition()
         self._nodes: dict[str, _Node] = {}
         self._sessions: dict[str, str] = {}  # session -> node id
@@ -202,7 +203,10 @@ class FleetPool:
 
     def heartbeat(self, session: str, peer: str | None) -> HeartbeatInfo:
         with self._cond:
-            self._node_for(session, peer)
+            node = self._node_for(session, peer)
+            if self.finished:
+                self._told_finished.add(node.info.node_id)
+                self._cond.notify_all()
             return HeartbeatInfo(self.current_round, self.finished)
 
     def leave(self, session: str, reason: str, peer: str | None) -> None:
@@ -294,8 +298,15 @@ class FleetPool:
         for node in self._nodes.values():
             node.inbox = collections.deque(i for i in node.inbox if i.instruction_id != ins_id)
 
-    def close(self) -> None:
-        """Tell every node the run is over (heartbeats and pulls report it)."""
+    def close(self, linger: float = 0.0) -> None:
+        """Tell every node the run is over (heartbeats report it); wait up to ``linger``
+        seconds until every live node has heard, so nodes exit by themselves."""
+        deadline = self.clock() + linger
         with self._cond:
             self.finished = True
             self._cond.notify_all()
+            while self.clock() < deadline:
+                live = {n for n, node in self._nodes.items() if self.clock() - node.last_seen <= self.node_ttl}
+                if live <= self._told_finished:
+                    break
+                self._cond.wait(0.1)

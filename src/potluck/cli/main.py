@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from potluck.cli import certs, simulate
+from potluck.cli import certs, node, server, simulate, up
 
 app = typer.Typer(
     name="potluck",
@@ -14,6 +14,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("simulate", help=simulate.HELP)(simulate.simulate)
+app.command("server", help=server.HELP)(server.server)
+app.command("node", help=node.HELP)(node.node)
+app.command("up", help=up.HELP)(up.up)
 app.add_typer(certs.app, name="certs", help=certs.HELP)
 
 

@@ -101,13 +101,14 @@ def _run(cfg: SimulationConfig, resume: bool) -> None:
     display = ProgressDisplay(cfg.rounds, 1)
     with display.progress:
         result = run_simulation(cfg, resume=resume, hooks=[display])
-    _summary(result.records, result.final_params, result.run_dir, time.perf_counter() - started, result.resumed_from)
+    summary(result.records, result.final_params, result.run_dir, time.perf_counter() - started, result.resumed_from)
 
 
-def _summary(records: list[RoundRecord], final: Params, run_dir: Path, seconds: float, resumed_from: int) -> None:
+def summary(records: list[RoundRecord], final: Params, run_dir: Path, seconds: float, resumed_from: int,
+             title: str = "potluck simulate") -> None:
     out = Console()
     last = records[-1]
-    table = Table(title="potluck simulate", show_header=False)
+    table = Table(title=title, show_header=False)
     table.add_column(style="bold")
     table.add_column()
     table.add_row("rounds", f"{last.round}" + (f" (resumed after round {resumed_from})" if resumed_from else ""))
