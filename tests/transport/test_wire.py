@@ -9,6 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from potluck.core.errors import (
+    AccessDenied,
+    ConfigError,
+    NonFiniteError,
+    ParamsError,
+    ResultRejected,
+    SchemaMismatch,
+    UnknownId,
+)
 from potluck.core.params import Params
 from potluck.transport.chunks import PayloadError, Reassembly, split
 from potluck.transport.convert import WireError, config_from_proto, config_to_proto, scalar_from_proto
@@ -72,3 +81,36 @@ def test_oversize_announcement_is_refused_before_any_byte():
     with pytest.raises(PayloadError, match="exceeds the limit of 1,024 bytes") as info:
         Reassembly(10_000, "0" * 64, max_bytes=1024)
     assert info.value.reason == "oversize"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        AccessDenied("not on the allow-list"),
+        UnknownId("no such session"),
+        SchemaMismatch("'w' has shape (2,)"),
+        ResultRejected("late"),
+        NonFiniteError("'w' holds NaN"),
+        ParamsError("cannot decode"),
+        ConfigError("bad option"),
+        PayloadError("oversize", "too big"),
+        PayloadError("digest", "does not match"),
+    ],
+)
+def test_every_error_survives_the_wire_with_its_kind_and_message(error):
+    import grpc
+
+    from potluck.transport.status import details_of, error_from_rpc, status_of
+
+    class Failed(grpc.RpcError):
+        def code(self):
+            return status_of(error)
+
+        def details(self):
+            return details_of(error)
+
+    back = error_from_rpc(Failed())
+    assert type(back) is type(error) and str(back) == str(error)
+    assert status_of(error) != grpc.StatusCode.INTERNAL
+    if isinstance(error, PayloadError):
+        assert back.reason == error.reason

@@ -51,8 +51,9 @@ def status_of(error: PotluckError) -> grpc.StatusCode:
 
 
 def details_of(error: PotluckError) -> str:
-    name = "ParamsError" if isinstance(error, PayloadError) else type(error).__name__
-    return f"{name}: {error}"
+    if isinstance(error, PayloadError):
+        return f"PayloadError({error.reason}): {error}"
+    return f"{type(error).__name__}: {error}"
 
 
 def error_from_rpc(exc: grpc.RpcError) -> PotluckError:
@@ -60,6 +61,8 @@ def error_from_rpc(exc: grpc.RpcError) -> PotluckError:
     code = exc.code() if hasattr(exc, "code") else None
     details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
     name, sep, message = details.partition(": ")
+    if sep and name.startswith("PayloadError(") and name.endswith(")"):
+        return PayloadError(name[len("PayloadError(") : -1], message)
     if sep and name in _BY_NAME:
         return _BY_NAME[name](message)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):

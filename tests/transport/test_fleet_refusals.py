@@ -1,0 +1,228 @@
+"""Every refusal at the wire, with its specific error on both sides; the server keeps serving."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from datetime import datetime, timedelta, timezone
+
+import grpc
+import numpy as np
+import pytest
+
+from potluck.backends.fleet import FleetPool
+from potluck.core.errors import AccessDenied, NodeFailed, ResultRejected, SchemaMismatch, TransportError, UnknownId
+from potluck.core.messages import FitInstruction, FitResult
+from potluck.core.params import Params, ParamsKind
+from potluck.transport.certs import PemBundle, _issue, init_ca, issue_node, issue_server, load_pem_bundle
+from potluck.transport.chunks import PayloadError
+from potluck.transport.client import FleetClient
+from potluck.transport.fleet_messages import IncomingResult, JoinInfo
+from potluck.transport.server import ServerOptions, start_server
+from potluck.transport.v1 import fleet_pb2 as pb
+from potluck.transport.v1 import fleet_pb2_grpc as pb_grpc
+
+MODEL = Params.from_arrays({"w": np.zeros((4, 3), np.float32), "b": np.zeros(3, np.float32)})
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tls")
+    init_ca(root / "tls")
+    issue_server(root / "tls", ["127.0.0.1"])
+    for node in ("a", "b", "stranger"):
+        issue_node(root / "tls", node)
+    init_ca(root / "other")
+    issue_node(root / "other", "a")
+    now = datetime.now(timezone.utc)
+    _issue(root / "tls", "node", "old", [], not_before=now - timedelta(days=10), not_after=now - timedelta(days=1))
+    return root
+
+
+@pytest.fixture
+def fleet(tls):
+    pool = FleetPool(run_id="r1", model_id="m", schema=MODEL.schema, data_info_json=b"{}", allow={"a", "b", "old"},
+                     heartbeat_seconds=1.0, max_payload_bytes=1 << 20)
+    server, port = start_server(pool, "127.0.0.1:0", load_pem_bundle(tls / "tls", "server"),
+                                ServerOptions(max_message_bytes=1 << 20, chunk_bytes=1 << 18))
+    yield pool, f"127.0.0.1:{port}"
+    server.stop(0)
+
+
+def client(tls, address, node="a", folder="tls", **kw) -> FleetClient:
+    if node == "old":  # expired: skip the client's own check, so the server is what refuses it
+        d = tls / folder
+        bundle = PemBundle((d / "ca.crt").read_bytes(), (d / "nodes/old.crt").read_bytes(), (d / "nodes/old.key").read_bytes())
+    else:
+        bundle = load_pem_bundle(tls / folder, "node", node)
+    return FleetClient(address, bundle, call_timeout=5.0, **kw)
+
+
+def join(c: FleetClient, node="a", schema=MODEL.schema_digest) -> str:
+    return c.join(JoinInfo(node, "m", schema, 10)).session
+
+
+def dispatch(pool: FleetPool, nodes, rnd=1, timeout=5.0):
+    """Run one fit round in a thread; returns (thread, outcomes list)."""
+    outcomes: list = []
+    ins = [FitInstruction(rnd, n, MODEL, {"lr": 0.1}, 7) for n in nodes]
+    t = threading.Thread(target=lambda: outcomes.extend(pool.fit(ins, timeout)), daemon=True)
+    t.start()
+    return t, outcomes
+
+
+def delta(value=1.0) -> bytes:
+    return Params.from_arrays({k: np.full_like(v, value) for k, v in MODEL.items()}, ParamsKind.DELTA).encode()
+
+
+def well_behaved_round(pool, tls, address, node="b"):
+    """A full round with a good node: the server still serves after a refusal."""
+    c = client(tls, address, node)
+    session = join(c, node)
+    t, outcomes = dispatch(pool, [node], rnd=pool.current_round + 1)
+    ins = c.pull(session, 5)
+    assert ins is not None and ins.kind == "fit" and ins.config == {"lr": 0.1} and ins.seed == 7
+    assert Params.decode(ins.payload).digest == MODEL.digest
+    assert c.push(IncomingResult(session, ins.instruction_id, ins.round, 10, payload=delta())) is False
+    t.join(5)
+    assert isinstance(outcomes[0], FitResult) and outcomes[0].num_examples == 10
+    c.close()
+
+
+def test_a_round_and_an_idempotent_repeat_push(fleet, tls):
+    pool, address = fleet
+    c = client(tls, address)
+    session = join(c)
+    t, outcomes = dispatch(pool, ["a"])
+    ins = c.pull(session, 5)
+    result = IncomingResult(session, ins.instruction_id, 1, 10, payload=delta(0.5))
+    assert c.push(result) is False
+    assert c.push(result) is True  # acknowledged, ignored
+    t.join(5)
+    assert len(outcomes) == 1 and outcomes[0].params["w"][0, 0] == 0.5
+
+
+def test_plaintext_client_is_refused(fleet, tls):
+    pool, address = fleet
+    with pytest.raises(TransportError):
+        FleetClient(address, None, call_timeout=3.0).join(JoinInfo("a", "m", MODEL.schema_digest, 1))
+    well_behaved_round(pool, tls, address)
+
+
+def test_certificate_from_another_ca_is_refused(fleet, tls):
+    pool, address = fleet
+    with pytest.raises(TransportError):
+        join(client(tls, address, "a", folder="other"))
+    well_behaved_round(pool, tls, address)
+
+
+def test_expired_certificate_is_refused(fleet, tls):
+    pool, address = fleet
+    with pytest.raises(TransportError):
+        join(client(tls, address, "old"), "old")
+    well_behaved_round(pool, tls, address)
+
+
+def test_node_not_on_the_allow_list(fleet, tls):
+    pool, address = fleet
+    with pytest.raises(AccessDenied, match="'stranger' is not on this server's allow-list"):
+        join(client(tls, address, "stranger"), "stranger")
+    assert pool.rejections["not_allowed"] == 1
+    well_behaved_round(pool, tls, address)
+
+
+def test_schema_mismatch_and_identity_mismatch(fleet, tls):
+    pool, address = fleet
+    with pytest.raises(SchemaMismatch, match="builds parameters with schema"):
+        join(client(tls, address), schema="0" * 64)
+    with pytest.raises(AccessDenied, match="does not match its certificate"):
+        join(client(tls, address, "a"), node="b")
+    well_behaved_round(pool, tls, address)
+
+
+def test_digest_mismatch_is_refused(fleet, tls):
+    pool, address = fleet
+    c = client(tls, address)
+    session = join(c)
+    t, outcomes = dispatch(pool, ["a"], timeout=3)
+    ins = c.pull(session, 5)
+    stub = pb_grpc.FleetStub(c.channel)
+    payload = delta()
+    header = pb.ResultHeader(session=session, instruction_id=ins.instruction_id, round=1, num_examples=10,
+                             params_size=len(payload), params_sha256=hashlib.sha256(b"other").hexdigest())
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Push(iter([pb.ResultPart(header=header), pb.ResultPart(chunk=payload)]), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "SHA-256" in info.value.details()
+    t.join(6)
+    assert outcomes and outcomes[0].node_id == "a"
+    well_behaved_round(pool, tls, address)
+
+
+def test_wrong_round_other_nodes_instruction_unknown_id_and_late(fleet, tls):
+    pool, address = fleet
+    ca, cb = client(tls, address, "a"), client(tls, address, "b")
+    sa, sb = join(ca, "a"), join(cb, "b")
+    t, outcomes = dispatch(pool, ["a"], rnd=4, timeout=2)
+    ins = ca.pull(sa, 5)
+    with pytest.raises(ResultRejected, match="result says round 3, its instruction was for round 4"):
+        ca.push(IncomingResult(sa, ins.instruction_id, 3, 10, payload=delta()))
+    with pytest.raises(ResultRejected, match="was given to node 'a', not 'b'"):
+        cb.push(IncomingResult(sb, ins.instruction_id, 4, 10, payload=delta()))
+    with pytest.raises(UnknownId, match="no instruction"):
+        ca.push(IncomingResult(sa, "deadbeef", 4, 10, payload=delta()))
+    with pytest.raises(UnknownId, match="unknown or expired session"):
+        ca.push(IncomingResult("nosuchsession", ins.instruction_id, 4, 10, payload=delta()))
+    t.join(5)  # the deadline passes
+    assert type(outcomes[0]).__name__ == "NodeTimedOut"
+    with pytest.raises(ResultRejected, match="round deadline passed"):
+        ca.push(IncomingResult(sa, ins.instruction_id, 4, 10, payload=delta()))
+    assert pool.rejections["late"] == 1 and pool.rejections["wrong_round"] == 1
+    well_behaved_round(pool, tls, address)
+
+
+def test_oversized_stream_nan_update_and_wrong_shape(fleet, tls):
+    pool, address = fleet
+    c = client(tls, address)
+    session = join(c)
+    t, outcomes = dispatch(pool, ["a"], timeout=3)
+    ins = c.pull(session, 5)
+    big = Params.from_arrays({"w": np.zeros(600_000, np.float32)}, ParamsKind.DELTA).encode()
+    with pytest.raises(PayloadError, match="exceeds the limit"):
+        c.push(IncomingResult(session, ins.instruction_id, 1, 10, payload=big))
+    nan = Params.from_arrays({"w": np.full((4, 3), np.nan, np.float32), "b": np.zeros(3, np.float32)},
+                             ParamsKind.DELTA).encode()
+    from potluck.core.errors import NonFiniteError
+
+    with pytest.raises(NonFiniteError, match="'w' holds 12 NaN/Inf values"):
+        c.push(IncomingResult(session, ins.instruction_id, 1, 10, payload=nan))
+    t.join(5)
+    assert isinstance(outcomes[0], NodeFailed) and "NaN" in str(outcomes[0])
+    t, outcomes = dispatch(pool, ["a"], rnd=2, timeout=3)
+    ins = c.pull(session, 5)
+    wrong = Params.from_arrays({"w": np.zeros((3, 4), np.float32), "b": np.zeros(3, np.float32)}).encode()
+    with pytest.raises(SchemaMismatch, match="'w' has shape"):
+        c.push(IncomingResult(session, ins.instruction_id, 2, 10, payload=wrong))
+    t.join(5)
+    well_behaved_round(pool, tls, address)
+
+
+def test_model_larger_than_the_message_limit_transfers(tls):
+    """A 64 MiB model through an 8 MiB gRPC message limit, both directions."""
+    model = Params.from_arrays({"w": np.arange(16 * 2**20, dtype=np.float32)})
+    pool = FleetPool(run_id="r", model_id="m", schema=model.schema, data_info_json=b"{}", heartbeat_seconds=1.0)
+    server, port = start_server(pool, "127.0.0.1:0", load_pem_bundle(tls / "tls", "server"),
+                                ServerOptions(max_message_bytes=8 * 2**20, chunk_bytes=4 * 2**20))
+    try:
+        c = client(tls, f"127.0.0.1:{port}", max_message_bytes=8 * 2**20, chunk_bytes=4 * 2**20)
+        session = c.join(JoinInfo("a", "m", model.schema_digest, 5)).session
+        outcomes: list = []
+        t = threading.Thread(target=lambda: outcomes.extend(pool.fit([FitInstruction(1, "a", model)], 60)))
+        t.start()
+        ins = c.pull(session, 10)
+        assert len(ins.payload) > 64 * 2**20 and Params.decode(ins.payload).digest == model.digest
+        update = Params.from_arrays({"w": np.ones(16 * 2**20, np.float32)}, ParamsKind.DELTA)
+        c.push(IncomingResult(session, ins.instruction_id, 1, 5, payload=update.encode()))
+        t.join(30)
+        assert outcomes[0].params.digest == update.digest
+    finally:
+        server.stop(0)
