@@ -76,6 +76,7 @@ def run_server(
     tls = None if config.insecure else load_pem_bundle(Path(config.tls_dir), "server")
     options = ServerOptions(chunk_bytes=int(config.chunk_mb * MB), max_message_bytes=int(config.max_message_mb * MB))
     server, port = start_server(pool, config.bind, tls, options)
+    completed = False
     try:
         if on_ready is not None:
             on_ready(port)
@@ -92,8 +93,10 @@ def run_server(
                                   hooks=[run_dir, *hooks])
         final = coordinator.run(params, first_round)
         run_dir.write_final(final)
+        completed = True
     finally:
-        pool.close(linger=2 * config.heartbeat_seconds)  # nodes learn the run is over and exit
+        if completed:  # only then: an interrupted server's nodes must wait for it to return
+            pool.close(linger=2 * config.heartbeat_seconds)
         server.stop(grace=2.0).wait(5.0)
     records = run_dir.records()
     write_report(records, run_dir.path / "report.png", title=f"potluck server: {task.name}, {config.strategy}")
