@@ -62,8 +62,9 @@ def tls_floor(tls: Path, nbytes: int) -> float:
         started = time.perf_counter()
         sent = 0
         while sent < nbytes:
-            s.sendall(payload)
-            sent += len(payload)
+            piece = payload[: min(len(payload), nbytes - sent)]
+            s.sendall(piece)
+            sent += len(piece)
         t.join()
         elapsed = time.perf_counter() - started
     listener.close()
