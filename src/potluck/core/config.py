@@ -30,6 +30,13 @@ PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 S = TypeVar("S", bound="Settings")
 
 
+def check_rules(obj: object, rules: list[tuple[str, bool, str]]) -> None:
+    """Raise ConfigError for the first ``(field, holds, rule)`` that does not hold."""
+    for name, ok, rule in rules:
+        if not ok:
+            raise ConfigError(f"{name} must be {rule}, got {getattr(obj, name)!r}")
+
+
 class Settings:
     """TOML and flag handling shared by every settings dataclass below."""
 
@@ -117,9 +124,7 @@ class SimulationConfig(Settings):
             ("val_fraction", 0 <= self.val_fraction < 1, "in [0, 1)"),
             ("federated_eval_every", self.federated_eval_every >= 0, "≥ 0"),
         ]
-        for name, ok, rule in rules:
-            if not ok:
-                raise ConfigError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+        check_rules(self, rules)
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
@@ -223,6 +228,4 @@ class ServerConfig(Settings):
             ("max_payload_mb", self.max_payload_mb > 0, "> 0"),
             ("federated_eval_every", self.federated_eval_every >= 0, "≥ 0"),
         ]
-        for name, ok, rule in rules:
-            if not ok:
-                raise ConfigError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+        check_rules(self, rules)

@@ -16,7 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
-from potluck.core.errors import ConfigError, NodeError, NodeLeft, NodeTimedOut, ParamsError, RoundFailed
+from potluck.core.config import check_rules
+from potluck.core.errors import NodeError, NodeLeft, NodeTimedOut, ParamsError, RoundFailed
 from potluck.core.messages import EvaluateInstruction, FitInstruction, FitResult
 from potluck.core.params import Params
 from potluck.core.seeds import derive_seed, rng_for
@@ -48,18 +49,15 @@ class RoundPolicy:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.rounds >= 1, "rounds must be ≥ 1"),
-            (0 < self.fraction <= 1, "fraction must be in (0, 1]"),
-            (self.min_nodes >= 1, "min_nodes must be ≥ 1"),
-            (0 < self.quorum <= 1, "quorum must be in (0, 1]"),
-            (self.round_timeout > 0, "round_timeout must be > 0"),
-            (self.max_retries >= 0, "max_retries must be ≥ 0"),
-            (self.federated_eval_every >= 0, "federated_eval_every must be ≥ 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        check_rules(self, [
+            ("rounds", self.rounds >= 1, "≥ 1"),
+            ("fraction", 0 < self.fraction <= 1, "in (0, 1]"),
+            ("min_nodes", self.min_nodes >= 1, "≥ 1"),
+            ("quorum", 0 < self.quorum <= 1, "in (0, 1]"),
+            ("round_timeout", self.round_timeout > 0, "> 0"),
+            ("max_retries", self.max_retries >= 0, "≥ 0"),
+            ("federated_eval_every", self.federated_eval_every >= 0, "≥ 0"),
+        ])
 
 
 class RoundHook(Protocol):
