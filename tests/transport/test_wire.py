@@ -114,3 +114,19 @@ def test_every_error_survives_the_wire_with_its_kind_and_message(error):
     assert status_of(error) != grpc.StatusCode.INTERNAL
     if isinstance(error, PayloadError):
         assert back.reason == error.reason
+
+
+def test_grpc_own_resource_exhausted_is_a_retryable_transport_error():
+    import grpc
+
+    from potluck.core.errors import TransportError
+    from potluck.transport.status import error_from_rpc
+
+    class Busy(grpc.RpcError):
+        def code(self):
+            return grpc.StatusCode.RESOURCE_EXHAUSTED
+
+        def details(self):
+            return "Concurrent RPC limit exceeded!"
+
+    assert isinstance(error_from_rpc(Busy()), TransportError)

@@ -67,8 +67,10 @@ def error_from_rpc(exc: grpc.RpcError) -> PotluckError:
         return _BY_NAME[name](message)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
         return TransportError(f"server unreachable ({code.name}): {details}")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        # Not our own oversize refusal (that carries its name): gRPC's concurrency or
+        # message limits, which a node should treat like a busy server and retry.
+        return TransportError(f"server busy or message too large ({code.name}): {details}")
     if code == grpc.StatusCode.PERMISSION_DENIED or code == grpc.StatusCode.UNAUTHENTICATED:
         return AccessDenied(details)
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return PayloadError("oversize", details)
     return TransportError(f"call failed ({code.name if code else 'unknown'}): {details}")
