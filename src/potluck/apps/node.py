@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from potluck.core.errors import AccessDenied, NodeError, PotluckError, SchemaMismatch, TransportError, UnknownId
+from potluck.core.errors import NodeError, PotluckError, SchemaMismatch, TransportError, UnknownId
 from potluck.core.messages import EvaluateInstruction, FitInstruction
 from potluck.core.params import Params
 from potluck.core.seeds import rng_for
@@ -140,13 +140,3 @@ class NodeAgent:
         except PotluckError:
             pass  # leaving is a courtesy; the server also notices silence
         return True
-
-
-def run_node(config: NodeConfig) -> int:
-    agent = NodeAgent(config)
-    try:
-        return agent.run()
-    except (SchemaMismatch, AccessDenied):
-        raise
-    finally:
-        agent.client.close()

@@ -6,7 +6,6 @@ after a header made by these functions.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 from potluck.core.errors import ParamsError
@@ -54,7 +53,3 @@ def metrics_from_proto(metrics: Mapping[str, float]) -> dict[str, float]:
             raise WireError(f"metric name {name[:40]!r} must be 1–128 characters")
         out[name] = float(value)
     return out
-
-
-def finite_or_nan(value: float) -> float:
-    return value if math.isfinite(value) else math.nan
