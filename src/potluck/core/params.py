@@ -82,13 +82,14 @@ class Params(Mapping[str, np.ndarray]):
 
         Raises :class:`ParamsError` with the reason when the bytes are not valid.
         """
+        raw = data if isinstance(data, bytes) else bytes(data)  # one copy at most, not one per use
         try:
-            arrays = _st_load(bytes(data))
+            arrays = _st_load(raw)
         except (SafetensorError, ValueError, TypeError, OverflowError) as exc:
             raise ParamsError(f"cannot decode parameters: {exc}") from exc
         except KeyError as exc:  # a safetensors dtype numpy lacks (BF16, F8_*)
             raise ParamsError(f"cannot decode parameters: unsupported dtype {exc}") from exc
-        meta = _read_metadata(bytes(data))
+        meta = _read_metadata(raw)
         kind_text = meta.get("kind", ParamsKind.FULL.value)
         try:
             kind = ParamsKind(kind_text)
