@@ -21,6 +21,7 @@ Non-float arrays (integer counters) take ``x + Δ`` and have no optimizer state.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -69,9 +70,9 @@ class FedOptBase(Strategy):
     def new_aggregator(self, global_params: Params) -> Aggregator:
         return WeightedMean(schema=global_params.schema)
 
+    @abc.abstractmethod
     def _update_v(self, v: np.ndarray, d2: np.ndarray, scratch: np.ndarray) -> None:
-        """Update the block ``v`` in place from ``d2`` = Δ² (which may be overwritten)."""
-        raise NotImplementedError
+        """Update the block ``v`` in place from ``d2`` = Δ² (which may be overwritten); each optimizer's rule."""
 
     def apply(self, global_params: Params, aggregate: Params) -> Params:
         """The next model; raises ``SchemaMismatch`` if Δ or the loaded state does not fit."""
