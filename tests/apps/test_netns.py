@@ -89,7 +89,7 @@ def test_cut_and_restored_link_run_completes(tmp_path):
         hosts.create()
         procs.append(hosts.run("srv", ["server", "--bind", f"0.0.0.0:{PORT}", "--tls-dir", str(work / "tls"),
                                        "--run-dir", str(run), "--data-path", str(test), "--rounds", "25",
-                                       "--min-nodes", "1", "--quorum", "0.5", "--round-timeout", "20",
+                                       "--min-nodes", "2", "--quorum", "0.5", "--round-timeout", "60",
                                        "-F", "epochs=10"], tmp_path / "server.log"))
         for i, (node, host) in enumerate(zip(ids, ("n1", "n2")), start=1):
             procs.append(hosts.run(host, ["node", "--server-address", f"10.213.{i}.1:{PORT}", "--node-id", node,
@@ -97,6 +97,7 @@ def test_cut_and_restored_link_run_completes(tmp_path):
                                           "--tls-dir", str(work / "tls")], tmp_path / f"{node}.log"))
         wait_until(lambda: len(records(run)) >= 3, 120, "three rounds")
         hosts.set_link("n1", up=False)
+        # The round in flight commits without it (quorum 0.5); later rounds wait for 2 nodes.
         wait_until(lambda: any(r["num_nodes"] == 1 for r in records(run)), 60, "a round without the cut node")
         hosts.set_link("n1", up=True)
         wait_until(lambda: procs[0].poll() is not None, 300, "the run to finish")

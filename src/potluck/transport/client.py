@@ -46,6 +46,10 @@ class FleetClient:
         opts = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            # A cut link sends no reset: pings find a dead connection in seconds, not minutes.
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
         ]
         if tls is None:
             self.channel = grpc.insecure_channel(address, options=opts)
@@ -74,7 +78,8 @@ class FleetClient:
     def pull(self, session: str, wait: float) -> OutgoingInstruction | None:
         """The next instruction, or ``None`` if none came within ``wait`` seconds."""
         try:
-            parts = self.stub.Pull(pb.PullRequest(session=session, wait_seconds=wait), timeout=wait + self.call_timeout)
+            deadline = wait + min(self.call_timeout, 10.0)  # a long-poll that overruns this is a dead link
+            parts = self.stub.Pull(pb.PullRequest(session=session, wait_seconds=wait), timeout=deadline)
             first = next(parts, None)
             if first is None:
                 return None

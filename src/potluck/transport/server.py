@@ -148,6 +148,9 @@ def start_server(
         options=[
             ("grpc.max_receive_message_length", options.max_message_bytes),
             ("grpc.max_send_message_length", options.max_message_bytes),
+            # Accept the nodes' keepalive pings (every 10 s, also between calls).
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
         ],
         maximum_concurrent_rpcs=options.max_workers,
     )
