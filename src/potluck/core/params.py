@@ -14,10 +14,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load as _st_load
-from safetensors.numpy import save as _st_save
 
+from potluck.core import safetensors_format
 from potluck.core.errors import NonFiniteError, ParamsError, SchemaMismatch
 
 # One metadata key holding sorted JSON: safetensors writes several metadata keys in an
@@ -80,16 +78,15 @@ class Params(Mapping[str, np.ndarray]):
     def decode(cls, data: bytes | bytearray | memoryview) -> Params:
         """Parse safetensors bytes made by :meth:`encode` (or any safetensors file).
 
-        Raises :class:`ParamsError` with the reason when the bytes are not valid.
+        Raises :class:`ParamsError` with the reason when the bytes are not valid. The
+        arrays are read-only views into ``data`` when it is ``bytes`` (no copy).
         """
-        raw = data if isinstance(data, bytes) else bytes(data)  # one copy at most, not one per use
+        raw = data if isinstance(data, bytes) else bytes(data)  # views need immutable memory
         try:
-            arrays = _st_load(raw)
-        except (SafetensorError, ValueError, TypeError, OverflowError) as exc:
+            arrays, stored = safetensors_format.decode(raw)
+        except ParamsError as exc:
             raise ParamsError(f"cannot decode parameters: {exc}") from exc
-        except KeyError as exc:  # a safetensors dtype numpy lacks (BF16, F8_*)
-            raise ParamsError(f"cannot decode parameters: unsupported dtype {exc}") from exc
-        meta = _read_metadata(raw)
+        meta = _potluck_metadata(stored)
         kind_text = meta.get("kind", ParamsKind.FULL.value)
         try:
             kind = ParamsKind(kind_text)
@@ -160,7 +157,7 @@ class Params(Mapping[str, np.ndarray]):
     def encode(self) -> bytes:
         """Canonical safetensors bytes: the same arrays always give the same bytes."""
         meta = json.dumps({"kind": self._kind.value, "order": list(self._arrays)}, sort_keys=True)
-        return bytes(_st_save(dict(self._arrays), metadata={_META_KEY: meta}))
+        return safetensors_format.encode(self._arrays, {_META_KEY: meta})
 
     def with_kind(self, kind: ParamsKind) -> Params:
         return Params(self._arrays, kind, _token=_PRIVATE)
@@ -204,18 +201,13 @@ def schema_digest(schema: tuple[SchemaEntry, ...]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _read_metadata(data: bytes) -> dict[str, Any]:
+def _potluck_metadata(stored: dict[str, str]) -> dict[str, Any]:
     """potluck's metadata object; empty for safetensors files written by other tools."""
-    # safetensors' numpy loader drops the metadata; the header is 8-byte length + JSON
-    # (already validated by the loader when this runs).
-    header_len = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + header_len])
-    meta = header.get("__metadata__") or {}
-    if not isinstance(meta, dict) or _META_KEY not in meta:
+    if _META_KEY not in stored:
         return {}
     try:
-        ours = json.loads(meta[_META_KEY])
-    except (TypeError, json.JSONDecodeError) as exc:
+        ours = json.loads(stored[_META_KEY])
+    except (ValueError, RecursionError) as exc:
         raise ParamsError(f"cannot decode parameters: bad {_META_KEY!r} metadata") from exc
     if not isinstance(ours, dict):
         raise ParamsError(f"cannot decode parameters: {_META_KEY!r} metadata is not an object")
