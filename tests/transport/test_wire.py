@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pytest
 from hypothesis import given
@@ -19,7 +17,7 @@ from potluck.core.errors import (
     UnknownId,
 )
 from potluck.core.params import Params
-from potluck.transport.chunks import PayloadError, Reassembly, split
+from potluck.transport.chunks import PayloadError, Reassembly, payload_digest, split
 from potluck.transport.convert import WireError, config_from_proto, config_to_proto, scalar_from_proto
 from potluck.transport.v1 import fleet_pb2 as pb
 
@@ -45,16 +43,17 @@ def test_unsupported_and_empty_scalars_are_refused():
 
 def payload(size: int = 3_000_000) -> tuple[bytes, str]:
     data = Params.from_arrays({"w": np.arange(size // 4, dtype=np.float32)}).encode()
-    return data, hashlib.sha256(data).hexdigest()
+    return data, payload_digest(data)
 
 
 def test_chunks_reassemble_to_the_same_params():
     data, digest = payload()
     parts = list(split(data, 1 << 20))
-    assert len(parts) == -(-len(data) // (1 << 20)) and all(len(p) <= 1 << 20 for p in parts)
+    assert len(parts) == -(-len(data) // (1 << 20)) and all(len(p) <= 1 << 20 for _, p in parts)
+    assert [offset for offset, _ in parts] == list(range(0, len(data), 1 << 20))
     r = Reassembly(len(data), digest)
-    for part in parts:
-        r.add(part)
+    for offset, part in parts:
+        r.add(part, offset)
     assert Params.decode(r.finish()).digest == Params.decode(data).digest
 
 
@@ -62,17 +61,20 @@ def test_chunks_reassemble_to_the_same_params():
     ("mutate", "reason"),
     [
         (lambda parts: parts[:-1], "truncated"),
-        (lambda parts: parts + parts[-1:], "overrun"),
-        (lambda parts: parts[1:2] + parts[:1] + parts[2:], "digest"),  # out of order
-        (lambda parts: [parts[0][:-1] + b"\x00"] + parts[1:], "digest"),  # one byte flipped
+        (lambda parts: parts + [(None, parts[-1][1])], "overrun"),  # an unnumbered extra piece
+        (lambda parts: parts[:2] + parts[1:], "duplicate"),
+        (lambda parts: parts[1:2] + parts[:1] + parts[2:], "out_of_order"),
+        (lambda parts: [(o, p) for o, p in parts[1:2] + parts[:1] + parts[2:]], "out_of_order"),
+        (lambda parts: [(None, p) for _, p in parts[1:2] + parts[:1] + parts[2:]], "digest"),  # unnumbered
+        (lambda parts: [(0, bytes(parts[0][1][:-1]) + b"\x00")] + parts[1:], "digest"),  # one byte flipped
     ],
 )
 def test_bad_streams_are_refused_with_their_reason(mutate, reason):
     data, digest = payload()
     r = Reassembly(len(data), digest)
     with pytest.raises(PayloadError) as info:
-        for part in mutate(list(split(data, 1 << 20))):
-            r.add(part)
+        for offset, part in mutate(list(split(data, 1 << 20))):
+            r.add(part, offset)
         r.finish()
     assert info.value.reason == reason
 

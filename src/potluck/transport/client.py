@@ -7,14 +7,20 @@ server cannot be reached, which the node loop answers with backoff and a rejoin.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 
 import grpc
 
-from potluck.transport import convert
+from potluck.transport import convert, frames
 from potluck.transport.certs import PemBundle
-from potluck.transport.chunks import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_PAYLOAD_BYTES, PayloadError, Reassembly, split
+from potluck.transport.chunks import (
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    PayloadError,
+    Reassembly,
+    payload_digest,
+    split,
+)
 from potluck.transport.fleet_messages import (
     PROTOCOL,
     HeartbeatInfo,
@@ -57,6 +63,14 @@ class FleetClient:
             creds = grpc.ssl_channel_credentials(root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.cert)
             self.channel = grpc.secure_channel(address, creds, options=opts)
         self.stub = pb_grpc.FleetStub(self.channel)
+        # The two payload-carrying calls frame their chunks by hand (see frames.py).
+        self._pull = self.channel.unary_stream(
+            "/potluck.v1.Fleet/Pull", request_serializer=pb.PullRequest.SerializeToString,
+            response_deserializer=frames.parser(pb.InstructionPart),
+        )
+        self._push = self.channel.stream_unary(
+            "/potluck.v1.Fleet/Push", request_serializer=frames.serialize, response_deserializer=pb.PushReply.FromString,
+        )
         self.chunk_bytes, self.max_payload_bytes, self.call_timeout = chunk_bytes, max_payload_bytes, call_timeout
 
     def close(self) -> None:
@@ -79,22 +93,25 @@ class FleetClient:
         """The next instruction, or ``None`` if none came within ``wait`` seconds."""
         try:
             deadline = wait + min(self.call_timeout, 10.0)  # a long-poll that overruns this is a dead link
-            parts = self.stub.Pull(pb.PullRequest(session=session, wait_seconds=wait), timeout=deadline)
+            parts = self._pull(pb.PullRequest(session=session, wait_seconds=wait), timeout=deadline)
             first = next(parts, None)
             if first is None:
                 return None
-            if first.WhichOneof("part") != "header":
+            if frames.chunk_of(first) is not None:
                 raise PayloadError("truncated", "an instruction must start with its header")
             h = first.header
-            assembly = Reassembly(h.params_size, h.params_sha256, self.max_payload_bytes)
+            assembly = Reassembly(h.params_size, h.params_blake3, self.max_payload_bytes)
             for part in parts:
-                assembly.add(part.chunk)
+                chunk = frames.chunk_of(part)
+                if chunk is None:
+                    raise PayloadError("overrun", "a second header inside one instruction")
+                assembly.add(chunk.data, chunk.offset)
             payload = assembly.finish()
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
         return OutgoingInstruction(
             h.instruction_id, h.run_id, h.round, _KIND.get(h.kind, "fit"),  # type: ignore[arg-type]
-            convert.config_from_proto(h.config), h.seed, payload, h.params_sha256,
+            convert.config_from_proto(h.config), h.seed, payload, h.params_blake3,
         )
 
     def push(self, result: IncomingResult) -> bool:
@@ -102,16 +119,16 @@ class FleetClient:
         header = pb.ResultHeader(
             session=result.session, instruction_id=result.instruction_id, round=result.round,
             num_examples=result.num_examples, loss=result.loss, metrics=dict(result.metrics),
-            params_size=len(result.payload), params_sha256=hashlib.sha256(result.payload).hexdigest(),
+            params_size=len(result.payload), params_blake3=payload_digest(result.payload),
         )
 
-        def parts() -> Iterator[pb.ResultPart]:
+        def parts() -> Iterator[pb.ResultPart | frames.ChunkFrame]:
             yield pb.ResultPart(header=header)
-            for chunk in split(result.payload, self.chunk_bytes):
-                yield pb.ResultPart(chunk=chunk)
+            for offset, piece in split(result.payload, self.chunk_bytes):
+                yield frames.ChunkFrame(offset, piece)
 
         try:
-            reply = self.stub.Push(parts(), timeout=self.call_timeout + len(result.payload) / 1e6)
+            reply = self._push(parts(), timeout=self.call_timeout + len(result.payload) / 1e6)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
         return bool(reply.duplicate)

@@ -50,7 +50,7 @@ class OutgoingInstruction:
     config: Mapping[str, Scalar]
     seed: int
     payload: bytes
-    payload_sha256: str
+    payload_digest: str  # BLAKE3, see chunks.payload_digest
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import grpc
 
 from potluck.core.errors import AccessDenied, PotluckError
-from potluck.transport import convert
+from potluck.transport import convert, frames
 from potluck.transport.certs import PemBundle
 from potluck.transport.chunks import DEFAULT_CHUNK_BYTES, PayloadError, Reassembly, split
 from potluck.transport.fleet_messages import PROTOCOL, FleetHandler, IncomingResult, JoinInfo
@@ -78,7 +78,9 @@ class FleetServicer(pb_grpc.FleetServicer):
             session=w.session, heartbeat_seconds=w.heartbeat_seconds, data_info_json=w.data_info_json,
         )
 
-    def Pull(self, request: pb.PullRequest, context: grpc.ServicerContext) -> Iterator[pb.InstructionPart]:  # noqa: N802
+    def Pull(  # noqa: N802
+        self, request: pb.PullRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.InstructionPart | frames.ChunkFrame]:
         try:
             wait = min(max(request.wait_seconds, 0.0), self.options.max_pull_wait)
             ins = self.handler.next_instruction(request.session, wait, self._identity(context))
@@ -90,26 +92,29 @@ class FleetServicer(pb_grpc.FleetServicer):
         header = pb.InstructionHeader(
             instruction_id=ins.instruction_id, run_id=ins.run_id, round=ins.round, kind=_KIND[ins.kind],
             config=convert.config_to_proto(ins.config), seed=ins.seed,
-            params_size=len(ins.payload), params_sha256=ins.payload_sha256,
+            params_size=len(ins.payload), params_blake3=ins.payload_digest,
         )
         yield pb.InstructionPart(header=header)
-        for chunk in split(ins.payload, self.options.chunk_bytes):
-            yield pb.InstructionPart(chunk=chunk)
+        for offset, piece in split(ins.payload, self.options.chunk_bytes):
+            yield frames.ChunkFrame(offset, piece)
 
-    def Push(self, request_iterator: Iterator[pb.ResultPart], context: grpc.ServicerContext) -> pb.PushReply:  # noqa: N802
+    def Push(  # noqa: N802
+        self, request_iterator: Iterator[pb.ResultPart | frames.ChunkFrame], context: grpc.ServicerContext
+    ) -> pb.PushReply:
         try:
             peer = self._identity(context)
             first = next(request_iterator, None)
-            if first is None or first.WhichOneof("part") != "header":
+            if first is None or frames.chunk_of(first) is not None:
                 raise PayloadError("truncated", "a push must start with a result header")
-            h = first.header
+            h = first.header  # type: ignore[union-attr]
             payload = b""
             if h.params_size:
-                assembly = Reassembly(h.params_size, h.params_sha256, self.handler.max_payload_bytes)
+                assembly = Reassembly(h.params_size, h.params_blake3, self.handler.max_payload_bytes)
                 for part in request_iterator:
-                    if part.WhichOneof("part") != "chunk":
+                    chunk = frames.chunk_of(part)
+                    if chunk is None:
                         raise PayloadError("overrun", "a second header inside one push")
-                    assembly.add(part.chunk)
+                    assembly.add(chunk.data, chunk.offset)
                 payload = assembly.finish()
             result = IncomingResult(
                 session=h.session, instruction_id=h.instruction_id, round=h.round, num_examples=h.num_examples,
@@ -137,6 +142,23 @@ class FleetServicer(pb_grpc.FleetServicer):
         return pb.LeaveReply()
 
 
+def _handlers(servicer: FleetServicer) -> grpc.GenericRpcHandler:
+    """The generated registration, except that the payload-carrying directions (Pull's
+    replies, Push's requests) use hand framing (see frames.py)."""
+    return grpc.method_handlers_generic_handler("potluck.v1.Fleet", {
+        "Join": grpc.unary_unary_rpc_method_handler(
+            servicer.Join, pb.JoinRequest.FromString, pb.JoinReply.SerializeToString),
+        "Pull": grpc.unary_stream_rpc_method_handler(
+            servicer.Pull, pb.PullRequest.FromString, frames.serialize),
+        "Push": grpc.stream_unary_rpc_method_handler(
+            servicer.Push, frames.parser(pb.ResultPart), pb.PushReply.SerializeToString),
+        "Heartbeat": grpc.unary_unary_rpc_method_handler(
+            servicer.Heartbeat, pb.HeartbeatRequest.FromString, pb.HeartbeatReply.SerializeToString),
+        "Leave": grpc.unary_unary_rpc_method_handler(
+            servicer.Leave, pb.LeaveRequest.FromString, pb.LeaveReply.SerializeToString),
+    })
+
+
 def start_server(
     handler: FleetHandler, address: str, tls: PemBundle | None, options: ServerOptions | None = None
 ) -> tuple[grpc.Server, int]:
@@ -154,7 +176,7 @@ def start_server(
         ],
         maximum_concurrent_rpcs=options.max_workers,
     )
-    pb_grpc.add_FleetServicer_to_server(FleetServicer(handler, options, secure=tls is not None), server)
+    server.add_generic_rpc_handlers((_handlers(FleetServicer(handler, options, secure=tls is not None)),))
     if tls is None:
         port = server.add_insecure_port(address)
     else:

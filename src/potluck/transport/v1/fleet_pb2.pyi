@@ -83,7 +83,7 @@ class Scalar(_message.Message):
     def __init__(self, bool_value: _Optional[bool] = ..., int_value: _Optional[int] = ..., float_value: _Optional[float] = ..., string_value: _Optional[str] = ...) -> None: ...
 
 class InstructionHeader(_message.Message):
-    __slots__ = ("instruction_id", "run_id", "round", "kind", "config", "seed", "params_size", "params_sha256")
+    __slots__ = ("instruction_id", "run_id", "round", "kind", "config", "seed", "params_size", "params_blake3")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -98,7 +98,7 @@ class InstructionHeader(_message.Message):
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     PARAMS_SIZE_FIELD_NUMBER: _ClassVar[int]
-    PARAMS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_BLAKE3_FIELD_NUMBER: _ClassVar[int]
     instruction_id: str
     run_id: str
     round: int
@@ -106,19 +106,27 @@ class InstructionHeader(_message.Message):
     config: _containers.MessageMap[str, Scalar]
     seed: int
     params_size: int
-    params_sha256: str
-    def __init__(self, instruction_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[InstructionKind, str]] = ..., config: _Optional[_Mapping[str, Scalar]] = ..., seed: _Optional[int] = ..., params_size: _Optional[int] = ..., params_sha256: _Optional[str] = ...) -> None: ...
+    params_blake3: str
+    def __init__(self, instruction_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[InstructionKind, str]] = ..., config: _Optional[_Mapping[str, Scalar]] = ..., seed: _Optional[int] = ..., params_size: _Optional[int] = ..., params_blake3: _Optional[str] = ...) -> None: ...
+
+class Chunk(_message.Message):
+    __slots__ = ("offset", "data")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    data: bytes
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class InstructionPart(_message.Message):
     __slots__ = ("header", "chunk")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     header: InstructionHeader
-    chunk: bytes
-    def __init__(self, header: _Optional[_Union[InstructionHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+    chunk: Chunk
+    def __init__(self, header: _Optional[_Union[InstructionHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
 
 class ResultHeader(_message.Message):
-    __slots__ = ("session", "instruction_id", "round", "num_examples", "loss", "metrics", "params_size", "params_sha256")
+    __slots__ = ("session", "instruction_id", "round", "num_examples", "loss", "metrics", "params_size", "params_blake3")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -133,7 +141,7 @@ class ResultHeader(_message.Message):
     LOSS_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     PARAMS_SIZE_FIELD_NUMBER: _ClassVar[int]
-    PARAMS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_BLAKE3_FIELD_NUMBER: _ClassVar[int]
     session: str
     instruction_id: str
     round: int
@@ -141,16 +149,16 @@ class ResultHeader(_message.Message):
     loss: float
     metrics: _containers.ScalarMap[str, float]
     params_size: int
-    params_sha256: str
-    def __init__(self, session: _Optional[str] = ..., instruction_id: _Optional[str] = ..., round: _Optional[int] = ..., num_examples: _Optional[int] = ..., loss: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., params_size: _Optional[int] = ..., params_sha256: _Optional[str] = ...) -> None: ...
+    params_blake3: str
+    def __init__(self, session: _Optional[str] = ..., instruction_id: _Optional[str] = ..., round: _Optional[int] = ..., num_examples: _Optional[int] = ..., loss: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., params_size: _Optional[int] = ..., params_blake3: _Optional[str] = ...) -> None: ...
 
 class ResultPart(_message.Message):
     __slots__ = ("header", "chunk")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     header: ResultHeader
-    chunk: bytes
-    def __init__(self, header: _Optional[_Union[ResultHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+    chunk: Chunk
+    def __init__(self, header: _Optional[_Union[ResultHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
 
 class PushReply(_message.Message):
     __slots__ = ("accepted", "duplicate")
