@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from datetime import datetime, timedelta, timezone
 
@@ -15,7 +14,7 @@ from potluck.core.errors import AccessDenied, NodeFailed, ResultRejected, Schema
 from potluck.core.messages import FitInstruction, FitResult
 from potluck.core.params import Params, ParamsKind
 from potluck.transport.certs import PemBundle, _issue, init_ca, issue_node, issue_server, load_pem_bundle
-from potluck.transport.chunks import PayloadError
+from potluck.transport.chunks import PayloadError, payload_digest
 from potluck.transport.client import FleetClient
 from potluck.transport.fleet_messages import IncomingResult, JoinInfo
 from potluck.transport.server import ServerOptions, start_server
@@ -149,10 +148,10 @@ def test_digest_mismatch_is_refused(fleet, tls):
     stub = pb_grpc.FleetStub(c.channel)
     payload = delta()
     header = pb.ResultHeader(session=session, instruction_id=ins.instruction_id, round=1, num_examples=10,
-                             params_size=len(payload), params_sha256=hashlib.sha256(b"other").hexdigest())
+                             params_size=len(payload), params_blake3=payload_digest(b"other"))
     with pytest.raises(grpc.RpcError) as info:
-        stub.Push(iter([pb.ResultPart(header=header), pb.ResultPart(chunk=payload)]), timeout=5)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "SHA-256" in info.value.details()
+        stub.Push(iter([pb.ResultPart(header=header), pb.ResultPart(chunk=pb.Chunk(offset=0, data=payload))]), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "BLAKE3" in info.value.details()
     t.join(6)
     assert outcomes and outcomes[0].node_id == "a"
     well_behaved_round(pool, tls, address)
@@ -226,3 +225,11 @@ def test_model_larger_than_the_message_limit_transfers(tls):
         assert outcomes[0].params.digest == update.digest
     finally:
         server.stop(0)
+
+
+def test_the_server_keeps_what_each_node_reported_at_join(fleet, tls):
+    pool, address = fleet
+    client(tls, address, "b").join(JoinInfo("b", "m", MODEL.schema_digest, 42, cpus=3, memory_bytes=5 << 30, gpus=2))
+    info = pool.node_info("b")
+    assert (info.num_examples, info.cpus, info.memory_bytes, info.gpus) == (42, 3, 5 << 30, 2)
+    assert pool.node_info("nobody") is None

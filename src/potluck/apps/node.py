@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from potluck.apps.resources import local_resources
 from potluck.core.errors import NodeError, PotluckError, SchemaMismatch, TransportError, UnknownId
 from potluck.core.messages import EvaluateInstruction, FitInstruction
 from potluck.core.params import Params
@@ -100,10 +100,9 @@ class NodeAgent:
                 f"the server's model {probe.model_id!r} has parameter schema {probe.schema_digest[:12]}…, "
                 f"this node's task builds {self._schema[:12]}…: install the same Task version as the server"
             )
-        cpus = os.cpu_count() or 0
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        offer = local_resources()
         welcome = self.client.join(JoinInfo(self.config.node_id, self.task.name, self._schema, len(self.data.train),
-                                            cpus=cpus, memory_bytes=memory))
+                                            cpus=offer.cpus, memory_bytes=offer.memory_bytes, gpus=offer.gpus))
         log.info("node %s joined run %s at round %d", self.config.node_id, welcome.run_id, welcome.current_round)
         return welcome
 

@@ -14,6 +14,7 @@ and ignored. Refusals are counted by reason in :attr:`FleetPool.rejections`.
 from __future__ import annotations
 
 import collections
+import logging
 import secrets
 import threading
 import time
@@ -36,8 +37,10 @@ from potluck.core.errors import (
 from potluck.core.messages import EvaluateInstruction, EvaluateResult, FitInstruction, FitResult
 from potluck.core.params import Params, ParamsKind, SchemaEntry, schema_digest
 from potluck.runtime.pool import EvaluateOutcome, FitOutcome
-from potluck.transport.chunks import DEFAULT_MAX_PAYLOAD_BYTES
+from potluck.transport.chunks import DEFAULT_MAX_PAYLOAD_BYTES, payload_digest
 from potluck.transport.fleet_messages import HeartbeatInfo, IncomingResult, JoinInfo, OutgoingInstruction, Welcome
+
+log = logging.getLogger(__name__)
 
 Instruction = Union[FitInstruction, EvaluateInstruction]
 Outcome = Union[FitResult, EvaluateResult, NodeError]
@@ -121,6 +124,9 @@ class FleetPool:
                 self._nodes[info.node_id] = node
                 self._sessions[session] = info.node_id
                 self._cond.notify_all()
+                log.info("node %s %s: %d examples, %d CPUs, %.1f GiB, %d GPUs", info.node_id,
+                         "rejoined" if old else "joined", info.num_examples, info.cpus, info.memory_bytes / 2**30,
+                         info.gpus)
             return Welcome(self.run_id, self.model_id, self.schema_digest, self.current_round, session,
                            self.heartbeat_seconds, self.data_info_json)
 
@@ -228,6 +234,12 @@ class FleetPool:
             now = self.clock()
             return sorted(n for n, node in self._nodes.items() if now - node.last_seen <= self.node_ttl)
 
+    def node_info(self, node_id: str) -> JoinInfo | None:
+        """What a connected node reported at join (examples, CPUs, memory, GPUs)."""
+        with self._cond:
+            node = self._nodes.get(node_id)
+            return None if node is None else node.info
+
     def wait_for_nodes(self, count: int, timeout: float) -> bool:
         """Block until ``count`` nodes are live; False if ``timeout`` passes first."""
         deadline = self.clock() + timeout
@@ -246,7 +258,7 @@ class FleetPool:
 
     def _dispatch(self, kind: str, instructions: Sequence[Instruction], timeout: float) -> Iterator[Outcome]:
         deadline = self.clock() + timeout
-        payloads: dict[str, tuple[bytes, str]] = {}  # params digest -> (bytes, sha256); encoded once per round
+        payloads: dict[str, tuple[bytes, str]] = {}  # params digest -> (bytes, wire digest); encoded once
         waiting: dict[str, str] = {}  # instruction id -> node id
         early: list[Outcome] = []
         with self._cond:
@@ -257,7 +269,8 @@ class FleetPool:
                     early.append(NodeLeft(ins.node_id, "not connected"))
                     continue
                 if ins.params.digest not in payloads:
-                    payloads[ins.params.digest] = (ins.params.encode(), ins.params.digest)
+                    encoded = ins.params.encode()
+                    payloads[ins.params.digest] = (encoded, payload_digest(encoded))
                 payload, digest = payloads[ins.params.digest]
                 ins_id = secrets.token_hex(12)
                 seed = ins.seed if isinstance(ins, FitInstruction) else 0
