@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from _measure import median, table
 
+from potluck.apps.memory import reuse_freed_memory
 from potluck.backends.fleet import FleetPool
 from potluck.core.messages import FitInstruction
 from potluck.core.params import Params, ParamsKind
@@ -75,6 +76,7 @@ def tls_floor(tls: Path, nbytes: int) -> float:
 
 def _instant_node(address: str, tls: str, node_id: str, schema_digest: str, update: bytes, rounds: int) -> None:
     """A node process that 'trains' instantly: pull, push a fixed update, ``rounds`` times."""
+    reuse_freed_memory()  # as `potluck node` does
     client = FleetClient(address, load_pem_bundle(Path(tls), "node", node_id))
     session = client.join(JoinInfo(node_id, "m", schema_digest, 10)).session
     for _ in range(rounds):
@@ -86,6 +88,7 @@ def _instant_node(address: str, tls: str, node_id: str, schema_digest: str, upda
 
 def fleet_rounds(tls: Path, model: Params, nodes: int = 3, rounds: int = 3) -> tuple[list[float], int]:
     """Fit rounds with node processes that train instantly; seconds per round, bytes per round."""
+    reuse_freed_memory()  # as `potluck server` does
     pool = FleetPool(run_id="bench", model_id="m", schema=model.schema, data_info_json=b"{}", heartbeat_seconds=5.0)
     server, port = start_server(pool, "127.0.0.1:0", load_pem_bundle(tls, "server"), ServerOptions())
     update = Params.from_arrays({k: np.full_like(v, 0.01) for k, v in model.items()}, ParamsKind.DELTA).encode()
