@@ -124,11 +124,11 @@ class NodeAgent:
                 if ins.kind == "fit":
                     out = runner.fit(FitInstruction(ins.round, self.config.node_id, params, ins.config, ins.seed))
                     result = IncomingResult(welcome.session, ins.instruction_id, ins.round, out.num_examples,
-                                            metrics=dict(out.metrics), payload=out.params.encode())
+                                            metrics=dict(out.metrics), payload=out.params.encode(), run_id=ins.run_id)
                 else:
                     ev = runner.evaluate(EvaluateInstruction(ins.round, self.config.node_id, params, ins.config))
                     result = IncomingResult(welcome.session, ins.instruction_id, ins.round, ev.num_examples,
-                                            loss=ev.loss, metrics=dict(ev.metrics))
+                                            loss=ev.loss, metrics=dict(ev.metrics), run_id=ins.run_id)
             except NodeError as exc:  # the server counts it as a missed result at its deadline
                 log.error("node %s: round %d %s failed: %s", self.config.node_id, ins.round, ins.kind, exc)
                 continue

@@ -158,7 +158,11 @@ class FleetPool:
         with self._cond:
             node = self._node_for(result.session, peer)
             node_id = node.info.node_id
+            if result.run_id and result.run_id != self.run_id:
+                self.rejections["unknown_run"] += 1
+                raise UnknownId(f"result is for run {result.run_id!r}; this server runs {self.run_id!r}")
             if result.instruction_id in self._done:
+                self.rejections["duplicate"] += 1  # acknowledged, ignored
                 return True
             why = self._closed.get(result.instruction_id)
             if why is not None:
@@ -191,13 +195,19 @@ class FleetPool:
         if ins.kind == "evaluate":  # 0 examples: the node has no validation split
             return EvaluateResult(ins.round, node_id, result.loss, result.num_examples, dict(result.metrics))
         if result.num_examples <= 0:
-            return self._refuse(node_id, "invalid", ParamsError(f"result reports {result.num_examples} examples"))
+            return self._refuse(node_id, "bad_examples", ParamsError(f"result reports {result.num_examples} examples"))
         try:
             params = Params.decode(result.payload)
+        except ParamsError as exc:
+            return self._refuse(node_id, "undecodable", exc)
+        try:
             params.check_schema(self.schema, what=f"update from {node_id}")
+        except ParamsError as exc:
+            return self._refuse(node_id, "result_schema", exc)
+        try:
             params.check_finite(what=f"update from {node_id}")
         except ParamsError as exc:
-            return self._refuse(node_id, type(exc).__name__, exc)
+            return self._refuse(node_id, "non_finite", exc)
         return FitResult(ins.round, node_id, params.with_kind(ParamsKind.DELTA), result.num_examples,
                          dict(result.metrics))
 
@@ -206,6 +216,10 @@ class FleetPool:
         error = NodeFailed(node_id, f"result refused: {exc}")
         error.__cause__ = exc
         return error
+
+    def refused(self, reason: str) -> None:
+        with self._cond:
+            self.rejections[reason] += 1
 
     def heartbeat(self, session: str, peer: str | None) -> HeartbeatInfo:
         with self._cond:

@@ -118,7 +118,7 @@ class FleetClient:
         """Send a result; returns True if the server had it already (a repeat)."""
         header = pb.ResultHeader(
             session=result.session, instruction_id=result.instruction_id, round=result.round,
-            num_examples=result.num_examples, loss=result.loss, metrics=dict(result.metrics),
+            num_examples=result.num_examples, loss=result.loss, metrics=dict(result.metrics), run_id=result.run_id,
             params_size=len(result.payload), params_blake3=payload_digest(result.payload),
         )
 

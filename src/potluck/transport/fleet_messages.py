@@ -64,6 +64,7 @@ class IncomingResult:
     loss: float = float("nan")
     metrics: Mapping[str, float] = field(default_factory=dict)
     payload: bytes = b""
+    run_id: str = ""  # the run the instruction came from; empty skips the check
 
 
 @dataclass(frozen=True)
@@ -90,3 +91,7 @@ class FleetHandler(Protocol):
     def heartbeat(self, session: str, peer: str | None) -> HeartbeatInfo: ...
 
     def leave(self, session: str, reason: str, peer: str | None) -> None: ...
+
+    def refused(self, reason: str) -> None:
+        """Count a message the servicer refused before it reached the handler."""
+        ...

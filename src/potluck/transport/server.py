@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from potluck.core.errors import AccessDenied, PotluckError
 from potluck.transport import convert, frames
 from potluck.transport.certs import PemBundle
 from potluck.transport.chunks import DEFAULT_CHUNK_BYTES, PayloadError, Reassembly, split
+from potluck.transport.convert import WireError
 from potluck.transport.fleet_messages import PROTOCOL, FleetHandler, IncomingResult, JoinInfo
 from potluck.transport.status import details_of, status_of
 from potluck.transport.v1 import fleet_pb2 as pb
@@ -36,6 +39,26 @@ class ServerOptions:
     max_message_bytes: int = 8 * 2**20
     max_workers: int = 256
     max_pull_wait: float = 30.0
+    handshake_timeout: float = 10.0  # a connection that has not finished TLS by then is closed
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """Stands in for a request that did not parse, so the servicer can refuse it with a
+    specific error and count it (gRPC would answer a parser exception with INTERNAL)."""
+
+    what: str
+    reason: str
+
+
+def _tolerant(parse: Callable[[bytes], Any], what: str) -> Callable[[bytes], Any]:
+    def parse_or_mark(raw: bytes) -> Any:
+        try:
+            return parse(raw)
+        except DecodeError as exc:
+            return Malformed(what, str(exc) or "not valid protobuf")
+
+    return parse_or_mark
 
 
 def _peer(context: grpc.ServicerContext) -> str | None:
@@ -57,8 +80,14 @@ class FleetServicer(pb_grpc.FleetServicer):
         log.info("refused %s: %s", context.peer(), error)
         context.abort(status_of(error), details_of(error))
 
+    def _check_parsed(self, message: object) -> None:
+        if isinstance(message, Malformed):
+            self.handler.refused("malformed")
+            raise WireError(f"malformed {message.what}: {message.reason}")
+
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:  # noqa: N802
         try:
+            self._check_parsed(request)
             peer = self._identity(context)
             if request.protocol and request.protocol != PROTOCOL:
                 raise AccessDenied(f"protocol {request.protocol!r} is not supported; this server speaks {PROTOCOL}")
@@ -82,6 +111,7 @@ class FleetServicer(pb_grpc.FleetServicer):
         self, request: pb.PullRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.InstructionPart | frames.ChunkFrame]:
         try:
+            self._check_parsed(request)
             wait = min(max(request.wait_seconds, 0.0), self.options.max_pull_wait)
             ins = self.handler.next_instruction(request.session, wait, self._identity(context))
         except PotluckError as exc:
@@ -103,22 +133,15 @@ class FleetServicer(pb_grpc.FleetServicer):
     ) -> pb.PushReply:
         try:
             peer = self._identity(context)
-            first = next(request_iterator, None)
-            if first is None or frames.chunk_of(first) is not None:
-                raise PayloadError("truncated", "a push must start with a result header")
-            h = first.header  # type: ignore[union-attr]
-            payload = b""
-            if h.params_size:
-                assembly = Reassembly(h.params_size, h.params_blake3, self.handler.max_payload_bytes)
-                for part in request_iterator:
-                    chunk = frames.chunk_of(part)
-                    if chunk is None:
-                        raise PayloadError("overrun", "a second header inside one push")
-                    assembly.add(chunk.data, chunk.offset)
-                payload = assembly.finish()
+            h, payload = self._receive(request_iterator)
+            try:
+                metrics = convert.metrics_from_proto(h.metrics)
+            except WireError:
+                self.handler.refused("malformed")
+                raise
             result = IncomingResult(
                 session=h.session, instruction_id=h.instruction_id, round=h.round, num_examples=h.num_examples,
-                loss=h.loss, metrics=convert.metrics_from_proto(h.metrics), payload=payload,
+                loss=h.loss, metrics=metrics, payload=payload, run_id=h.run_id,
             )
             duplicate = self.handler.submit(result, peer)
         except PotluckError as exc:
@@ -126,8 +149,31 @@ class FleetServicer(pb_grpc.FleetServicer):
             raise AssertionError("unreachable") from exc
         return pb.PushReply(accepted=True, duplicate=duplicate)
 
+    def _receive(self, parts: Iterator[pb.ResultPart | frames.ChunkFrame | Malformed]) -> tuple[pb.ResultHeader, bytes]:
+        """The header and the checked payload of a push (payload errors counted by reason)."""
+        try:
+            first = next(parts, None)
+            self._check_parsed(first)
+            if first is None or frames.chunk_of(first) is not None:
+                raise PayloadError("truncated", "a push must start with a result header")
+            header: pb.ResultHeader = first.header  # type: ignore[union-attr]
+            if not header.params_size:
+                return header, b""
+            assembly = Reassembly(header.params_size, header.params_blake3, self.handler.max_payload_bytes)
+            for part in parts:
+                self._check_parsed(part)
+                chunk = frames.chunk_of(part)
+                if chunk is None:
+                    raise PayloadError("overrun", "a second header inside one push")
+                assembly.add(chunk.data, chunk.offset)
+            return header, assembly.finish()
+        except PayloadError as exc:
+            self.handler.refused(f"payload_{exc.reason}")
+            raise
+
     def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatReply:  # noqa: N802
         try:
+            self._check_parsed(request)
             info = self.handler.heartbeat(request.session, self._identity(context))
         except PotluckError as exc:
             self._abort(context, exc)
@@ -136,6 +182,7 @@ class FleetServicer(pb_grpc.FleetServicer):
 
     def Leave(self, request: pb.LeaveRequest, context: grpc.ServicerContext) -> pb.LeaveReply:  # noqa: N802
         try:
+            self._check_parsed(request)
             self.handler.leave(request.session, request.reason, self._identity(context))
         except PotluckError as exc:
             self._abort(context, exc)
@@ -147,15 +194,16 @@ def _handlers(servicer: FleetServicer) -> grpc.GenericRpcHandler:
     replies, Push's requests) use hand framing (see frames.py)."""
     return grpc.method_handlers_generic_handler("potluck.v1.Fleet", {
         "Join": grpc.unary_unary_rpc_method_handler(
-            servicer.Join, pb.JoinRequest.FromString, pb.JoinReply.SerializeToString),
+            servicer.Join, _tolerant(pb.JoinRequest.FromString, "join request"), pb.JoinReply.SerializeToString),
         "Pull": grpc.unary_stream_rpc_method_handler(
-            servicer.Pull, pb.PullRequest.FromString, frames.serialize),
+            servicer.Pull, _tolerant(pb.PullRequest.FromString, "pull request"), frames.serialize),
         "Push": grpc.stream_unary_rpc_method_handler(
-            servicer.Push, frames.parser(pb.ResultPart), pb.PushReply.SerializeToString),
+            servicer.Push, _tolerant(frames.parser(pb.ResultPart), "result part"), pb.PushReply.SerializeToString),
         "Heartbeat": grpc.unary_unary_rpc_method_handler(
-            servicer.Heartbeat, pb.HeartbeatRequest.FromString, pb.HeartbeatReply.SerializeToString),
+            servicer.Heartbeat, _tolerant(pb.HeartbeatRequest.FromString, "heartbeat"),
+            pb.HeartbeatReply.SerializeToString),
         "Leave": grpc.unary_unary_rpc_method_handler(
-            servicer.Leave, pb.LeaveRequest.FromString, pb.LeaveReply.SerializeToString),
+            servicer.Leave, _tolerant(pb.LeaveRequest.FromString, "leave request"), pb.LeaveReply.SerializeToString),
     })
 
 
@@ -173,6 +221,8 @@ def start_server(
             # Accept the nodes' keepalive pings (every 10 s, also between calls).
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # A connection that opens and never finishes TLS (or sends nothing) is closed.
+            ("grpc.server_handshake_timeout_ms", int(options.handshake_timeout * 1000)),
         ],
         maximum_concurrent_rpcs=options.max_workers,
     )

@@ -126,7 +126,7 @@ class InstructionPart(_message.Message):
     def __init__(self, header: _Optional[_Union[InstructionHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
 
 class ResultHeader(_message.Message):
-    __slots__ = ("session", "instruction_id", "round", "num_examples", "loss", "metrics", "params_size", "params_blake3")
+    __slots__ = ("session", "instruction_id", "round", "num_examples", "loss", "metrics", "params_size", "params_blake3", "run_id")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +142,7 @@ class ResultHeader(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     PARAMS_SIZE_FIELD_NUMBER: _ClassVar[int]
     PARAMS_BLAKE3_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     session: str
     instruction_id: str
     round: int
@@ -150,7 +151,8 @@ class ResultHeader(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     params_size: int
     params_blake3: str
-    def __init__(self, session: _Optional[str] = ..., instruction_id: _Optional[str] = ..., round: _Optional[int] = ..., num_examples: _Optional[int] = ..., loss: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., params_size: _Optional[int] = ..., params_blake3: _Optional[str] = ...) -> None: ...
+    run_id: str
+    def __init__(self, session: _Optional[str] = ..., instruction_id: _Optional[str] = ..., round: _Optional[int] = ..., num_examples: _Optional[int] = ..., loss: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., params_size: _Optional[int] = ..., params_blake3: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class ResultPart(_message.Message):
     __slots__ = ("header", "chunk")
