@@ -57,7 +57,9 @@ def encode(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None 
         offset += arr.nbytes
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)  # pad so the data starts 8-byte aligned
-    return b"".join([len(text).to_bytes(8, "little"), text, *(e[3] for e in entries)])
+    pieces: list[bytes | memoryview] = [len(text).to_bytes(8, "little"), text]
+    pieces += [e[3].data.cast("B") if e[3].size else b"" for e in entries]  # raw bytes, no copy yet
+    return b"".join(pieces)
 
 
 def decode(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
