@@ -31,6 +31,10 @@ def failures_as_exit_codes(err: Callable[[str], None]) -> Iterator[None]:
     except PotluckError as exc:
         err(f"potluck: error: {exc}")
         raise typer.Exit(EXIT_FAILED) from None
+    except OSError as exc:  # a disk or system failure no layer wrapped: still one line, not a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        err(f"potluck: error: {where}{exc.strerror or exc}")
+        raise typer.Exit(EXIT_FAILED) from None
     except KeyboardInterrupt:
         err("potluck: interrupted")
         raise typer.Exit(130) from None

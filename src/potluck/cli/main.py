@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from potluck.cli import certs, node, server, simulate, up
+from potluck.apps.memory import reuse_freed_memory
+from potluck.cli import certs, check, node, server, simulate, up
 
 app = typer.Typer(
     name="potluck",
@@ -17,12 +18,14 @@ app.command("simulate", help=simulate.HELP)(simulate.simulate)
 app.command("server", help=server.HELP)(server.server)
 app.command("node", help=node.HELP)(node.node)
 app.command("up", help=up.HELP)(up.up)
+app.command("check", help=check.HELP)(check.check)
 app.add_typer(certs.app, name="certs", help=certs.HELP)
 
 
 @app.callback()
 def _root() -> None:
     """potluck: federated training on Linux. Start with `potluck simulate`."""
+    reuse_freed_memory()  # every command moves model-sized buffers round after round
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""The run directory and its commit protocol.
+"""The run directory, its commit protocol, and what holds after a crash.
 
 Layout::
 
@@ -6,32 +6,74 @@ Layout::
     checkpoints/round-0007.safetensors   global model after round 7 (round 0: initial)
     checkpoints/round-0007.strategy.safetensors   strategy state after round 7
     checkpoints/round-0007.json          the round's record + file digests: the commit mark
-    metrics.jsonl                        one JSON line per committed round
+    metrics.jsonl                        one JSON line per committed round from 1
     model.safetensors                    the final model
     report.png                           accuracy and loss per round
 
-Invariant: round k is committed iff ``round-k.json`` exists; it is written (atomically)
-only after both safetensors files of round k are complete, and it names their SHA-256.
-``metrics.jsonl`` is appended after the mark, so on resume it is rebuilt from the
-marks: a crash between the two loses no figure.
+Commit of round k: the model, then the strategy state, each written with
+:func:`~potluck.runtime.files.atomic_write` (temp file, fsync, rename, fsync of the
+folder); then the mark ``round-k.json``, which holds the round's record and the SHA-256
+of both files, written the same way. Round k is committed iff its mark exists. The
+record is then appended to ``metrics.jsonl``.
+
+Invariants. They hold whenever the writing process is killed, at any point (training,
+aggregation, a checkpoint write, an append), and ``potluck check`` verifies them:
+
+1. Committed rounds are contiguous: marks exist for rounds 0..k and no others.
+2. Every mark's model and strategy files exist, match the SHA-256 the mark names and
+   decode as parameters (both are complete and durable before the mark is written).
+3. No partially written file is ever visible under its final name. A killed write
+   leaves at most a temp file ``.NAME.tmp-PID``; a cut-short commit may leave round
+   k+1's complete model or strategy file without a mark. Neither counts as committed.
+4. ``metrics.jsonl`` holds the records of rounds 1..k in order, each equal to the one
+   in its mark, and none of an uncommitted round, with one exception: a kill between
+   the mark and the append leaves the line of round k missing or torn. Nothing is
+   lost, the record is in the mark.
+5. ``model.safetensors``, when present, is the model of round k.
+
+Resume (:meth:`RunDirectory.prepare_resume`) picks up exactly after round k. It checks
+the marks are contiguous and round k matches its digests, and only then tidies:
+removes temp files and round k+1's files, drops ``model.safetensors`` (the continued
+run writes it again) and rewrites ``metrics.jsonl`` from the marks.
+
+A gap in the marks or a file that does not match its mark cannot come from a kill: the
+folder was changed or damaged afterwards. Resume then refuses with a
+:class:`RunDirError` naming the round and file instead of quietly skipping or redoing
+a round that was reported as committed; ``potluck check`` lists every such problem.
+It verifies rounds 0 and k, the ones it reads; ``potluck check`` verifies them all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from potluck.core.errors import ParamsError, RunDirError
 from potluck.core.params import Params
-from potluck.runtime.files import append_line, atomic_write
+from potluck.runtime.files import append_line, atomic_write, fsync_dir, is_temp_file, reason, remove
 from potluck.runtime.records import RoundRecord
 from potluck.strategies.base import Strategy
 
 _MARK = re.compile(r"^round-(\d{4,})\.json$")
+_ROUND_FILE = re.compile(r"^round-(\d{4,})\.")
+_MARK_KEYS = ("record", "model_sha256", "strategy_sha256")
+
+
+@dataclass(frozen=True)
+class CommittedRound:
+    """A committed round read back, its files checked against the digests in its mark."""
+
+    round: int
+    params: Params
+    strategy_state: dict[str, np.ndarray]
+    record: RoundRecord
 
 
 class RunDirectory:
@@ -41,8 +83,14 @@ class RunDirectory:
 
     # -- paths --------------------------------------------------------------------
 
-    def _stem(self, rnd: int) -> Path:
-        return self.checkpoints / f"round-{rnd:04d}"
+    def model_path(self, rnd: int) -> Path:
+        return self.checkpoints / f"round-{rnd:04d}.safetensors"
+
+    def strategy_path(self, rnd: int) -> Path:
+        return self.checkpoints / f"round-{rnd:04d}.strategy.safetensors"
+
+    def mark_path(self, rnd: int) -> Path:
+        return self.checkpoints / f"round-{rnd:04d}.json"
 
     @property
     def config_file(self) -> Path:
@@ -59,13 +107,24 @@ class RunDirectory:
     # -- lifecycle ----------------------------------------------------------------
 
     def create(self, config_toml: str) -> None:
-        """Start a new run here; refuse a folder that already holds one."""
-        if self.config_file.exists():
+        """Start a new run here; refuse a folder that holds a run with a committed round.
+
+        A folder whose run was stopped before round 0 was committed is started afresh;
+        one holding later checkpoints without any mark was edited, and is refused.
+        """
+        if self.config_file.exists() and self.committed_rounds():
             raise RunDirError(f"{self.path} already holds a run: pass --resume to continue it, or another --run-dir")
+        later = [p.name for p in self.leftovers(0) if not is_temp_file(p.name)]
+        if self.config_file.exists() and later:  # no marks, yet rounds after 0: edited, not stopped
+            raise RunDirError(f"{self.path} holds checkpoints ({later[0]}, …) but no commit mark; "
+                              f"run `potluck check {self.path}`, or use another --run-dir")
         try:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
+            fsync_dir(self.path.parent)
         except OSError as exc:
-            raise RunDirError(f"cannot create run directory {self.path}: {exc.strerror or exc}") from exc
+            raise RunDirError(f"cannot create run directory {self.path}: {reason(exc)}") from exc
+        for leftover in self.leftovers(-1):
+            remove(leftover)
         atomic_write(self.config_file, config_toml.encode())
 
     def read_config(self) -> str:
@@ -77,20 +136,34 @@ class RunDirectory:
     # -- commit -------------------------------------------------------------------
 
     def commit(self, record: RoundRecord, params: Params, strategy_state: dict[str, np.ndarray]) -> None:
-        """Make round ``record.round`` durable (see the module docstring for the order)."""
-        stem = self._stem(record.round)
+        """Make round ``record.round`` durable (see the module docstring for the order).
+
+        Raises :class:`RunDirError` (disk full, read-only, …) saying whether the round
+        was committed; earlier rounds are intact either way.
+        """
+        rnd = record.round
         model_bytes = params.encode()
         state_bytes = Params.from_arrays(strategy_state, copy=False).encode()
-        atomic_write(stem.with_suffix(".safetensors"), model_bytes)
-        atomic_write(stem.parent / f"{stem.name}.strategy.safetensors", state_bytes)
         mark = {
             "record": record.to_json(),
             "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
             "strategy_sha256": hashlib.sha256(state_bytes).hexdigest(),
         }
-        atomic_write(stem.with_suffix(".json"), json.dumps(mark, sort_keys=True).encode())
-        if record.round > 0:
-            append_line(self.metrics_file, json.dumps(record.to_json(), sort_keys=True))
+        try:
+            atomic_write(self.model_path(rnd), model_bytes)
+            atomic_write(self.strategy_path(rnd), state_bytes)
+            atomic_write(self.mark_path(rnd), json.dumps(mark, sort_keys=True).encode())
+        except RunDirError as exc:
+            if self.mark_path(rnd).exists():  # only the folder fsync after the rename failed
+                raise RunDirError(f"{exc}; round {rnd} was committed but may not survive a power cut") from exc
+            self._discard_uncommitted(rnd)
+            kept = f"; round {rnd - 1} and earlier are intact" if rnd > 0 else ""
+            raise RunDirError(f"{exc}; round {rnd} was not committed{kept}") from exc
+        if rnd > 0:
+            try:
+                append_line(self.metrics_file, json.dumps(record.to_json(), sort_keys=True))
+            except RunDirError as exc:
+                raise RunDirError(f"{exc}; round {rnd} is committed and --resume rebuilds metrics.jsonl") from exc
 
     def on_commit(self, record: RoundRecord, params: Params, strategy: Strategy) -> None:
         self.commit(record, params, strategy.state())
@@ -98,49 +171,100 @@ class RunDirectory:
     def write_final(self, params: Params) -> None:
         atomic_write(self.model_file, params.encode())
 
+    def _discard_uncommitted(self, rnd: int) -> None:
+        # Frees the space a full disk needs; harmless to keep when even that fails.
+        for path in (self.model_path(rnd), self.strategy_path(rnd)):
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+
     # -- reading back -------------------------------------------------------------
 
     def committed_rounds(self) -> list[int]:
+        """Rounds that have a commit mark, ascending (contiguity is not checked here)."""
         if not self.checkpoints.is_dir():
             return []
         return sorted(int(m.group(1)) for f in self.checkpoints.iterdir() if (m := _MARK.match(f.name)))
 
-    def load(self, rnd: int) -> tuple[Params, dict[str, np.ndarray], RoundRecord]:
+    def read_mark(self, rnd: int) -> dict[str, Any]:
+        """The commit mark of round ``rnd``; :class:`RunDirError` if unreadable or malformed."""
+        path = self.mark_path(rnd)
+        try:
+            mark = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise RunDirError(f"cannot read {path}: {reason(exc)}") from exc
+        except ValueError as exc:
+            raise RunDirError(f"{path} is not a valid commit mark: {exc}") from exc
+        if not isinstance(mark, dict) or any(k not in mark for k in _MARK_KEYS) or not isinstance(mark["record"], dict):
+            raise RunDirError(f"{path} is not a valid commit mark: it needs {', '.join(_MARK_KEYS)}")
+        if mark["record"].get("round") != rnd:
+            raise RunDirError(f"{path} is not a valid commit mark: its record is for round {mark['record'].get('round')}")
+        return mark
+
+    def load(self, rnd: int) -> CommittedRound:
         """Model, strategy state and record of committed round ``rnd``, digests checked."""
-        stem = self._stem(rnd)
+        mark = self.read_mark(rnd)
+        files = (("model", self.model_path(rnd), "model_sha256"), ("strategy state", self.strategy_path(rnd), "strategy_sha256"))
+        contents = []
+        for what, path, key in files:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise RunDirError(f"round {rnd}: cannot read the {what} {path}: {reason(exc)}") from exc
+            if hashlib.sha256(data).hexdigest() != mark[key]:
+                raise RunDirError(f"round {rnd}: the {what} {path} does not match the SHA-256 its commit mark names")
+            contents.append(data)
         try:
-            mark = json.loads(stem.with_suffix(".json").read_text(encoding="utf-8"))
-            model_bytes = stem.with_suffix(".safetensors").read_bytes()
-            state_bytes = (stem.parent / f"{stem.name}.strategy.safetensors").read_bytes()
-        except (OSError, ValueError) as exc:
-            raise RunDirError(f"round {rnd} in {self.path} is not readable: {exc}") from exc
-        for what, data, key in (("model", model_bytes, "model_sha256"), ("strategy state", state_bytes, "strategy_sha256")):
-            if hashlib.sha256(data).hexdigest() != mark.get(key):
-                raise RunDirError(f"round {rnd} in {self.path}: the {what} file does not match its recorded digest")
-        try:
-            params = Params.decode(model_bytes)
-            state = dict(Params.decode(state_bytes))
+            params = Params.decode(contents[0])
+            state = dict(Params.decode(contents[1]))
         except ParamsError as exc:
             raise RunDirError(f"round {rnd} in {self.path}: {exc}") from exc
-        return params, state, RoundRecord.from_json(mark["record"])
+        return CommittedRound(rnd, params, state, RoundRecord.from_json(mark["record"]))
 
-    def prepare_resume(self) -> int:
-        """The last committed round; drops files of a half-written later round and
-        rebuilds ``metrics.jsonl`` from the commit marks."""
+    def leftovers(self, last: int) -> list[Path]:
+        """Files no committed round owns: temp files, and files of rounds after ``last``."""
+        found: list[Path] = []
+        for folder in (self.path, self.checkpoints):
+            if not folder.is_dir():
+                continue
+            for f in sorted(folder.iterdir()):
+                m = _ROUND_FILE.match(f.name) if folder == self.checkpoints else None
+                if is_temp_file(f.name) or (m is not None and int(m.group(1)) > last):
+                    found.append(f)
+        return found
+
+    def prepare_resume(self) -> CommittedRound:
+        """The last committed round, with the folder brought back to exactly that state.
+
+        Raises :class:`RunDirError` when no round is committed, the marks have a gap or
+        the last round's files do not match its mark; the folder is then left as it was.
+        """
         rounds = self.committed_rounds()
         if not rounds:
             raise RunDirError(f"{self.path} has no committed round to resume from")
         last = rounds[-1]
-        for f in self.checkpoints.iterdir():
-            m = re.match(r"^round-(\d{4,})\.", f.name)
-            if (m and int(m.group(1)) > last) or f.name.startswith("."):
-                f.unlink()
-        lines = [json.dumps(self.load(r)[2].to_json(), sort_keys=True) for r in rounds if r > 0]
+        gaps = sorted(set(range(last + 1)) - set(rounds))
+        if gaps:
+            raise RunDirError(
+                f"{self.path}: round {', '.join(map(str, gaps))} has no commit mark although round {last} has; "
+                f"the folder was changed after it was written (run `potluck check {self.path}`)"
+            )
+        try:
+            committed = self.load(last)
+            records = [self.read_mark(r)["record"] for r in rounds if r > 0]
+        except RunDirError as exc:
+            hint = f"; to resume from round {last - 1} instead, delete {self.checkpoints}/round-{last:04d}.*" if last else ""
+            raise RunDirError(f"{exc}{hint}") from exc
+        for leftover in [*self.leftovers(last), self.model_file]:
+            remove(leftover)
+        lines = [json.dumps(record, sort_keys=True) for record in records]
+        # Rewriting metrics.jsonl fsyncs the run folder: model.safetensors stays removed
+        # even after a power cut, before any new round commits.
         atomic_write(self.metrics_file, ("\n".join(lines) + "\n" if lines else "").encode())
-        return last
+        return committed
 
     def records(self) -> list[RoundRecord]:
+        """The records in ``metrics.jsonl``; a torn last line (being appended) is skipped."""
         if not self.metrics_file.exists():
             return []
-        lines = self.metrics_file.read_text(encoding="utf-8").splitlines()
-        return [RoundRecord.from_json(json.loads(line)) for line in lines if line.strip()]
+        complete = self.metrics_file.read_text(encoding="utf-8").split("\n")[:-1]
+        return [RoundRecord.from_json(json.loads(line)) for line in complete if line.strip()]

@@ -1,0 +1,89 @@
+"""`potluck simulate` SIGKILLed at seeded random moments, resumed each time, ends where an
+uninterrupted run ends. After every kill the run directory passes `potluck check`."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from potluck.apps.check import check_run_dir
+
+POTLUCK = [sys.executable, "-m", "potluck.cli"]
+ARGS = ["simulate", "--rounds", "20", "--nodes", "4", "--fit", "epochs=1"]
+KILLS = 4
+SEED = 7
+
+
+def marks(run: Path) -> list[str]:
+    return sorted(p.name for p in (run / "checkpoints").glob("round-*.json")) if (run / "checkpoints").is_dir() else []
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None and not condition():
+        time.sleep(0.002)
+
+
+def command(run: Path) -> list[str]:
+    """Resume when the run has a config (as a person would); start afresh otherwise."""
+    resume = ["--resume"] if (run / "config.toml").exists() else []
+    return [*POTLUCK, *ARGS, "--run-dir", run.name, *resume]
+
+
+def state(run: Path) -> dict[str, object]:
+    """What must not depend on the kills: every round's files, records and the final model."""
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {
+        "marks": [{k: v for k, v in json.loads((run / "checkpoints" / m).read_text()).items() if k != "record"}
+                  for m in marks(run)],
+        "metrics": [{k: v for k, v in line.items() if k != "seconds"} for line in metrics],
+        "model": (run / "model.safetensors").read_bytes(),
+    }
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_path):
+    whole = subprocess.run([*POTLUCK, *ARGS, "--run-dir", "whole"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=120)
+    assert whole.returncode == 0, whole.stderr
+
+    rng = random.Random(SEED)
+    run = tmp_path / "cut"
+    killed_after: list[int] = []
+    for _ in range(KILLS):
+        before = len(marks(run))
+        proc = subprocess.Popen(command(run), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if rng.random() < 0.25:  # somewhere in start-up, resume's tidying or the first rounds
+            wait_for(lambda: False, proc, rng.uniform(0.5, 5.0))
+        else:  # once it writes: right after the config (new run) or a new commit (resumed run)
+            def writing(before: int = before) -> bool:
+                return len(marks(run)) > before if before else (run / "config.toml").exists()
+
+            wait_for(writing, proc, 60)
+            time.sleep(rng.uniform(0.0, 0.25))
+        if proc.poll() is not None:
+            break  # it finished first; the kills so far still count
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        killed_after.append(len(marks(run)) - 1)
+        if (run / "config.toml").exists():
+            report = check_run_dir(run)
+            assert report.ok, [f.message for f in report.findings if f.level == "broken"]
+    assert len(killed_after) >= 3 and killed_after[-1] < 20, killed_after
+
+    last = len(marks(run)) - 1
+    final = subprocess.run(command(run), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert final.returncode == 0, final.stderr
+    if last > 0:
+        assert f"resumed after round {last}" in final.stdout
+    assert state(run) == state(tmp_path / "whole")
+    report = check_run_dir(run)
+    assert report.ok and [f.level for f in report.findings] == ["ok"] * 5  # no leftovers either
