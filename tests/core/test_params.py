@@ -81,6 +81,8 @@ def test_sizes_match_numpy():
     p = Params.from_arrays(source)
     assert p.num_values == sum(a.size for a in source.values())
     assert p.nbytes == sum(a.nbytes for a in source.values())
+    delta = p.with_kind(ParamsKind.DELTA)
+    assert p.encoded_size == len(p.encode()) and delta.encoded_size == len(delta.encode())
 
 
 # -- digest ---------------------------------------------------------------------

@@ -120,3 +120,9 @@ def test_mutated_files_are_refused_or_read_as_the_library_reads_them(arrays, dat
     except ParamsError:
         return
     assert_same(ours, lib_load(bytes(blob)))  # never more lenient than the library
+
+
+@settings(max_examples=50, deadline=None, derandomize=True)
+@given(array_dicts())
+def test_encoded_size_is_the_length_of_the_encoding(arrays):
+    assert fmt.encoded_size(arrays, {"k": "v"}) == len(fmt.encode(arrays, {"k": "v"}))

@@ -75,9 +75,13 @@ class FleetPool:
         heartbeat_seconds: float = 2.0,
         node_ttl: float | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        update_schema: tuple[SchemaEntry, ...] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.run_id, self.model_id, self.schema = run_id, model_id, schema
+        # what a result's payload must look like: the model's schema, or the run's
+        # compressed form (the coordinator decodes it; see strategies/updates.py)
+        self.update_schema = update_schema if update_schema is not None else schema
         self.schema_digest = schema_digest(schema)
         self.data_info_json = data_info_json
         self.allow = allow
@@ -201,7 +205,7 @@ class FleetPool:
         except ParamsError as exc:
             return self._refuse(node_id, "undecodable", exc)
         try:
-            params.check_schema(self.schema, what=f"update from {node_id}")
+            params.check_schema(self.update_schema, what=f"update from {node_id}")
         except ParamsError as exc:
             return self._refuse(node_id, "result_schema", exc)
         try:

@@ -91,6 +91,11 @@ class RoundFailed(PotluckError):
     """A round could not be committed, for example because the quorum was not met."""
 
 
+class BudgetExhausted(PotluckError):
+    """Running the next round would exceed a configured budget (e.g. the privacy ε):
+    the run stops cleanly after its last committed round."""
+
+
 class RunDirError(PotluckError):
     """A run directory is missing, inconsistent with the requested run, or not writable."""
 

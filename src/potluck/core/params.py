@@ -146,6 +146,11 @@ class Params(Mapping[str, np.ndarray]):
         return sum(int(a.nbytes) for a in self._arrays.values())
 
     @property
+    def encoded_size(self) -> int:
+        """Bytes of :meth:`encode`'s output (what a transfer moves), computed without encoding."""
+        return safetensors_format.encoded_size(self._arrays, {_META_KEY: self._metadata_json()})
+
+    @property
     def digest(self) -> str:
         """Hex SHA-256 of the canonical encoding (computed once, then cached)."""
         if self._digest is None:
@@ -156,8 +161,10 @@ class Params(Mapping[str, np.ndarray]):
 
     def encode(self) -> bytes:
         """Canonical safetensors bytes: the same arrays always give the same bytes."""
-        meta = json.dumps({"kind": self._kind.value, "order": list(self._arrays)}, sort_keys=True)
-        return safetensors_format.encode(self._arrays, {_META_KEY: meta})
+        return safetensors_format.encode(self._arrays, {_META_KEY: self._metadata_json()})
+
+    def _metadata_json(self) -> str:
+        return json.dumps({"kind": self._kind.value, "order": list(self._arrays)}, sort_keys=True)
 
     def with_kind(self, kind: ParamsKind) -> Params:
         return Params(self._arrays, kind, _token=_PRIVATE)

@@ -43,6 +43,22 @@ def tag_of(dtype: np.dtype[Any]) -> str:
 
 def encode(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
     """Safetensors bytes for ``arrays``; one allocation, each array copied once."""
+    text, entries = _layout(arrays, metadata)
+    pieces: list[bytes | memoryview] = [len(text).to_bytes(8, "little"), text]
+    pieces += [e[3].data.cast("B") if e[3].size else b"" for e in entries]  # raw bytes, no copy yet
+    return b"".join(pieces)
+
+
+def encoded_size(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> int:
+    """``len(encode(arrays, metadata))`` without copying any array."""
+    text, entries = _layout(arrays, metadata)
+    return 8 + len(text) + sum(e[3].nbytes for e in entries)
+
+
+def _layout(
+    arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None
+) -> tuple[bytes, list[tuple[int, str, str, np.ndarray]]]:
+    """The padded JSON header and the arrays in file order (little-endian, dense)."""
     entries = []
     for name, arr in arrays.items():
         tag = tag_of(arr.dtype)
@@ -57,9 +73,7 @@ def encode(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None 
         offset += arr.nbytes
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)  # pad so the data starts 8-byte aligned
-    pieces: list[bytes | memoryview] = [len(text).to_bytes(8, "little"), text]
-    pieces += [e[3].data.cast("B") if e[3].size else b"" for e in entries]  # raw bytes, no copy yet
-    return b"".join(pieces)
+    return text, entries
 
 
 def decode(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:

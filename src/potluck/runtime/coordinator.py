@@ -8,25 +8,28 @@ therefore model digests do not depend on which node finished first.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from potluck.core.config import check_rules
-from potluck.core.errors import NodeError, NodeLeft, NodeTimedOut, ParamsError, RoundFailed
+from potluck.core.errors import BudgetExhausted, NodeError, NodeLeft, NodeTimedOut, ParamsError, RoundFailed
 from potluck.core.messages import EvaluateInstruction, FitInstruction, FitResult
 from potluck.core.params import Params
 from potluck.core.seeds import derive_seed, rng_for
 from potluck.runtime.pool import NodePool
 from potluck.runtime.records import RoundRecord
 from potluck.strategies.base import Strategy
+from potluck.strategies.updates import UpdatePipeline
 from potluck.tasks.protocol import EvalOutput
 
 Evaluator = Callable[[Params], EvalOutput]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,17 @@ class RoundPolicy:
         ])
 
 
+class RoundGuard(Protocol):
+    """An optional part of the run that may end it before a round and reports figures
+    after each one (a privacy accountant: stop before ε exceeds the budget, report ε)."""
+
+    def before_round(self, rnd: int) -> None:
+        """Raise :class:`BudgetExhausted` if round ``rnd`` must not run."""
+
+    def round_extras(self, rnd: int) -> Mapping[str, float]:
+        """Figures for round ``rnd``'s record, once it has been aggregated."""
+
+
 class RoundHook(Protocol):
     """Called after each committed round (checkpointing, progress, metrics)."""
 
@@ -77,17 +91,32 @@ class Coordinator:
         fit_config: dict[str, object] | None = None,
         evaluator: Evaluator | None = None,
         hooks: Sequence[RoundHook] = (),
+        updates: UpdatePipeline | None = None,
+        guards: Sequence[RoundGuard] = (),
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.pool, self.strategy, self.policy = pool, strategy, policy
         self.fit_config = dict(fit_config or {})
         self.evaluator = evaluator
         self.hooks = list(hooks)
+        self.updates = updates or UpdatePipeline(())
+        self.guards = list(guards)
         self.clock = clock
+        self.stopped: str | None = None  # why the run ended before policy.rounds, if it did
 
     def run(self, params: Params, first_round: int = 1) -> Params:
-        """Run rounds ``first_round`` … ``policy.rounds`` from ``params``; return the final model."""
+        """Run rounds ``first_round`` … ``policy.rounds`` from ``params``; return the final model.
+
+        A guard's :class:`BudgetExhausted` ends the run cleanly after the last committed
+        round (the reason is kept in :attr:`stopped`)."""
         for rnd in range(first_round, self.policy.rounds + 1):
+            try:
+                for guard in self.guards:
+                    guard.before_round(rnd)
+            except BudgetExhausted as exc:
+                self.stopped = str(exc)
+                log.warning("stopping before round %d: %s", rnd, exc)
+                break
             params, record = self.run_round(rnd, params)
             for hook in self.hooks:
                 hook.on_commit(record, params, self.strategy)
@@ -102,8 +131,11 @@ class Coordinator:
             if isinstance(outcome, str):
                 reasons.append(f"attempt {attempt}: {outcome}")
                 continue
-            aggregate, folded, examples, train_loss, failures = outcome
+            aggregate, folded, examples, train_loss, failures, bytes_up = outcome
             new_params = self.strategy.apply(params, aggregate)
+            extras: dict[str, float] = {}
+            for guard in self.guards:
+                extras.update(guard.round_extras(rnd))
             central = self.evaluator(new_params) if self.evaluator else None
             fed_loss, fed_acc = self._federated_eval(rnd, new_params, sampled)
             record = RoundRecord(
@@ -120,6 +152,8 @@ class Coordinator:
                 federated_accuracy=fed_acc,
                 federated_loss=fed_loss,
                 failures=failures,
+                bytes_up=bytes_up,
+                extras=extras,
             )
             return new_params, record
         raise RoundFailed(f"round {rnd} failed after {len(reasons)} attempts: " + "; ".join(reasons))
@@ -141,7 +175,7 @@ class Coordinator:
     def _fit_round(self, rnd: int, attempt: int, params: Params, sampled: list[str]):  # type: ignore[no-untyped-def]
         if not sampled:
             return f"only {len(self.pool.node_ids())} nodes available, min_nodes is {self.policy.min_nodes}"
-        config = {**self.fit_config, **self.strategy.fit_config(rnd)}
+        config = {**self.fit_config, **self.strategy.fit_config(rnd), **self.updates.to_config()}
         instructions = [
             FitInstruction(rnd, node, params, config, derive_seed(self.policy.seed, "fit", rnd, attempt, node))
             for node in sampled
@@ -149,7 +183,7 @@ class Coordinator:
         aggregator = self.strategy.new_aggregator(params)
         failures: dict[str, int] = {}
         ready: dict[str, FitResult | None] = {}  # reorder buffer; None marks a failure
-        position, examples, loss_sum = 0, 0, 0.0
+        position, examples, loss_sum, bytes_up = 0, 0, 0.0, 0
 
         def fail(reason: str) -> None:
             failures[reason] = failures.get(reason, 0) + 1
@@ -174,16 +208,19 @@ class Coordinator:
                 if result is None:
                     continue
                 try:
-                    aggregator.add(result.params, float(result.num_examples))
-                except ParamsError:
+                    update = self.updates.decode(result.params, params.schema) if self.updates else result.params
+                    aggregator.add(update, float(result.num_examples))
+                except ParamsError as exc:
+                    log.warning("round %d: update from %s refused: %s", rnd, result.node_id, exc)
                     fail("rejected")
                     continue
+                bytes_up += result.params.encoded_size
                 examples += result.num_examples
                 loss_sum += float(result.metrics.get("train_loss", math.nan)) * result.num_examples
         needed = max(1, math.ceil(self.policy.quorum * len(sampled)))
         if aggregator.count < needed:
             return f"{aggregator.count} of {len(sampled)} results usable, quorum needs {needed} ({failures})"
-        return aggregator.result(), aggregator.count, examples, loss_sum / examples, failures
+        return aggregator.result(), aggregator.count, examples, loss_sum / examples, failures, bytes_up
 
     def _federated_eval(self, rnd: int, params: Params, sampled: list[str]) -> tuple[float, float]:
         every = self.policy.federated_eval_every

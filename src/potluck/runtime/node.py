@@ -9,10 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from potluck.core.errors import NodeFailed, NodeLeft, PotluckError
 from potluck.core.messages import EvaluateInstruction, EvaluateResult, FitInstruction, FitResult
 from potluck.core.params import Params, ParamsKind
+from potluck.strategies.updates import UpdatePipeline
 from potluck.tasks.data.dataset import Dataset
 from potluck.tasks.protocol import Task
 
@@ -39,6 +41,7 @@ class NodeRunner:
     def __init__(self, task: Task, data: Mapping[str, NodeData]) -> None:
         self.task = task
         self.data = data
+        self.update_state: dict[str, dict[str, Any]] = {}  # per node: what update stages keep between rounds
 
     def _node(self, node_id: str) -> NodeData:
         try:
@@ -50,8 +53,11 @@ class NodeRunner:
         node = self._node(ins.node_id)
         started = time.perf_counter()
         try:
-            out = self.task.fit(ins.params, node.train, ins.config, ins.seed)
+            pipeline, task_config = UpdatePipeline.from_config(ins.config)
+            out = self.task.fit(ins.params, node.train, task_config, ins.seed)
             update = delta(out.params, ins.params)
+            if pipeline:
+                update = pipeline.encode(update, self.update_state.setdefault(ins.node_id, {}), ins.seed)
         except PotluckError as exc:
             raise NodeFailed(ins.node_id, f"fit failed: {exc}") from exc
         except Exception as exc:  # user Task code: any failure is this node's failure

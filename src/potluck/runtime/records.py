@@ -15,7 +15,9 @@ class RoundRecord:
     ``accuracy``/``loss`` come from centralized evaluation on the held-out set (NaN
     when there is none); ``federated_*`` from the nodes' validation splits when that
     round ran federated evaluation. ``failures`` counts results not aggregated, by
-    reason (``failed``, ``timed_out``, ``left``, ``rejected``).
+    reason (``failed``, ``timed_out``, ``left``, ``rejected``). ``bytes_up`` is the size of
+    the aggregated updates as encoded for the wire (after any compression); ``extras``
+    holds figures from optional parts of the run, such as the privacy spent (``epsilon``).
     """
 
     round: int
@@ -31,13 +33,22 @@ class RoundRecord:
     federated_accuracy: float = math.nan
     federated_loss: float = math.nan
     failures: Mapping[str, int] = field(default_factory=dict)
+    bytes_up: int = 0
+    extras: Mapping[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         # JSON has no NaN: missing figures are written as null.
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+        out = {k: _null_nan(v) for k, v in asdict(self).items()}
+        out["extras"] = {k: _null_nan(v) for k, v in self.extras.items()}
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RoundRecord:
         known = {k: (math.nan if v is None else v) for k, v in data.items() if k in cls.__dataclass_fields__}
         known["failures"] = dict(data.get("failures") or {})
+        known["extras"] = {k: (math.nan if v is None else v) for k, v in (data.get("extras") or {}).items()}
         return cls(**known)
+
+
+def _null_nan(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
