@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from potluck.apps.protections import round_guards, update_pipeline
 from potluck.apps.run import open_run
 from potluck.backends.fleet import FleetPool
 from potluck.core.config import ServerConfig
@@ -67,8 +68,9 @@ def run_server(
     params, first_round = open_run(run_dir, config.to_toml(), initial, strategy, resume=resume)
     run_id = _run_id(run_dir)
 
+    updates = update_pipeline(config)
     pool = FleetPool(
-        run_id=run_id, model_id=task.name, schema=initial.schema,
+        run_id=run_id, model_id=task.name, schema=initial.schema, update_schema=updates.wire_schema(initial.schema),
         data_info_json=json.dumps(info.to_dict()).encode(), allow=set(config.allow) if config.allow else None,
         heartbeat_seconds=config.heartbeat_seconds, max_payload_bytes=int(config.max_payload_mb * MB),
     )
@@ -90,7 +92,7 @@ def run_server(
         )
         evaluator = (lambda p: task.evaluate(p, data)) if len(data) else None
         coordinator = Coordinator(pool, strategy, policy, fit_config=config.fit, evaluator=evaluator,
-                                  hooks=[run_dir, *hooks])
+                                  hooks=[run_dir, *hooks], updates=updates, guards=round_guards(config))
         final = coordinator.run(params, first_round)
         run_dir.write_final(final)
         completed = True

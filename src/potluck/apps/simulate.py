@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from potluck.apps.protections import round_guards, update_pipeline
 from potluck.apps.run import open_run
 from potluck.backends.inprocess import InProcessPool
 from potluck.backends.process_pool import ProcessPool
@@ -87,7 +88,7 @@ def run_simulation(
     try:
         coordinator = Coordinator(
             pool, strategy, round_policy(config), fit_config=config.fit, evaluator=evaluator,
-            hooks=[run_dir, *hooks],
+            hooks=[run_dir, *hooks], updates=update_pipeline(config), guards=round_guards(config),
         )
         final = coordinator.run(params, first_round)
     finally:
