@@ -70,6 +70,7 @@ def test_schema_mismatch_and_identity_mismatch(fleet, tls):
         join(client(tls, address), schema="0" * 64)
     with pytest.raises(AccessDenied, match="does not match its certificate"):
         join(client(tls, address, "a"), node="b")
+    assert pool.rejections["schema"] == 1 and pool.rejections["identity"] == 1
     well_behaved_round(pool, tls, address)
 
 

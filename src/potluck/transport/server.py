@@ -90,8 +90,10 @@ class FleetServicer(pb_grpc.FleetServicer):
             self._check_parsed(request)
             peer = self._identity(context)
             if request.protocol and request.protocol != PROTOCOL:
+                self.handler.refused("protocol")
                 raise AccessDenied(f"protocol {request.protocol!r} is not supported; this server speaks {PROTOCOL}")
             if peer is not None and request.node_id != peer:
+                self.handler.refused("identity")
                 raise AccessDenied(f"node id {request.node_id!r} does not match its certificate ({peer!r})")
             info = JoinInfo(
                 node_id=request.node_id, task_name=request.task_name, schema_digest=request.schema_digest,
