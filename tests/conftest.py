@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+pytest_plugins = ["fleet_kit"]  # the tls and fleet fixtures of the gRPC fleet tests
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

@@ -7,8 +7,8 @@ import threading
 import grpc
 import numpy as np
 import pytest
-from fleet_kit import MODEL, client, delta, dispatch, join, well_behaved_round
 
+from fleet_kit import MODEL, client, delta, dispatch, join, well_behaved_round
 from potluck.backends.fleet import FleetPool
 from potluck.core.errors import AccessDenied, NodeFailed, ResultRejected, SchemaMismatch, TransportError, UnknownId
 from potluck.core.messages import FitInstruction
@@ -143,7 +143,8 @@ def test_oversized_stream_nan_update_and_wrong_shape(fleet, tls):
 def test_model_larger_than_the_message_limit_transfers(tls):
     """A 64 MiB model through an 8 MiB gRPC message limit, both directions."""
     model = Params.from_arrays({"w": np.arange(16 * 2**20, dtype=np.float32)})
-    pool = FleetPool(run_id="r", model_id="m", schema=model.schema, data_info_json=b"{}", heartbeat_seconds=1.0)
+    pool = FleetPool(run_id="r", model_id="m", schema=model.schema, data_info_json=b"{}", heartbeat_seconds=1.0,
+                     require_signatures=False)
     server, port = start_server(pool, "127.0.0.1:0", load_pem_bundle(tls / "tls", "server"),
                                 ServerOptions(max_message_bytes=8 * 2**20, chunk_bytes=4 * 2**20))
     try:

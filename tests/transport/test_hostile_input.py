@@ -11,8 +11,8 @@ import time
 import grpc
 import numpy as np
 import pytest
-from fleet_kit import MODEL, client, delta, dispatch, join, serve_fleet, well_behaved_round
 
+from fleet_kit import MODEL, client, delta, dispatch, join, serve_fleet, well_behaved_round
 from potluck.core.errors import NodeFailed, TransportError, UnknownId
 from potluck.core.params import Params, ParamsKind
 from potluck.transport import frames

@@ -24,6 +24,7 @@ import numpy as np
 from potluck.core.errors import ParamsError
 
 MAX_HEADER_BYTES = 100_000_000  # the library's own limit
+_MAX_DIMS = 64  # numpy's limit
 METADATA_KEY = "__metadata__"
 
 # Tag for each supported dtype, in the library's order: tensors are laid out by this
@@ -107,7 +108,12 @@ def decode(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
             raise ParamsError(
                 f"tensor {name!r} of shape {list(shape)} needs {count * dtype.itemsize:,} bytes, has {end - begin:,}"
             )
-        arr = np.frombuffer(data, dtype=dtype, count=count, offset=base + begin).reshape(shape)
+        if len(shape) > _MAX_DIMS:
+            raise ParamsError(f"tensor {name!r} has {len(shape)} dimensions; numpy holds at most {_MAX_DIMS}")
+        try:
+            arr = np.frombuffer(data, dtype=dtype, count=count, offset=base + begin).reshape(shape)
+        except ValueError as exc:  # a zero-size shape with an extent numpy cannot index
+            raise ParamsError(f"tensor {name!r} has shape {list(shape)}, which numpy cannot hold: {exc}") from exc
         arr.flags.writeable = False
         arrays[name] = arr
         expected = end
@@ -125,6 +131,10 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _unsigned_or_float(text: str) -> int | float:
+    return float(text) if text.startswith("-") else int(text)
+
+
 def _parse_header(raw: bytes) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
@@ -133,7 +143,9 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
     if not text.startswith("{"):
         raise ParamsError("the header is not a JSON object")
     try:
-        header = json.loads(text, object_pairs_hook=_no_duplicates)
+        # Sizes are unsigned: a negative literal (even "-0", which json reads as int 0)
+        # becomes a float here, so the shape and offset checks refuse it as the library does.
+        header = json.loads(text, object_pairs_hook=_no_duplicates, parse_int=_unsigned_or_float)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, or an int over 4300 digits
         raise ParamsError(f"the header is not valid JSON: {exc}") from exc
     if not isinstance(header, dict):

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import blake3
 
-from potluck.core.errors import ParamsError
+from potluck.core.errors import ConfigError, ParamsError
 
 DEFAULT_CHUNK_BYTES = 2 * 2**20
 DEFAULT_MAX_PAYLOAD_BYTES = 2 * 2**30
@@ -34,6 +34,8 @@ class PayloadError(ParamsError):
 
 def split(data: bytes, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[tuple[int, memoryview]]:
     """``(offset, piece)`` pairs covering ``data``: views, each at most ``chunk_bytes`` long."""
+    if chunk_bytes <= 0:
+        raise ConfigError(f"chunk size must be positive, got {chunk_bytes}")
     view = memoryview(data)
     for start in range(0, len(data), chunk_bytes):
         yield start, view[start : start + chunk_bytes]
@@ -52,6 +54,7 @@ class Reassembly:
         self.size, self.digest = size, digest
         self._chunks: list[bytes | memoryview] = []  # joined once at the end: one allocation, one copy
         self._received = 0
+        self._finished = False
         self._hash = blake3.blake3()
 
     def add(self, chunk: bytes | memoryview, offset: int | None = None) -> None:
@@ -69,11 +72,13 @@ class Reassembly:
         self._hash.update(chunk)
 
     def finish(self) -> bytes:
+        if self._finished:
+            raise PayloadError("finished", "this payload was already reassembled")
         if self._received != self.size:
             raise PayloadError("truncated", f"payload ended after {self._received:,} of {self.size:,} bytes")
         if self._hash.hexdigest() != self.digest:
             raise PayloadError("digest", "payload does not match its BLAKE3 digest")
         only = self._chunks[0] if len(self._chunks) == 1 else None
         payload = only if isinstance(only, bytes) else b"".join(self._chunks)
-        self._chunks = []
+        self._chunks, self._finished = [], True
         return payload

@@ -1,5 +1,8 @@
 """Shared by the fleet tests: a CA with node certificates, a served FleetPool, and a
-well-behaved round that shows the server still serves after whatever a test did."""
+well-behaved round that shows the server still serves after whatever a test did.
+
+Loaded as a pytest plugin by tests/conftest.py, so the ``tls`` and ``fleet`` fixtures
+are available to every test; the helpers are imported by name."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
+import pytest
 
 from potluck.backends.fleet import FleetPool
 from potluck.core.messages import FitInstruction, FitResult
@@ -36,8 +40,9 @@ def make_tls(tmp_path_factory):
 @contextlib.contextmanager
 def serve_fleet(tls, **options):
     """A FleetPool served over mutual TLS with small limits (1 MiB payloads and messages)."""
+    # These tests are about the transport; signed updates have their own (test_fleet_signatures.py).
     pool = FleetPool(run_id="r1", model_id="m", schema=MODEL.schema, data_info_json=b"{}", allow={"a", "b", "old"},
-                     heartbeat_seconds=1.0, max_payload_bytes=1 << 20)
+                     heartbeat_seconds=1.0, max_payload_bytes=1 << 20, require_signatures=options.pop("signed", False))
     opts = {"max_message_bytes": 1 << 20, "chunk_bytes": 1 << 18, **options}
     server, port = start_server(pool, "127.0.0.1:0", load_pem_bundle(tls / "tls", "server"), ServerOptions(**opts))
     try:
@@ -84,3 +89,14 @@ def well_behaved_round(pool, tls, address, node="b"):
     t.join(5)
     assert isinstance(outcomes[0], FitResult) and outcomes[0].num_examples == 10
     c.close()
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    return make_tls(tmp_path_factory)
+
+
+@pytest.fixture
+def fleet(tls):
+    with serve_fleet(tls) as served:
+        yield served
