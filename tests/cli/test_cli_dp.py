@@ -1,0 +1,30 @@
+"""`potluck simulate` with differential privacy: flags, ε in the summary, the stop line."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from potluck.cli.main import app
+
+runner = CliRunner()
+
+
+def test_budget_flags_stop_the_run_and_the_summary_says_why(tmp_path):
+    run_dir = tmp_path / "run"
+    result = runner.invoke(app, ["simulate", "--nodes", "4", "--rounds", "4", "--fit", "epochs=1",
+                                 "--dp", "central", "--dp-noise-multiplier", "1.0", "--dp-epsilon-budget", "6",
+                                 "--run-dir", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 1 and lines[0]["extras"]["epsilon"] <= 6  # ε(1) ≈ 4.73, ε(2) ≈ 6.9 with σ = 1, q = 1
+    assert "privacy spent" in result.output and "ε = 4.7" in result.output
+    assert "stopped after round 1: privacy budget ε=6 would be exceeded in round 2" in result.output
+
+
+def test_dp_flags_are_checked(tmp_path):
+    result = runner.invoke(app, ["simulate", "--dp", "global", "--run-dir", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "dp must be one of none, central, local, distributed" in result.output
+    result = runner.invoke(app, ["simulate", "--dp-clip", "2", "--run-dir", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "dp_clip must be left at 1.0 unless dp is set" in result.output
