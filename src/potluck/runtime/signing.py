@@ -1,0 +1,217 @@
+"""Ed25519 identities: key files, what a node signs, and the server's registry of keys.
+
+Every node and the server have an Ed25519 signing key, made on first start and kept in
+a PEM (PKCS#8) file of mode 0600 in a folder of mode 0700; a key file readable by
+others is refused. A node registers its public key when it joins; the server binds it
+to the node id its TLS certificate proves (:class:`NodeKeys`).
+
+What a node signs for each update (:func:`update_statement`), as compact JSON::
+
+    ["potluck.update.v1", run id, round, update digest, examples, settings digest]
+
+The update digest is the SHA-256 of the update's canonical encoding as a DELTA (what
+:attr:`Params.digest` gives), the settings digest that of the instruction's
+configuration (:func:`settings_digest`). So a signature pins who sent which update,
+for which run and round, with what weight, trained under which settings.
+
+Simulation only: :func:`derived_key` makes a virtual node's key from the run seed.
+Anyone who knows the seed can sign as any virtual node, so a simulated ledger proves
+integrity (nothing changed since), never who trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from potluck.core.errors import AccessDenied, ConfigError, SignatureError
+from potluck.core.messages import ConfigDict, UpdateSignature
+from potluck.core.params import Params, ParamsKind
+from potluck.runtime.files import atomic_write, reason
+
+log = logging.getLogger(__name__)
+
+STATEMENT_TAG = "potluck.update.v1"
+PUBLIC_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+
+SigningKey = Ed25519PrivateKey
+
+
+# -- keys -----------------------------------------------------------------------------
+
+def public_bytes(key: SigningKey) -> bytes:
+    """The raw 32-byte public key (what travels at join and is recorded in the ledger)."""
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def derived_key(seed: int, name: str) -> SigningKey:
+    """A key made from the run seed and a name: **simulation only** (see module docstring)."""
+    material = hashlib.sha256(f"potluck.simulation-key.v1:{seed}:{name}".encode()).digest()
+    return Ed25519PrivateKey.from_private_bytes(material)
+
+
+def load_or_create_key(path: Path) -> SigningKey:
+    """The Ed25519 key in ``path``, made (mode 0600, folder 0700) if there is none.
+
+    Raises :class:`ConfigError` when the file is not an Ed25519 key, or is readable or
+    writable by group or others (as ssh does, a key others can read is not a secret).
+    """
+    path = Path(path)
+    if not path.exists():
+        _create(path)
+    try:
+        mode = path.stat().st_mode
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read signing key {path}: {reason(exc)}") from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"signing key {path} is accessible by others (mode {stat.S_IMODE(mode):04o}); "
+                          f"run `chmod 600 {path}`")
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{path} is not an unencrypted PEM private key") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{path} holds a {type(key).__name__}, not an Ed25519 signing key")
+    return key
+
+
+def _create(path: Path) -> None:
+    """Write a new key so that no other process ever sees a partial or readable file:
+    a 0600 temp file, fsync, then a hard link to the final name (which fails, rather than
+    replace, if another process made the key first)."""
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # made by another process meanwhile: use that one
+    except OSError as exc:
+        raise ConfigError(f"cannot create signing key {path}: {reason(exc)}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("made a new Ed25519 signing key %s (public key %s)", path, public_bytes(key).hex())
+
+
+def verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
+    """Whether ``signature`` is ``public_key``'s over ``message``; never raises."""
+    if len(public_key) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+# -- what a node signs ----------------------------------------------------------------
+
+def settings_digest(config: ConfigDict) -> str:
+    """SHA-256 of the instruction's configuration as sorted, compact JSON."""
+    text = json.dumps(dict(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def update_digest(update: Params) -> str:
+    """The digest a node signs: of the update's canonical encoding as a DELTA."""
+    return (update if update.kind is ParamsKind.DELTA else update.with_kind(ParamsKind.DELTA)).digest
+
+
+def update_statement(run_id: str, rnd: int, digest: str, num_examples: int, settings: str) -> bytes:
+    return json.dumps([STATEMENT_TAG, run_id, rnd, digest, num_examples, settings], separators=(",", ":")).encode()
+
+
+def check_signature(node_id: str, key: bytes | None, signature: bytes, statement: bytes) -> UpdateSignature:
+    """``node_id``'s signature over an update statement, checked with the ``key`` it
+    registered; :class:`SignatureError` saying what is wrong (missing, or not verifying)."""
+    if not signature or key is None:
+        raise SignatureError(f"the update from {node_id!r} is not signed"
+                             + ("" if key else " and the node registered no key") + "; this server requires signed updates")
+    if not verify(key, signature, statement):
+        raise SignatureError(f"the signature on the update from {node_id!r} does not verify with the key it registered "
+                             f"({key.hex()[:16]}…): it covers run, round, update digest, examples and settings")
+    return UpdateSignature(key, signature)
+
+
+def sign_update(key: SigningKey, run_id: str, rnd: int, update: Params, num_examples: int,
+                config: ConfigDict) -> UpdateSignature:
+    message = update_statement(run_id, rnd, update_digest(update), num_examples, settings_digest(config))
+    return UpdateSignature(public_bytes(key), key.sign(message))
+
+
+# -- the server's registry --------------------------------------------------------------
+
+class NodeKeys:
+    """Node id → the public key it registered, bound to its TLS certificate.
+
+    The first join registers the node's key. A later join with the same key is fine
+    (a renewed certificate included). A different key is accepted only together with a
+    different certificate, i.e. one the CA's operator issued again for that node id
+    (``potluck certs issue node ID``): that is the documented way to replace a lost or
+    leaked key, and the rotation is logged. A different key under the same certificate,
+    or without certificates (``--insecure``), is refused with :class:`AccessDenied`.
+
+    ``path`` (JSON, written atomically) keeps the registry across server restarts;
+    ``None`` keeps it in memory.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self._keys: dict[str, dict[str, str]] = {}
+        if path is not None and path.exists():
+            try:
+                raw = json.loads(path.read_text(encoding="utf-8"))
+                self._keys = {str(k): {"key": str(v["key"]), "certificate": str(v.get("certificate", ""))}
+                              for k, v in raw.items()}
+            except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+                raise ConfigError(f"{path} is not a node key registry: {exc}") from exc
+
+    def key_of(self, node_id: str) -> bytes | None:
+        entry = self._keys.get(node_id)
+        return bytes.fromhex(entry["key"]) if entry else None
+
+    def register(self, node_id: str, public_key: bytes, certificate: str = "") -> None:
+        """Record ``node_id``'s key, or refuse a changed one (see the class docstring).
+
+        ``certificate`` is the SHA-256 of the node's TLS certificate ("" without TLS).
+        """
+        if len(public_key) != PUBLIC_KEY_BYTES:
+            raise SignatureError(f"node {node_id!r} sent a signing key of {len(public_key)} bytes; "
+                                 f"an Ed25519 public key has {PUBLIC_KEY_BYTES}")
+        old = self._keys.get(node_id)
+        new = {"key": public_key.hex(), "certificate": certificate}
+        if old == new:
+            return
+        if old is not None and old["key"] != new["key"]:
+            if not certificate or certificate == old["certificate"]:
+                raise AccessDenied(
+                    f"node {node_id!r} registered signing key {old['key'][:16]}… before and now presents "
+                    f"{new['key'][:16]}…; a new key needs a new certificate for the node "
+                    f"(`potluck certs issue node {node_id}`)")
+            log.warning("node %s rotated its signing key %s… → %s… with a new certificate", node_id,
+                        old["key"][:16], new["key"][:16])
+        self._keys[node_id] = new
+        if self.path is not None:
+            atomic_write(self.path, json.dumps(self._keys, indent=1, sort_keys=True).encode())
+
+    def snapshot(self) -> Mapping[str, bytes]:
+        return {k: bytes.fromhex(v["key"]) for k, v in self._keys.items()}
