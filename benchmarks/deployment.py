@@ -30,6 +30,7 @@ from potluck.apps.memory import reuse_freed_memory
 from potluck.backends.fleet import FleetPool
 from potluck.core.messages import FitInstruction
 from potluck.core.params import Params, ParamsKind
+from potluck.runtime.signing import derived_key, public_bytes, sign_update
 from potluck.transport.certs import init_ca, issue_node, issue_server, load_pem_bundle
 from potluck.transport.client import FleetClient
 from potluck.transport.fleet_messages import IncomingResult, JoinInfo
@@ -78,11 +79,14 @@ def _instant_node(address: str, tls: str, node_id: str, schema_digest: str, upda
     """A node process that 'trains' instantly: pull, push a fixed update, ``rounds`` times."""
     reuse_freed_memory()  # as `potluck node` does
     client = FleetClient(address, load_pem_bundle(Path(tls), "node", node_id))
-    session = client.join(JoinInfo(node_id, "m", schema_digest, 10)).session
+    key = derived_key(0, node_id)  # nodes sign their updates, as `potluck node` does
+    session = client.join(JoinInfo(node_id, "m", schema_digest, 10, public_key=public_bytes(key))).session
+    delta = Params.decode(update)
     for _ in range(rounds):
         ins = client.pull(session, 60)
         assert ins is not None
-        client.push(IncomingResult(session, ins.instruction_id, ins.round, 10, payload=update))
+        signed = sign_update(key, ins.run_id, ins.round, delta, 10, ins.config)
+        client.push(IncomingResult(session, ins.instruction_id, ins.round, 10, payload=update, signature=signed.signature))
     client.close()
 
 

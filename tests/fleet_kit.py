@@ -44,7 +44,8 @@ def serve_fleet(tls, **options):
     pool = FleetPool(run_id="r1", model_id="m", schema=MODEL.schema, data_info_json=b"{}", allow={"a", "b", "old"},
                      heartbeat_seconds=1.0, max_payload_bytes=1 << 20, require_signatures=options.pop("signed", False))
     opts = {"max_message_bytes": 1 << 20, "chunk_bytes": 1 << 18, **options}
-    server, port = start_server(pool, "127.0.0.1:0", load_pem_bundle(tls / "tls", "server"), ServerOptions(**opts))
+    server, port = start_server(pool, "127.0.0.1:0", load_pem_bundle(tls / "tls", "server"), ServerOptions(**opts),
+                                ledger=pool)
     try:
         yield pool, f"127.0.0.1:{port}"
     finally:

@@ -6,8 +6,9 @@ Layers, top to bottom; imports point downward only (tests/test_layers.py checks 
     apps           simulate / server / node / peer: wire a runtime to a backend
     backends       where nodes run: in-process, process pool (later Ray, gRPC, gossip);
                    each implements runtime's NodePool
-    observability  run reports and plots (later metrics and logs), as round hooks
-    runtime        the round loop (coordinator), NodePool seam, node runner, run directory
+    observability  run reports and plots, Prometheus metrics, JSON logs: round hooks and wrappers
+    runtime        the round loop (coordinator), NodePool seam, node runner, run directory,
+                   the provenance ledger (signed, hash-chained, Merkle proofs)
     strategies     streaming aggregation rules and server optimizers
     tasks          the Task protocol, PyTorch / scikit-learn adapters, data loaders
     transport      wire protocol (protobuf, gRPC), TLS material, chunked streaming

@@ -49,7 +49,7 @@ def write_metrics(run: Path, lines: list[str]) -> None:
 def test_a_finished_run_passes_every_check(run):
     report = check_run_dir(run)
     assert report.ok and report.committed == (0, 1, 2, 3) and report.last_round == 3
-    assert [f.code for f in report.findings] == ["config", "marks", "checkpoints", "metrics", "final"]
+    assert [f.code for f in report.findings] == ["config", "marks", "checkpoints", "metrics", "final", "ledger"]
     assert all(f.level == "ok" for f in report.findings)
     assert report.summary() == f"{run}: all invariants hold (last committed round 3)"
 
@@ -130,7 +130,7 @@ def damage_config(run: Path) -> None:
         (damage_mark, "mark-missing", "round 1 has no commit mark (checkpoints/round-0001.json) although round 3 "
                                       "is committed: marks must run 0, 1, 2, … without a gap"),
         (damage_mark_content, "mark-unreadable", "checkpoints/round-0002.json is not a valid commit mark"),
-        (damage_not_params, "not-parameters",
+        (damage_not_params, "not-parameters, ledger-entry-differs",  # the mark no longer matches its ledger entry
          "round 2: checkpoints/round-0002.safetensors (the model) does not decode as parameters"),
         (damage_missing_metrics_line, "metrics-missing", "metrics.jsonl has no line for committed round 2"),
         (damage_bad_metrics_line, "metrics-bad-line, metrics-missing", "metrics.jsonl line 2 is not a round record"),

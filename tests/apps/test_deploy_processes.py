@@ -14,6 +14,7 @@ import pytest
 
 from potluck.apps.up import prepare
 from potluck.core.config import SimulationConfig
+from potluck.runtime.ledger_audit import audit_ledger
 
 POTLUCK = [sys.executable, "-m", "potluck.cli"]
 pytestmark = pytest.mark.slow
@@ -97,6 +98,20 @@ def test_up_matches_simulate_within_one_point(tmp_path):
     assert len(records(tmp_path / "up")) == 30
     assert abs(sim_acc - up_acc) <= 0.01, (sim_acc, up_acc)
     assert "potluck up: 3 nodes over mutual TLS" in up.stdout
+    assert audit_ledger(tmp_path / "sim").ok and audit_ledger(tmp_path / "up").ok
+
+
+def test_up_keeps_a_ledger_that_verifies_and_every_node_checked(tmp_path):
+    up = subprocess.run([*POTLUCK, "up", "--nodes", "2", "--rounds", "2", "-F", "epochs=1", "--run-dir",
+                         str(tmp_path / "up")], capture_output=True, text=True, timeout=300)
+    assert up.returncode == 0, up.stderr + up.stdout
+    verify = subprocess.run([*POTLUCK, "ledger", "verify", str(tmp_path / "up")], capture_output=True, text=True)
+    assert verify.returncode == 0 and "the ledger verifies: entries 0 to 2" in verify.stdout, verify.stdout
+    head = audit_ledger(tmp_path / "up").head
+    for state in (tmp_path / "up" / "deployment" / "tls" / "nodes").glob("*.ledger-state.json"):
+        assert json.loads(state.read_text())["head"] == head  # each node verified the whole history
+    logs = "".join(p.read_text() for p in (tmp_path / "up" / "deployment" / "logs").glob("node-*.log"))
+    assert "LEDGER MISMATCH" not in logs
 
 
 def test_killed_node_is_dropped_and_rejoins_later(tmp_path, procs):
@@ -119,6 +134,8 @@ def test_killed_node_is_dropped_and_rejoins_later(tmp_path, procs):
     dropped = [r for r in rs if r["num_nodes"] == 2]
     assert dropped and all(r["round"] > 2 and sum(r["failures"].values()) >= 1 for r in dropped)
     assert any(r["num_nodes"] == 3 for r in rs if r["round"] > dropped[-1]["round"]), "the restarted node rejoined"
+    ledger = audit_ledger(run)
+    assert ledger.ok and any(a["node"] == ids[2] for e in ledger.entries for a in e.get("absent", []))
 
 
 def test_server_restart_resumes_and_nodes_reconnect(tmp_path, procs):
@@ -142,3 +159,5 @@ def test_server_restart_resumes_and_nodes_reconnect(tmp_path, procs):
     for node in ids:
         procs.children[node].wait(30)
         assert "done after" in procs.log(node)
+        assert "LEDGER MISMATCH" not in procs.log(node)  # the resumed server continued the same history
+    assert audit_ledger(run).ok

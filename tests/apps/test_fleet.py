@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ledger_kit import rewrite
 from potluck.apps.node import NodeAgent, NodeConfig
 from potluck.apps.server import run_server
+from potluck.backends.fleet import FleetPool
 from potluck.core.config import ServerConfig
 from potluck.core.errors import AccessDenied, SchemaMismatch
 from potluck.core.seeds import derive_seed
 from potluck.runtime.federation import stratified_split
+from potluck.runtime.ledger import Ledger
+from potluck.runtime.ledger_audit import audit_ledger
+from potluck.runtime.ledger_watch import LedgerMismatch
+from potluck.runtime.signing import load_or_create_key
 from potluck.tasks.builtin import load_digits
 from potluck.tasks.data.partition import iid
 from potluck.transport.certs import init_ca, issue_node, issue_server
@@ -96,6 +103,9 @@ def test_three_nodes_over_mutual_tls_commit_every_round(deployment):
     assert result.records[-1].accuracy > 0.85
     assert result.records[-1].federated_accuracy > 0.8
     assert all(agent.rounds_done == 3 for agent in fleet.agents)
+    ledger = audit_ledger(result.run_dir)  # signed by the nodes and the server, and verified by every node
+    assert ledger.ok and [len(e["contributions"]) for e in ledger.entries] == [0, 3, 3, 3]
+    assert all(agent.provenance.head == ledger.head for agent in fleet.agents)
 
 
 def test_wrong_model_and_identity_are_refused_with_reasons(deployment):
@@ -115,3 +125,57 @@ def test_wrong_model_and_identity_are_refused_with_reasons(deployment):
     result = fleet.finish()
     assert result.records[-1].num_nodes == 2
     assert result.rejections["model_id"] == 1
+
+
+def test_a_node_detects_a_server_that_rewrites_its_contribution_out_of_history(deployment, monkeypatch, caplog):
+    """After round 2 the server starts showing a history in which n0's round-1 update was
+    never aggregated (re-signed and re-chained with its own key). n0 sees it at the next
+    instruction, logs it at ERROR and, as configured, leaves; the run goes on without it."""
+    pools = []
+    monkeypatch.setattr("potluck.apps.server.FleetPool", lambda **kw: pools.append(FleetPool(**kw)) or pools[-1])
+
+    class Rewriter:
+        def on_commit(self, record, params, strategy):
+            if record.round != 2:
+                return
+            pool, honest = pools[0], Path(fleet.config.run_dir) / "ledger.jsonl"
+            entries = [json.loads(line) for line in honest.read_text().splitlines()]
+            key = load_or_create_key(deployment / "tls" / "ledger-server.key")
+            liar = Ledger(key, pool.ledger.start, run_id=pool.ledger.run_id)
+            lies = rewrite(entries, 1, drop="n0", key=key)
+            liar.restore(lies)
+            liar.loader = lambda r: lies[r]
+            pool.ledger = liar
+
+    fleet = Fleet(deployment, run="run-rewritten", rounds=3, min_nodes=3)
+    fleet.thread = threading.Thread(target=lambda: _serve_with(fleet, [Rewriter()]), daemon=True)
+    fleet.start()
+    left: list[BaseException] = []
+    n0 = NodeAgent(NodeConfig(f"127.0.0.1:{fleet.port}", "n0", str(deployment / "n0.npz"),
+                              tls_dir=str(deployment / "tls"), poll_seconds=0.5, leave_on_ledger_mismatch=True))
+    threading.Thread(target=lambda: _run_catching(n0, left), daemon=True).start()
+    fleet.agents.append(n0)
+    fleet.node("n1")
+    fleet.node("n2")
+    result = fleet.finish()
+    assert len(left) == 1 and isinstance(left[0], LedgerMismatch)
+    assert "rewritten or forked" in str(left[0])
+    assert any(r.levelname == "ERROR" and "LEDGER MISMATCH" in r.getMessage() and "n0" in r.getMessage()
+               for r in caplog.records)
+    assert result.records[-1].failures == {"left": 1}  # n0 left in round 3
+    assert audit_ledger(result.run_dir).ok  # what is on disk is the honest history
+
+
+def _serve_with(fleet: Fleet, hooks) -> None:
+    try:
+        fleet.result = run_server(fleet.config, hooks=hooks, on_ready=fleet._on_ready)
+    except BaseException as exc:  # reported by the test
+        fleet.error = exc
+        fleet.ready.set()
+
+
+def _run_catching(agent: NodeAgent, errors: list) -> None:
+    try:
+        agent.run()
+    except BaseException as exc:
+        errors.append(exc)

@@ -7,6 +7,7 @@ every clean-up), raised at the n-th write, fsync, rename or removal, for every n
 from __future__ import annotations
 
 import errno
+import hashlib
 import math
 import os
 import shutil
@@ -21,10 +22,13 @@ import pytest
 from potluck.apps.check import check_run_dir
 from potluck.apps.run import open_run
 from potluck.core.errors import RunDirError
-from potluck.core.params import Params
+from potluck.core.params import Params, ParamsKind
 from potluck.runtime import files, rundir
-from potluck.runtime.records import RoundRecord
+from potluck.runtime.ledger import Ledger, RunStart
+from potluck.runtime.ledger_audit import audit_ledger
+from potluck.runtime.records import Contribution, RoundProvenance, RoundRecord
 from potluck.runtime.rundir import RunDirectory
+from potluck.runtime.signing import derived_key, settings_digest, sign_update, update_digest
 
 ROUNDS = 3
 CONFIG = 'task = "fake"\nrounds = 3\n'
@@ -52,7 +56,20 @@ def params_for(rnd: int) -> Params:
 
 
 def record_for(rnd: int) -> RoundRecord:
-    return RoundRecord(rnd, 0.5 + rnd / 100, 1 / (rnd + 1), 2, 2, 0.25, params_for(rnd).digest)
+    """Round ``rnd``'s record: node a's signed update was aggregated, node b timed out."""
+    update = Params.from_arrays({"w": np.full((4, 2), 1, np.float32), "b": np.ones(2, np.float32)}, ParamsKind.DELTA)
+    signed = sign_update(derived_key(0, "a"), "run-1", rnd, update, 10, {"lr": 0.1})
+    contribution = Contribution("a", update_digest(update), 10, signed.public_key.hex(), signed.signature.hex())
+    provenance = RoundProvenance(settings_digest({"lr": 0.1}), (contribution,), (("b", "timed_out"),))
+    return RoundRecord(rnd, 0.5 + rnd / 100, 1 / (rnd + 1), 2, 2, 0.25, params_for(rnd).digest,
+                       failures={"timed_out": 1}, provenance=provenance)
+
+
+def with_ledger(run: RunDirectory) -> RunDirectory:
+    """The run keeps a ledger, as the apps' runs do (a fixed clock: resumed runs end byte-for-byte equal)."""
+    start = RunStart("fake", params_for(0).schema_digest, "fedavg", {}, {}, hashlib.sha256(CONFIG.encode()).hexdigest())
+    run.attach_ledger(Ledger(derived_key(0, "server"), start, run_id="run-1", clock=lambda: 1.7e9))
+    return run
 
 
 class Killer:
@@ -112,7 +129,7 @@ class Killer:
 
 def run_to_end(path: Path, killer: Killer | None = None) -> int:
     """Start or resume the run in ``path`` as the apps do; return the first round it ran."""
-    run = RunDirectory(path)
+    run = with_ledger(RunDirectory(path))
     strategy = CountingStrategy()
     with (killer or Killer(None)).installed():
         params, first = open_run(run, CONFIG, params_for(0), strategy, resume=run.config_file.exists())
@@ -147,6 +164,10 @@ def check_after_kill(path: Path) -> list[str]:
         return ["no-config"]
     report = check_run_dir(path)
     assert report.ok, [f.message for f in report.findings if f.level == "broken"]
+    if report.committed:  # what a kill leaves fails verify only as an unfinished last entry
+        ledger = audit_ledger(path)
+        assert all(p.entry == report.last_round and "--resume completes" in p.message for p in ledger.problems), \
+            [str(p) for p in ledger.problems]
     return [f.code for f in report.findings if f.level == "note"]
 
 
@@ -154,6 +175,7 @@ def check_after_kill(path: Path) -> list[str]:
 def reference(tmp_path_factory) -> dict[str, bytes]:
     path = tmp_path_factory.mktemp("uninterrupted") / "run"
     run_to_end(path)
+    assert audit_ledger(path).ok and len(audit_ledger(path).entries) == ROUNDS + 1
     return snapshot(path)
 
 
@@ -196,7 +218,8 @@ def test_a_kill_at_any_step_keeps_the_invariants_and_resume_ends_where_an_uninte
         assert first == (committed[-1] + 1 if committed else 1), f"step {n}: resumed at round {first}"
         assert snapshot(path) == reference, f"step {n}"
     # The kills really landed in every window a commit has.
-    assert {"no-config", "temp-file", "uncommitted-file", "metrics-torn", "metrics-trailing"} <= set(notes)
+    assert {"no-config", "temp-file", "uncommitted-file", "metrics-torn", "metrics-trailing", "ledger-torn",
+            "ledger-trailing"} <= set(notes)
 
 
 def test_a_kill_while_resume_tidies_up_is_resumed_too(tmp_path, reference):
@@ -218,7 +241,7 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 def _committed_run(path: Path, rounds: int = ROUNDS) -> RunDirectory:
-    run = RunDirectory(path)
+    run = with_ledger(RunDirectory(path))
     run.create(CONFIG)
     for rnd in range(rounds + 1):
         record = record_for(rnd) if rnd else RoundRecord(0, math.nan, math.nan, 0, 0, 0.0, params_for(0).digest)
@@ -282,11 +305,16 @@ def test_resume_refuses_a_damaged_last_round_and_says_how_to_go_back_one(tmp_pat
     data[-1] ^= 0xFF
     run.model_path(3).write_bytes(bytes(data))
     before = snapshot(run.path)
-    with pytest.raises(RunDirError, match=r"round 3: the model .* does not match the SHA-256 .* delete .*round-0003\.\*"):
+    with pytest.raises(RunDirError, match=r"round 3: the model .* does not match the SHA-256 .* delete .*round-0003\.\* "
+                                          r"and the last line of .*ledger\.jsonl"):
         run.prepare_resume()
     assert snapshot(run.path) == before
     for path in run.checkpoints.glob("round-0003.*"):
         path.unlink()
+    with pytest.raises(RunDirError, match=r"holds entry 3, but round 3 is not committed .* keep only the first 3 lines"):
+        run.prepare_resume()  # dropping a committed entry rewrites history: only on purpose
+    lines = run.ledger_file.read_bytes().splitlines(keepends=True)
+    run.ledger_file.write_bytes(b"".join(lines[:3]))
     assert run.prepare_resume().round == 2
 
 

@@ -20,9 +20,11 @@ from potluck.strategies import (
     make_strategy,
     strategy_options,
 )
+from potluck.strategies.robust import ROBUST_STRATEGIES
 
 ALL = {"fedavg": FedAvg, "fedavgm": FedAvgM, "fedprox": FedProx,
-       "fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad}
+       "fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad,
+       **{cls.name: cls for cls in ROBUST_STRATEGIES}}  # options tested in test_robust.py
 
 
 def test_registry_names() -> None:
@@ -81,7 +83,8 @@ def test_unknown_strategy_lists_valid_ones() -> None:
     with pytest.raises(ConfigError) as info:
         make_strategy("fedsgd")
     assert str(info.value) == (
-        "unknown strategy 'fedsgd'; valid strategies: fedadagrad, fedadam, fedavg, fedavgm, fedprox, fedyogi")
+        "unknown strategy 'fedsgd'; valid strategies: fedadagrad, fedadam, fedavg, fedavgm, fedprox, fedyogi, "
+        "krum, median, multi-krum, norm-bound, trimmed-mean")
     with pytest.raises(ConfigError, match="unknown strategy"):
         strategy_options("FedAvg")
 

@@ -10,10 +10,12 @@ from hypothesis import strategies as st
 from potluck.core.errors import (
     AccessDenied,
     ConfigError,
+    LedgerError,
     NonFiniteError,
     ParamsError,
     ResultRejected,
     SchemaMismatch,
+    SignatureError,
     UnknownId,
 )
 from potluck.core.params import Params
@@ -97,6 +99,8 @@ def test_oversize_announcement_is_refused_before_any_byte():
         ConfigError("bad option"),
         PayloadError("oversize", "too big"),
         PayloadError("digest", "does not match"),
+        SignatureError("the signature of node 'a' does not verify"),
+        LedgerError("ledger head 00ff… is not an entry of run r1's ledger"),
     ],
 )
 def test_every_error_survives_the_wire_with_its_kind_and_message(error):

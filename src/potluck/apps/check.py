@@ -21,6 +21,7 @@ from typing import Any, Literal
 from potluck.core.errors import ParamsError, RunDirError
 from potluck.core.params import Params
 from potluck.runtime.files import is_temp_file, reason
+from potluck.runtime.ledger import entry_hash, read_ledger_file
 from potluck.runtime.rundir import RunDirectory
 
 Level = Literal["ok", "note", "broken"]
@@ -95,6 +96,7 @@ def check_run_dir(path: Path) -> CheckReport:
         _check_checkpoints(run, marks, findings)
         _check_metrics(run, marks, max(marked), findings)
         _check_final_model(run, marks, max(marked), findings)
+        _check_ledger(run, marks, max(marked), findings)
     _note_leftovers(run, max(marked, default=-1), findings)
     return CheckReport(run.path, tuple(marked), tuple(findings))
 
@@ -238,6 +240,61 @@ def _check_final_model(run: RunDirectory, marks: dict[int, dict[str, Any]], last
     which = f" (it is the model of round {same[-1]})" if same else ""
     findings.append(Finding("broken", "final-differs",
                             f"{name} is not the model of round {last}, the last committed round{which}", name))
+
+
+def _check_ledger(run: RunDirectory, marks: dict[int, dict[str, Any]], last: int, findings: list[Finding]) -> None:
+    """Invariant 6: the marks' ledger entries chain and match their checkpoints, and
+    ``ledger.jsonl`` is their copy. Signatures and Merkle roots: ``potluck ledger verify``."""
+    name = run.ledger_file.name
+    entries = {rnd: mark["ledger"] for rnd, mark in marks.items() if isinstance(mark.get("ledger"), dict)}
+    if not entries and not run.ledger_file.exists():
+        return  # a run directory written without a ledger (by hand, or by a test harness)
+    before = len(findings)
+    for rnd, mark in sorted(marks.items()):
+        entry = entries.get(rnd)
+        where = _rel(run, run.mark_path(rnd))
+        if entry is None:
+            findings.append(Finding("broken", "ledger-entry-missing", f"round {rnd}: {where} holds no ledger entry",
+                                    where, rnd))
+            continue
+        if entry.get("round") != rnd or entry.get("model_digest") != mark["model_sha256"] \
+                or entry.get("strategy_digest") != mark["strategy_sha256"]:
+            findings.append(Finding("broken", "ledger-entry-differs",
+                                    f"round {rnd}: the ledger entry in {where} is not for this round's checkpoints",
+                                    where, rnd))
+        if rnd - 1 in entries and entry.get("prev") != entry_hash(entries[rnd - 1]):
+            findings.append(Finding("broken", "ledger-chain",
+                                    f"round {rnd}: the ledger entry in {where} does not name the hash of round "
+                                    f"{rnd - 1}'s entry", where, rnd))
+    try:
+        read = read_ledger_file(run.ledger_file)
+    except OSError as exc:
+        findings.append(Finding("broken", "ledger-unreadable", f"{name} cannot be read: {reason(exc)}", name))
+        return
+    if read.torn:
+        findings.append(Finding("note", "ledger-torn", f"{name} ends with a torn line (a write was cut off): "
+                                "harmless, --resume completes the file from the commit marks", name))
+    for index, line in enumerate(read.entries):
+        if index > last:
+            findings.append(Finding("broken", "ledger-uncommitted",
+                                    f"{name} line {index + 1} is an entry for round {index}, which is not committed",
+                                    name, index))
+        elif index in marks and line != entries.get(index):  # a missing or unreadable mark is reported above
+            findings.append(Finding("broken", "ledger-line-differs",
+                                    f"{name} line {index + 1} differs from the ledger entry in "
+                                    f"{_rel(run, run.mark_path(index))}", name, index))
+    for rnd in range(len(read.entries), last + 1):
+        if rnd == last:
+            findings.append(Finding("note", "ledger-trailing",
+                                    f"{name} has no line yet for round {rnd}, the last committed round: the run "
+                                    "stopped between commit and append; the entry is in its mark and --resume "
+                                    "completes the file", name, rnd))
+        else:
+            findings.append(Finding("broken", "ledger-missing", f"{name} has no entry for committed round {rnd}",
+                                    name, rnd))
+    if len(findings) == before or all(f.level == "note" for f in findings[before:]):
+        findings.append(Finding("ok", "ledger", f"the ledger entries of rounds 0 to {last} chain, match their "
+                                "checkpoints and are in " + name + " (signatures: `potluck ledger verify`)", name))
 
 
 def _note_leftovers(run: RunDirectory, last: int, findings: list[Finding]) -> None:

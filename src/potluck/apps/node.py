@@ -14,14 +14,19 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from potluck.apps.node_ledger import NodeProvenance
 from potluck.apps.resources import local_resources
 from potluck.core.errors import NodeError, PotluckError, SchemaMismatch, TransportError, UnknownId
 from potluck.core.messages import EvaluateInstruction, FitInstruction
 from potluck.core.params import Params
 from potluck.core.seeds import rng_for
+from potluck.runtime.logcontext import bind_log_fields, log_fields
 from potluck.runtime.node import NodeData, NodeRunner
 from potluck.tasks.builtin import resolve_task
 from potluck.tasks.protocol import DataInfo, Task
@@ -46,6 +51,10 @@ class NodeConfig:
     max_backoff: float = 30.0
     max_message_mb: float = 8.0
     chunk_mb: float = 2.0
+    metrics_port: int | None = None  # serve Prometheus metrics on this port (0: any free one)
+    metrics_host: str = "127.0.0.1"
+    key_dir: str | None = None  # where the signing key and ledger state live (default: <tls_dir>/nodes)
+    leave_on_ledger_mismatch: bool = False  # leave the run when the server's ledger fails a check
 
 
 class NodeAgent:
@@ -65,15 +74,42 @@ class NodeAgent:
         mb = 2**20
         self.client = FleetClient(config.server_address, tls, chunk_bytes=int(config.chunk_mb * mb),
                                   max_message_bytes=int(config.max_message_mb * mb))
+        self.provenance = NodeProvenance(config.node_id, self.client, tls_dir=config.tls_dir, key_dir=config.key_dir,
+                                         leave_on_mismatch=config.leave_on_ledger_mismatch)
         self._stop = threading.Event()
         self._built_for: bytes | None = None
+        self._runner: NodeRunner | None = None
+        self._runner_run: str | None = None  # the run _runner's update state belongs to
         self.rounds_done = 0
+        self.metrics: Any = None  # NodeMetrics while run() serves them (metrics_port set)
+        self.run_id: str | None = None  # the run last joined
 
     def stop(self) -> None:
         self._stop.set()
 
     def run(self) -> int:
         """Serve until the run finishes (0) or ``stop()``; fatal refusals raise."""
+        with log_fields(node_id=self.config.node_id), self._served_metrics():
+            return self._run()
+
+    @contextmanager
+    def _served_metrics(self) -> Iterator[None]:
+        if self.config.metrics_port is None:
+            yield
+            return
+        from potluck.observability.endpoint import final_scrape, serve_metrics  # prometheus_client only when asked
+        from potluck.observability.metrics import NodeMetrics
+
+        self.metrics = NodeMetrics(None, self.config.node_id)
+        server = serve_metrics(self.metrics.registry, self.config.metrics_host, self.config.metrics_port)
+        log.info("node %s: metrics at %s", self.config.node_id, server.url)
+        try:
+            yield
+            final_scrape(server, self._stop)  # the run is over (unless stopped): let the last figures be read
+        finally:
+            server.close()
+
+    def _run(self) -> int:
         backoff = 0.5
         while not self._stop.is_set():
             try:
@@ -102,37 +138,62 @@ class NodeAgent:
             )
         offer = local_resources()
         welcome = self.client.join(JoinInfo(self.config.node_id, self.task.name, self._schema, len(self.data.train),
-                                            cpus=offer.cpus, memory_bytes=offer.memory_bytes, gpus=offer.gpus))
+                                            cpus=offer.cpus, memory_bytes=offer.memory_bytes, gpus=offer.gpus,
+                                            public_key=self.provenance.public_key))
+        self.provenance.start(welcome)
+        self.run_id = welcome.run_id
+        bind_log_fields(run_id=welcome.run_id)
+        if self.metrics is not None:
+            self.metrics.joined(offer.cpus, offer.gpus)
         log.info("node %s joined run %s at round %d", self.config.node_id, welcome.run_id, welcome.current_round)
         return welcome
 
     def _serve(self, welcome: Welcome) -> bool:
         """Pull and answer instructions; True when the run is over."""
-        runner = NodeRunner(self.task, {self.config.node_id: self.data})
+        if self._runner is None or self._runner_run != welcome.run_id:
+            # One runner per run, kept across rejoins: update stages' state (top-k's error
+            # feedback residual) carries over; it is lost when this process restarts.
+            self._runner, self._runner_run = NodeRunner(self.task, {self.config.node_id: self.data}), welcome.run_id
+        runner = self._runner
         last_beat = 0.0
         while not self._stop.is_set():
             if time.monotonic() - last_beat > welcome.heartbeat_seconds:
-                if self.client.heartbeat(welcome.session).run_finished:
+                reported = self.provenance.head
+                beat = self.client.heartbeat(welcome.session, reported)
+                self.provenance.check(welcome.session, beat.ledger_head)
+                if beat.run_finished:
+                    self.provenance.acknowledge(welcome.session, reported)
                     return True
                 last_beat = time.monotonic()
             ins = self.client.pull(welcome.session, min(self.config.poll_seconds, welcome.heartbeat_seconds))
             if ins is None:
                 last_beat = 0.0  # nothing to do: ask right away whether the run is over
                 continue
+            bind_log_fields(round=ins.round)
+            self.provenance.check(welcome.session, ins.ledger_head)
+            if self.metrics is not None:
+                self.metrics.received(len(ins.payload))
             params = Params.decode(ins.payload)
             try:
                 if ins.kind == "fit":
                     out = runner.fit(FitInstruction(ins.round, self.config.node_id, params, ins.config, ins.seed))
+                    payload, signature = self.provenance.sign(ins, out)
                     result = IncomingResult(welcome.session, ins.instruction_id, ins.round, out.num_examples,
-                                            metrics=dict(out.metrics), payload=out.params.encode(), run_id=ins.run_id)
+                                            metrics=dict(out.metrics), payload=payload, run_id=ins.run_id,
+                                            signature=signature)
                 else:
                     ev = runner.evaluate(EvaluateInstruction(ins.round, self.config.node_id, params, ins.config))
                     result = IncomingResult(welcome.session, ins.instruction_id, ins.round, ev.num_examples,
                                             loss=ev.loss, metrics=dict(ev.metrics), run_id=ins.run_id)
             except NodeError as exc:  # the server counts it as a missed result at its deadline
                 log.error("node %s: round %d %s failed: %s", self.config.node_id, ins.round, ins.kind, exc)
+                if self.metrics is not None:
+                    self.metrics.instruction(ins.kind, ins.round, ok=False)
                 continue
             self.client.push(result)
+            if self.metrics is not None:
+                self.metrics.sent(len(result.payload))
+                self.metrics.instruction(ins.kind, ins.round, ok=True)
             self.rounds_done += ins.kind == "fit"
         try:
             self.client.leave(welcome.session, "stopped")

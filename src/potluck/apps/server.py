@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from potluck.apps.protections import round_guards, update_pipeline
+from potluck.apps.protections import protect_strategy, round_guards, update_pipeline
+from potluck.apps.provenance import REGISTRY_NAME, attach_server_ledger, run_start, server_key_path
 from potluck.apps.run import open_run
 from potluck.backends.fleet import FleetPool
 from potluck.core.config import ServerConfig
@@ -24,8 +25,10 @@ from potluck.core.seeds import derive_seed
 from potluck.observability.report import write_report
 from potluck.runtime.coordinator import Coordinator, RoundHook, RoundPolicy
 from potluck.runtime.federation import stratified_split
+from potluck.runtime.logcontext import set_process_log_fields
 from potluck.runtime.records import RoundRecord
 from potluck.runtime.rundir import RunDirectory
+from potluck.runtime.signing import NodeKeys
 from potluck.strategies.registry import make_strategy
 from potluck.tasks.builtin import resolve_task
 from potluck.tasks.protocol import DataInfo
@@ -34,6 +37,7 @@ from potluck.transport.server import ServerOptions, start_server
 
 log = logging.getLogger(__name__)
 MB = 2**20
+FINISHED_RUN_WAIT = 65.0  # s: nodes retry at least every 30 s (their longest backoff), twice in this time
 
 
 @dataclass
@@ -43,6 +47,7 @@ class ServerResult:
     records: list[RoundRecord]
     resumed_from: int
     rejections: dict[str, int]
+    stopped: str | None = None  # why the run ended before config.rounds (a privacy budget), if it did
 
 
 def run_server(
@@ -56,7 +61,7 @@ def run_server(
         _, held = stratified_split(data.y, config.test_fraction, derive_seed(config.seed, "holdout"))
         data = data.subset(held, source=f"{data.source} (held out)")
     initial = task.build(info, derive_seed(config.seed, "init"))
-    strategy = make_strategy(config.strategy, config.strategy_options)
+    strategy = protect_strategy(config, make_strategy(config.strategy, config.strategy_options))
     check = getattr(task, "check_fit_config", None)
     if check is not None:
         check(config.fit)
@@ -65,26 +70,41 @@ def run_server(
     resume = bool(run_dir.committed_rounds())
     if resume:
         _check_same_run(run_dir, config)
+    ledger = attach_server_ledger(run_dir, server_key_path(config.tls_dir, config.run_dir, config.insecure), run_start(
+        task=config.task, initial=initial, strategy=config.strategy, strategy_options=config.strategy_options,
+        updates=update_pipeline(config), config_toml=config.to_toml(), simulation=False))
     params, first_round = open_run(run_dir, config.to_toml(), initial, strategy, resume=resume)
-    run_id = _run_id(run_dir)
+    run_id = ledger.run_id  # a resumed run's, from its ledger
 
     updates = update_pipeline(config)
     pool = FleetPool(
         run_id=run_id, model_id=task.name, schema=initial.schema, update_schema=updates.wire_schema(initial.schema),
         data_info_json=json.dumps(info.to_dict()).encode(), allow=set(config.allow) if config.allow else None,
         heartbeat_seconds=config.heartbeat_seconds, max_payload_bytes=int(config.max_payload_mb * MB),
+        keys=NodeKeys(run_dir.path / REGISTRY_NAME),
     )
+    pool.ledger = ledger  # nodes are shown its head and may check it
     pool.current_round = first_round - 1
+    set_process_log_fields(run_id=run_id, round=lambda: pool.current_round)  # gRPC threads: the round under way
+    monitor = _monitor(config, run_id, first_round, pool)
     tls = None if config.insecure else load_pem_bundle(Path(config.tls_dir), "server")
     options = ServerOptions(chunk_bytes=int(config.chunk_mb * MB), max_message_bytes=int(config.max_message_mb * MB))
-    server, port = start_server(pool, config.bind, tls, options)
+    server, port = start_server(monitor.handler if monitor else pool, config.bind, tls, options, ledger=pool)
     completed = False
+    watch = [monitor.run] if monitor else []
     try:
+        if monitor is not None:
+            log.info("metrics at %s", monitor.serve())
         if on_ready is not None:
             on_ready(port)
         if first_round <= config.rounds and not pool.wait_for_nodes(config.min_nodes, config.wait_for_nodes):
             raise RoundFailed(f"only {len(pool.node_ids())} of min_nodes={config.min_nodes} nodes joined "
                               f"within {config.wait_for_nodes:g} s")
+        if first_round > config.rounds:  # stopped after its last commit: its nodes are still waiting to hear that
+            wait = min(config.wait_for_nodes, FINISHED_RUN_WAIT)
+            log.info("every round was committed before this start; waiting up to %g s for nodes to rejoin and "
+                     "hear the run is over", wait)
+            pool.wait_for_nodes(config.min_nodes, wait)
         policy = RoundPolicy(
             rounds=config.rounds, fraction=config.fraction, min_nodes=config.min_nodes, quorum=config.quorum,
             round_timeout=config.round_timeout, max_retries=config.max_retries,
@@ -92,7 +112,7 @@ def run_server(
         )
         evaluator = (lambda p: task.evaluate(p, data)) if len(data) else None
         coordinator = Coordinator(pool, strategy, policy, fit_config=config.fit, evaluator=evaluator,
-                                  hooks=[run_dir, *hooks], updates=updates, guards=round_guards(config))
+                                  hooks=[run_dir, *hooks, *watch], updates=updates, guards=round_guards(config))
         final = coordinator.run(params, first_round)
         run_dir.write_final(final)
         completed = True
@@ -100,21 +120,28 @@ def run_server(
         if completed:  # only then: an interrupted server's nodes must wait for it to return
             pool.close(linger=2 * config.heartbeat_seconds)
         server.stop(grace=2.0).wait(5.0)
+        if monitor is not None:  # last, and once the final round was scraped
+            monitor.close(wait_for_final_scrape=completed)
+        set_process_log_fields(round=None)  # the run id stays: later lines are still about this run
     records = run_dir.records()
     write_report(records, run_dir.path / "report.png", title=f"potluck server: {task.name}, {config.strategy}")
-    return ServerResult(run_dir.path, final, records, first_round - 1, dict(pool.rejections))
+    return ServerResult(run_dir.path, final, records, first_round - 1, dict(pool.rejections), coordinator.stopped)
 
 
-def _run_id(run_dir: RunDirectory) -> str:
-    marker = run_dir.path / "run-id"
-    if not marker.exists():
-        marker.write_text(secrets.token_hex(8) + "\n")
-    return marker.read_text().strip()
+def _monitor(config: ServerConfig, run_id: str, first_round: int, pool: FleetPool) -> Any:
+    """Metrics served at ``metrics_host:metrics_port``, or None when that is off (the default)."""
+    if config.metrics_port is None:
+        return None
+    from potluck.observability.metrics import RunMonitor  # prometheus_client only when asked for
+
+    return RunMonitor(run_id, rounds=config.rounds, first_round=first_round, pool=pool,
+                      host=config.metrics_host, port=config.metrics_port)
 
 
 def _check_same_run(run_dir: RunDirectory, config: ServerConfig) -> None:
     stored = ServerConfig.load(run_dir.config_file)
-    keep = ("task", "strategy", "strategy_options", "seed", "fit")
+    keep = ("task", "strategy", "strategy_options", "seed", "fit", "dp", "dp_noise_multiplier", "dp_clip",
+            "dp_adaptive_clip", "dp_target_quantile", "dp_nodes")
     differ = [k for k in keep if getattr(stored, k) != getattr(config, k)]
     if differ:
         raise RunDirError(f"{run_dir.path} holds a run with other settings ({', '.join(differ)}); "

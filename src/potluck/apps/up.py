@@ -26,7 +26,7 @@ import numpy as np
 
 from potluck.apps.simulate import federation_spec
 from potluck.core.config import SimulationConfig
-from potluck.core.errors import PotluckError, RoundFailed
+from potluck.core.errors import ConfigError, PotluckError, RoundFailed
 from potluck.runtime.federation import build_federation
 from potluck.runtime.records import RoundRecord
 from potluck.runtime.rundir import RunDirectory
@@ -40,6 +40,7 @@ class UpResult:
     run_dir: Path
     records: list[RoundRecord]
     node_ids: list[str]
+    stopped: str | None = None  # why the server ended before config.rounds (a privacy budget), if it did
 
 
 def prepare(config: SimulationConfig, workdir: Path) -> tuple[list[str], Path]:
@@ -70,13 +71,67 @@ def server_command(config: SimulationConfig, workdir: Path, test: Path) -> list[
         cmd += ["-S", f"{key}={json.dumps(value)}"]
     for key, value in config.fit.items():
         cmd += ["-F", f"{key}={json.dumps(value)}"]
-    return cmd
+    return cmd + compression_options(config) + privacy_options(config) + monitoring_options(config, 0)
+
+
+def compression_options(config: SimulationConfig) -> list[str]:
+    """The server's update compression flags (none when compression is off); nodes learn
+    the settings from the server each round."""
+    if config.compression == "none":
+        return []
+    return ["--compression", config.compression, "--compression-bits", str(config.compression_bits),
+            "--compression-ratio", repr(config.compression_ratio)]
+
+
+def privacy_options(config: SimulationConfig) -> list[str]:
+    """The server's differential privacy flags (none when dp is off); ``--dp-nodes`` is
+    the number of nodes ``up`` starts, so the accountant's sampling rate is simulate's."""
+    if config.dp == "none":
+        return []
+    options = ["--dp", config.dp, "--dp-noise-multiplier", repr(config.dp_noise_multiplier),
+               "--dp-clip", repr(config.dp_clip), "--dp-delta", repr(config.dp_delta),
+               "--dp-epsilon-budget", repr(config.dp_epsilon_budget), "--dp-nodes", str(config.nodes)]
+    if config.dp_adaptive_clip:
+        options += ["--dp-adaptive-clip", "--dp-target-quantile", repr(config.dp_target_quantile)]
+    return options
+
+
+def server_stop_reason(log: Path) -> str | None:
+    """What the server printed after "stopped after round k: " (text or JSON logs), if anything."""
+    marker = "potluck server: stopped after round "
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if line.startswith("{"):
+            try:
+                line = str(json.loads(line).get("message", ""))
+            except ValueError:
+                continue
+        if line.startswith(marker):
+            return line[len(marker):].partition(": ")[2] or None
+    return None
+
+
+def monitoring_options(config: SimulationConfig, index: int) -> list[str]:
+    """The log format and metrics flags of the ``index``-th process (0: the server, i: node i − 1).
+
+    With ``metrics_port`` P the server serves metrics on P and node i − 1 on P + i
+    (P = 0: every process picks a free port)."""
+    options = ["--log-format", config.log_format]
+    if config.metrics_port is not None:
+        port = config.metrics_port + index if config.metrics_port else 0
+        options += ["--metrics-port", str(port), "--metrics-host", config.metrics_host]
+    return options
 
 
 def run_up(config: SimulationConfig, on_record: Callable[[RoundRecord], None] | None = None,
            start_timeout: float = 120.0) -> UpResult:
     if config.run_dir is None:
         raise PotluckError("potluck up needs a run directory")
+    if config.metrics_port and config.metrics_port + config.nodes > 65535:
+        raise ConfigError(f"metrics_port {config.metrics_port} leaves no room for {config.nodes} nodes on the ports after it")
     run_dir = RunDirectory(Path(config.run_dir))
     workdir = run_dir.path / "deployment"
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
@@ -94,10 +149,10 @@ def run_up(config: SimulationConfig, on_record: Callable[[RoundRecord], None] | 
     try:
         server = spawn(server_command(config, workdir, test), "server.log")
         port = _wait_for_port(workdir / "port", server, workdir / "logs" / "server.log", start_timeout)
-        for node_id in node_ids:
+        for index, node_id in enumerate(node_ids, start=1):
             spawn([*POTLUCK, "node", "--server-address", f"127.0.0.1:{port}", "--node-id", node_id,
                    "--data-path", str(workdir / "data" / f"{node_id}.npz"), "--task", config.task,
-                   "--tls-dir", str(workdir / "tls")], f"{node_id}.log")
+                   "--tls-dir", str(workdir / "tls"), *monitoring_options(config, index)], f"{node_id}.log")
         seen = 0
         while True:
             records = run_dir.records() if run_dir.metrics_file.exists() else []
@@ -110,7 +165,7 @@ def run_up(config: SimulationConfig, on_record: Callable[[RoundRecord], None] | 
             time.sleep(0.05)
         if server.returncode != 0:
             raise RoundFailed(f"the server exited with code {server.returncode}: {_tail(workdir / 'logs' / 'server.log')}")
-        return UpResult(run_dir.path, run_dir.records(), node_ids)
+        return UpResult(run_dir.path, run_dir.records(), node_ids, server_stop_reason(workdir / "logs" / "server.log"))
     finally:
         _stop_all(children)
 

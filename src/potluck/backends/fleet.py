@@ -7,8 +7,15 @@ reported as ``NodeFailed`` as soon as that is noticed, not only at the deadline.
 
 Every result is checked before it counts: the session and certificate identity, that
 the instruction was given to this node, for this round, and is still open; then the
-payload's schema and finiteness. A repeated push of an accepted result is acknowledged
-and ignored. Refusals are counted by reason in :attr:`FleetPool.rejections`.
+payload's schema and finiteness, then the node's signature over the update (with the
+key it registered at join, see :class:`~potluck.runtime.signing.NodeKeys`). A repeated
+push of an accepted result is acknowledged and ignored. Refusals are counted by reason
+in :attr:`FleetPool.rejections`.
+
+The pool also answers the nodes' ledger queries (it is a ``LedgerHandler``) from the
+run's :class:`~potluck.runtime.ledger.Ledger`, set as :attr:`FleetPool.ledger`: the
+head every instruction and heartbeat carries, the headers since a node's last head,
+and a node's own inclusion proofs.
 """
 
 from __future__ import annotations
@@ -24,21 +31,34 @@ from typing import Union
 
 from potluck.core.errors import (
     AccessDenied,
+    LedgerError,
     NodeError,
     NodeFailed,
     NodeLeft,
+    NodeRejected,
     NodeTimedOut,
     ParamsError,
     PotluckError,
     ResultRejected,
     SchemaMismatch,
+    SignatureError,
     UnknownId,
 )
 from potluck.core.messages import EvaluateInstruction, EvaluateResult, FitInstruction, FitResult
 from potluck.core.params import Params, ParamsKind, SchemaEntry, schema_digest
+from potluck.runtime.ledger import Ledger, canonical
 from potluck.runtime.pool import EvaluateOutcome, FitOutcome
+from potluck.runtime.signing import NodeKeys, check_signature, settings_digest, update_statement
 from potluck.transport.chunks import DEFAULT_MAX_PAYLOAD_BYTES, payload_digest
-from potluck.transport.fleet_messages import HeartbeatInfo, IncomingResult, JoinInfo, OutgoingInstruction, Welcome
+from potluck.transport.fleet_messages import (
+    HeartbeatInfo,
+    IncomingResult,
+    JoinInfo,
+    LedgerHeaders,
+    OutgoingInstruction,
+    ProofInfo,
+    Welcome,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +81,7 @@ class _Open:
     node_id: str
     round: int
     kind: str
+    settings: str = ""  # digest of the instruction's config, which the node's signature covers
 
 
 class FleetPool:
@@ -76,6 +97,8 @@ class FleetPool:
         node_ttl: float | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         update_schema: tuple[SchemaEntry, ...] | None = None,
+        require_signatures: bool = True,
+        keys: NodeKeys | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.run_id, self.model_id, self.schema = run_id, model_id, schema
@@ -89,6 +112,10 @@ class FleetPool:
         self.node_ttl = node_ttl if node_ttl is not None else 3 * heartbeat_seconds + 1
         self.max_payload_bytes = max_payload_bytes
         self.clock = clock
+        self.require_signatures = require_signatures  # False only for tests of the transport itself
+        self.keys = keys if keys is not None else NodeKeys()
+        self.ledger: Ledger | None = None  # the run's ledger, once the server attached one
+        self._seen: dict[str, str] = {}  # node id -> the ledger head it last reported verified
         self.current_round = 0
         self.finished = False
         self.rejections: collections.Counter[str] = collections.Counter()
@@ -119,6 +146,7 @@ class FleetPool:
                         f"node {info.node_id!r} builds parameters with schema {info.schema_digest[:12]}…, "
                         f"this run's model has {self.schema_digest[:12]}…"
                     )
+                self._register_key(info)
                 session = secrets.token_hex(16)
                 old = self._nodes.get(info.node_id)
                 node = _Node(info, session, self.clock())
@@ -133,6 +161,22 @@ class FleetPool:
                          info.gpus)
             return Welcome(self.run_id, self.model_id, self.schema_digest, self.current_round, session,
                            self.heartbeat_seconds, self.data_info_json)
+
+    def _register_key(self, info: JoinInfo) -> None:
+        if not info.public_key:
+            if self.require_signatures:
+                self.rejections["no_key"] += 1
+                raise SignatureError(f"node {info.node_id!r} registered no signing key; this server requires "
+                                     "signed updates (update the node)")
+            return
+        try:
+            self.keys.register(info.node_id, info.public_key, info.certificate_sha256)
+        except AccessDenied:
+            self.rejections["key_changed"] += 1
+            raise
+        except SignatureError:
+            self.rejections["bad_key"] += 1
+            raise
 
     def _node_for(self, session: str, peer: str | None) -> _Node:
         node_id = self._sessions.get(session)
@@ -212,12 +256,21 @@ class FleetPool:
             params.check_finite(what=f"update from {node_id}")
         except ParamsError as exc:
             return self._refuse(node_id, "non_finite", exc)
-        return FitResult(ins.round, node_id, params.with_kind(ParamsKind.DELTA), result.num_examples,
-                         dict(result.metrics))
+        update = params.with_kind(ParamsKind.DELTA)
+        signature = None
+        if result.signature or self.require_signatures:
+            with self._cond:
+                key = self.keys.key_of(node_id)
+            statement = update_statement(self.run_id, ins.round, update.digest, result.num_examples, ins.settings)
+            try:
+                signature = check_signature(node_id, key, result.signature, statement)
+            except SignatureError as exc:
+                return self._refuse(node_id, "bad_signature" if result.signature and key else "unsigned", exc)
+        return FitResult(ins.round, node_id, update, result.num_examples, dict(result.metrics), signature)
 
     def _refuse(self, node_id: str, reason: str, exc: PotluckError) -> NodeError:
         self.rejections[reason] += 1
-        error = NodeFailed(node_id, f"result refused: {exc}")
+        error = NodeRejected(node_id, f"result refused: {exc}")
         error.__cause__ = exc
         return error
 
@@ -226,12 +279,45 @@ class FleetPool:
             self.rejections[reason] += 1
 
     def heartbeat(self, session: str, peer: str | None) -> HeartbeatInfo:
+        head = self.ledger.head() if self.ledger is not None else None
         with self._cond:
             node = self._node_for(session, peer)
-            if self.finished:
+            seen = self._seen.get(node.info.node_id)
+            # A node that checks the ledger has heard the end once it verified the last head.
+            if self.finished and (seen is None or head is None or seen == head.hash):
                 self._told_finished.add(node.info.node_id)
                 self._cond.notify_all()
-            return HeartbeatInfo(self.current_round, self.finished)
+            return HeartbeatInfo(self.current_round, self.finished, head.hash if head else "", head.round if head else 0)
+
+    # -- ledger queries (LedgerHandler) -------------------------------------------------
+
+    def ledger_head(self) -> tuple[int, str] | None:
+        head = self.ledger.head() if self.ledger is not None else None
+        return None if head is None else (head.round, head.hash)
+
+    def _ledger_for(self, session: str, peer: str | None) -> tuple[Ledger, str]:
+        with self._cond:
+            node_id = self._node_for(session, peer).info.node_id
+        if self.ledger is None:
+            raise LedgerError("this server keeps no ledger")
+        return self.ledger, node_id
+
+    def ledger_since(self, session: str, head: str, limit: int, peer: str | None) -> LedgerHeaders:
+        ledger, _ = self._ledger_for(session, peer)
+        headers, more = ledger.headers_since(head, limit)
+        return LedgerHeaders(tuple(headers), more)
+
+    def ledger_proof(self, session: str, rnd: int, peer: str | None) -> ProofInfo:
+        """Only the caller's own contribution: nodes do not learn each other's updates or weights."""
+        ledger, node_id = self._ledger_for(session, peer)
+        proof = ledger.proof(rnd, node_id)
+        if proof is None:
+            return ProofInfo(False)
+        return ProofInfo(True, canonical(proof.contribution), proof.index, proof.size, proof.path)
+
+    def ledger_seen(self, session: str, head: str, peer: str | None) -> None:
+        with self._cond:
+            self._seen[self._node_for(session, peer).info.node_id] = head
 
     def leave(self, session: str, reason: str, peer: str | None) -> None:
         with self._cond:
@@ -279,6 +365,7 @@ class FleetPool:
         payloads: dict[str, tuple[bytes, str]] = {}  # params digest -> (bytes, wire digest); encoded once
         waiting: dict[str, str] = {}  # instruction id -> node id
         early: list[Outcome] = []
+        head = self.ledger.head() if self.ledger is not None else None
         with self._cond:
             for ins in instructions:
                 self.current_round = max(self.current_round, ins.round)
@@ -293,8 +380,9 @@ class FleetPool:
                 ins_id = secrets.token_hex(12)
                 seed = ins.seed if isinstance(ins, FitInstruction) else 0
                 node.inbox.append(OutgoingInstruction(ins_id, self.run_id, ins.round, kind, dict(ins.config), seed,  # type: ignore[arg-type]
-                                                      payload, digest))
-                self._open[ins_id] = _Open(ins.node_id, ins.round, kind)
+                                                      payload, digest, head.hash if head else "",
+                                                      head.round if head else 0))
+                self._open[ins_id] = _Open(ins.node_id, ins.round, kind, settings_digest(ins.config))
                 waiting[ins_id] = ins.node_id
             self._cond.notify_all()
         yield from early

@@ -13,8 +13,9 @@ from typing import TypeVar
 
 from potluck.core.errors import NodeError, NodeTimedOut
 from potluck.core.messages import EvaluateInstruction, FitInstruction
+from potluck.runtime.attacks import Attack
 from potluck.runtime.node import NodeData, NodeRunner
-from potluck.runtime.pool import EvaluateOutcome, FitOutcome
+from potluck.runtime.pool import EvaluateOutcome, ExchangeOutcome, ExchangeReply, FitOutcome
 from potluck.tasks.protocol import Task
 
 Ins = TypeVar("Ins", FitInstruction, EvaluateInstruction)
@@ -22,8 +23,14 @@ R = TypeVar("R")
 
 
 class InProcessPool:
-    def __init__(self, task: Task, data: Mapping[str, NodeData], clock: Callable[[], float] = time.monotonic) -> None:
-        self.runner = NodeRunner(task, data)
+    def __init__(
+        self,
+        task: Task,
+        data: Mapping[str, NodeData],
+        clock: Callable[[], float] = time.monotonic,
+        attacks: Mapping[str, Attack] | None = None,
+    ) -> None:
+        self.runner = NodeRunner(task, data, attacks)
         self._ids = list(data)
         self._clock = clock
 
@@ -35,6 +42,18 @@ class InProcessPool:
 
     def evaluate(self, instructions: Sequence[EvaluateInstruction], timeout: float) -> Iterator[EvaluateOutcome]:
         return self._run(instructions, timeout, self.runner.evaluate)
+
+    def exchange(self, step: str, payloads: Mapping[str, bytes], timeout: float) -> Iterator[ExchangeOutcome]:
+        """One protocol step for each node in ``payloads`` (see ``ExchangePool``)."""
+        deadline = self._clock() + timeout
+        for node, payload in payloads.items():
+            if self._clock() >= deadline:
+                yield NodeTimedOut(node, f"deadline of {timeout:g} s passed before {step} ran")
+                continue
+            try:
+                yield ExchangeReply(node, self.runner.exchange(node, step, payload))
+            except NodeError as exc:
+                yield exc
 
     def _run(self, instructions: Sequence[Ins], timeout: float, call: Callable[[Ins], R]) -> Iterator[R | NodeError]:
         deadline = self._clock() + timeout

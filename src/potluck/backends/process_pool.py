@@ -6,6 +6,13 @@ only parameters cross process boundaries. Workers are started with ``spawn`` (sa
 with PyTorch's threads). A worker that dies, or an instruction that misses the
 deadline, costs that instruction (``NodeFailed`` / ``NodeTimedOut``); the pool is then
 replaced, because a hung or dead worker cannot be reclaimed.
+
+Any worker may serve any node, so per-node update state (the residual that top-k's
+error feedback keeps, ``runtime/node.py``'s ``update_state``) lives here, in the parent:
+it travels to the worker with the node's fit instruction and back with its result.
+A node's state therefore follows it whichever worker it lands on, survives the pool
+being replaced, and matches the in-process pool's exactly (same digests). A fit that
+fails or misses the deadline leaves the node's state as it was.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -22,7 +29,7 @@ from potluck.core.errors import NodeError, NodeFailed, NodeTimedOut
 from potluck.core.messages import EvaluateInstruction, FitInstruction
 from potluck.runtime.federation import FederationSpec, build_federation
 from potluck.runtime.node import NodeRunner
-from potluck.runtime.pool import EvaluateOutcome, FitOutcome
+from potluck.runtime.pool import EvaluateOutcome, ExchangeOutcome, ExchangeReply, FitOutcome
 
 _runner: NodeRunner | None = None  # one per worker process
 
@@ -30,15 +37,33 @@ _runner: NodeRunner | None = None  # one per worker process
 def _init_worker(spec: FederationSpec) -> None:
     global _runner
     federation = build_federation(spec)
-    _runner = NodeRunner(federation.task, federation.nodes)
+    _runner = NodeRunner(federation.task, federation.nodes, federation.attacks)  # attackers come from the spec
 
 
-def _call(method: str, ins: Any) -> Any:
+def _call(method: str, ins: Any, state: dict[str, Any] | None = None) -> Any:
+    """Run one instruction; a fit takes the node's update state and returns it, updated."""
     assert _runner is not None, "worker not initialised"
+    if state is not None:
+        _runner.update_state[ins.node_id] = state
     try:
-        return getattr(_runner, method)(ins)
+        result = getattr(_runner, method)(ins)
     except NodeError as exc:
         return exc  # returned, not raised: the exception's args do not pickle back as-is
+    finally:
+        kept = _runner.update_state.pop(ins.node_id, None)  # a worker keeps no node's state
+    return (result, kept) if state is not None else result
+
+
+def _exchange(node: str, step: str, payload: bytes, state: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
+    """One protocol step for ``node`` with its update state; returns (reply or error, new state)."""
+    assert _runner is not None, "worker not initialised"
+    _runner.update_state[node] = state
+    try:
+        return ExchangeReply(node, _runner.exchange(node, step, payload)), _runner.update_state.get(node)
+    except NodeError as exc:
+        return exc, None  # a failed step leaves the node's state as it was
+    finally:
+        _runner.update_state.pop(node, None)
 
 
 class ProcessPool:
@@ -47,6 +72,7 @@ class ProcessPool:
         self._ids = list(node_ids)
         self.workers = workers or os.cpu_count() or 1
         self._executor: cf.ProcessPoolExecutor | None = None
+        self.update_state: dict[str, dict[str, Any]] = {}  # per node, between its fits (see above)
 
     def node_ids(self) -> Sequence[str]:
         return self._ids
@@ -67,16 +93,53 @@ class ProcessPool:
     def evaluate(self, instructions: Sequence[EvaluateInstruction], timeout: float) -> Iterator[EvaluateOutcome]:
         return self._run("evaluate", instructions, timeout)
 
-    def _run(self, method: str, instructions: Sequence[Any], timeout: float) -> Iterator[Any]:
+    def exchange(self, step: str, payloads: Mapping[str, bytes], timeout: float) -> Iterator[ExchangeOutcome]:
+        """One protocol step for each node in ``payloads``; node state travels like a fit's."""
         pool = self._pool()
-        futures = {pool.submit(_call, method, ins): ins.node_id for ins in instructions}
+        futures = {pool.submit(_exchange, node, step, payload, self.update_state.get(node, {})): node
+                   for node, payload in payloads.items()}
         deadline = time.monotonic() + timeout
         broken = False
         try:
             for future in cf.as_completed(futures, timeout=max(0.0, deadline - time.monotonic())):
                 node = futures.pop(future)
                 try:
-                    yield future.result()
+                    outcome, state = future.result()
+                except BrokenProcessPool:
+                    broken = True
+                    yield NodeFailed(node, "its worker process died")
+                    continue
+                except Exception as exc:
+                    yield NodeFailed(node, f"{type(exc).__name__}: {exc}")
+                    continue
+                if state is not None:
+                    self.update_state[node] = state
+                yield outcome
+        except cf.TimeoutError:
+            broken = True
+            for node in futures.values():
+                yield NodeTimedOut(node, f"no answer to {step} within {timeout:g} s")
+        finally:
+            if broken:
+                self._discard()
+
+    def _run(self, method: str, instructions: Sequence[Any], timeout: float) -> Iterator[Any]:
+        pool = self._pool()
+        fit = method == "fit"
+        futures = {
+            pool.submit(_call, method, ins, *([self.update_state.get(ins.node_id, {})] if fit else [])): ins.node_id
+            for ins in instructions
+        }
+        deadline = time.monotonic() + timeout
+        broken = False
+        try:
+            for future in cf.as_completed(futures, timeout=max(0.0, deadline - time.monotonic())):
+                node = futures.pop(future)
+                try:
+                    outcome = future.result()
+                    if fit and isinstance(outcome, tuple):
+                        outcome, self.update_state[node] = outcome
+                    yield outcome
                 except BrokenProcessPool:
                     broken = True
                     yield NodeFailed(node, "its worker process died")

@@ -13,9 +13,9 @@ from potluck.core.errors import RunDirError
 
 HELP = """Verify that a run directory is consistent; it is only read, never changed.
 
-Checks what a crash, a full disk or a stray edit could break: rounds 0 to k are committed with no gap; every checkpoint and strategy state exists, matches the SHA-256 its commit mark names and decodes as parameters; metrics.jsonl holds the record of each committed round and of no other; model.safetensors, if present, is the last round's model.
+Checks what a crash, a full disk or a stray edit could break: rounds 0 to k are committed with no gap; every checkpoint and strategy state exists, matches the SHA-256 its commit mark names and decodes as parameters; metrics.jsonl holds the record of each committed round and of no other; model.safetensors, if present, is the last round's model; the ledger entries in the commit marks chain and match their checkpoints, and ledger.jsonl holds exactly them (signatures and Merkle roots: `potluck ledger verify`).
 
-Left behind by a stopped run, and harmless (`--resume` tidies them): temp files of a cut-off write, files of a round whose commit was cut short, a missing or torn last line of metrics.jsonl. They are printed as notes.
+Left behind by a stopped run, and harmless (`--resume` tidies them): temp files of a cut-off write, files of a round whose commit was cut short, a missing or torn last line of metrics.jsonl or ledger.jsonl. They are printed as notes.
 
 Exit status: 0 when every invariant holds, 1 when one is broken, 2 when RUN_DIR is not a run directory.
 

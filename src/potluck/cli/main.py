@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from potluck.apps.memory import reuse_freed_memory
-from potluck.cli import certs, check, node, server, simulate, up
+from potluck.cli import certs, check, ledger, node, server, simulate, up
 
 app = typer.Typer(
     name="potluck",
@@ -20,6 +20,7 @@ app.command("node", help=node.HELP)(node.node)
 app.command("up", help=up.HELP)(up.up)
 app.command("check", help=check.HELP)(check.check)
 app.add_typer(certs.app, name="certs", help=certs.HELP)
+app.add_typer(ledger.app, name="ledger", help=ledger.HELP)
 
 
 @app.callback()

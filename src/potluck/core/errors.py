@@ -13,6 +13,8 @@ can catch the project's own failures without swallowing programming errors::
     ├── StrategyError        an aggregation rule was misused (e.g. nothing to aggregate)
     ├── NodeError            a node did not deliver a result for an instruction
     │   ├── NodeFailed       it broke: raised, crashed, or sent something unusable
+    │   │   └── NodeRejected its result arrived and was refused (unsigned or badly
+    │   │                    signed, undecodable, wrong schema, NaN/Inf)
     │   ├── NodeTimedOut     it missed the round deadline
     │   └── NodeLeft         it left on purpose (clean shutdown), not a fault
     ├── RoundFailed          a round could not commit (quorum not met after retries)
@@ -21,6 +23,11 @@ can catch the project's own failures without swallowing programming errors::
     ├── UnknownId            a run, session or instruction id is unknown (or expired)
     ├── ResultRejected       a result was refused: another round, another node's
     │                        instruction, or after the deadline
+    ├── SignatureError       a signature does not verify, is missing, or was made with
+    │                        another key than the one registered for its signer
+    ├── LedgerError          a ledger entry does not verify (broken chain, signature,
+    │                        Merkle root, checkpoint digest), or a ledger was forked
+    │                        or rewritten
     └── TransportError       the other side cannot be reached or the connection broke
 
 Messages name the file, option or node concerned, because they are shown to people
@@ -79,6 +86,11 @@ class NodeFailed(NodeError):
     """The node broke: its code raised, its process died, or its result was unusable."""
 
 
+class NodeRejected(NodeFailed):
+    """The node's result arrived but was refused: unsigned or badly signed, undecodable,
+    of the wrong schema, or holding NaN/Inf. Counted as ``rejected``, not ``failed``."""
+
+
 class NodeTimedOut(NodeError):
     """The node did not answer before the round deadline."""
 
@@ -110,6 +122,16 @@ class UnknownId(PotluckError):
 
 class ResultRejected(PotluckError):
     """A result was refused: for another round or node, or after its deadline."""
+
+
+class SignatureError(PotluckError):
+    """A signature does not verify, is missing, or its key is not the one registered
+    for the node or server that supposedly made it."""
+
+
+class LedgerError(PotluckError):
+    """A provenance ledger does not verify, or the history a server shows now does not
+    extend the history it showed before (a fork or a rewrite)."""
 
 
 class TransportError(PotluckError):

@@ -33,14 +33,29 @@ class FitInstruction:
 
 
 @dataclass(frozen=True)
+class UpdateSignature:
+    """A node's Ed25519 signature over its update (the statement is built by
+    ``potluck.runtime.signing.update_statement``) and the raw 32-byte public key it
+    verifies with. The ledger records both with the update's digest."""
+
+    public_key: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True)
 class FitResult:
-    """A node's update for one instruction: ``params`` is a delta (local − global)."""
+    """A node's update for one instruction: ``params`` is a delta (local − global).
+
+    ``signature`` is set by the node (or, in simulation, on the virtual node's behalf)
+    and checked by the server before the result counts; ``None`` when unsigned.
+    """
 
     round: int
     node_id: str
     params: Params
     num_examples: int
     metrics: Mapping[str, float] = field(default_factory=dict)
+    signature: UpdateSignature | None = None
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,21 @@ from typing import Protocol
 import numpy as np
 
 from potluck.core.config import check_rules
-from potluck.core.errors import BudgetExhausted, NodeError, NodeLeft, NodeTimedOut, ParamsError, RoundFailed
+from potluck.core.errors import (
+    BudgetExhausted,
+    NodeError,
+    ParamsError,
+    RoundFailed,
+    StrategyError,
+)
 from potluck.core.messages import EvaluateInstruction, FitInstruction, FitResult
 from potluck.core.params import Params
 from potluck.core.seeds import derive_seed, rng_for
+from potluck.runtime.logcontext import log_fields
 from potluck.runtime.pool import NodePool
-from potluck.runtime.records import RoundRecord
+from potluck.runtime.records import Contribution, RoundProvenance, RoundRecord
+from potluck.runtime.secure import SecureAggregation, absence
+from potluck.runtime.signing import settings_digest, update_digest
 from potluck.strategies.base import Strategy
 from potluck.strategies.updates import UpdatePipeline
 from potluck.tasks.protocol import EvalOutput
@@ -75,7 +84,12 @@ class RoundGuard(Protocol):
 
 
 class RoundHook(Protocol):
-    """Called after each committed round (checkpointing, progress, metrics)."""
+    """Called after each committed round (checkpointing, progress, metrics).
+
+    A hook may also define ``on_phase(round, phase, seconds)``: before the round
+    commits it is called with ``"aggregate"`` and the seconds spent folding results in,
+    finishing the aggregate and taking the server step (retried attempts included).
+    """
 
     def on_commit(self, record: RoundRecord, params: Params, strategy: Strategy) -> None:
         ...
@@ -93,6 +107,7 @@ class Coordinator:
         hooks: Sequence[RoundHook] = (),
         updates: UpdatePipeline | None = None,
         guards: Sequence[RoundGuard] = (),
+        secure: SecureAggregation | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.pool, self.strategy, self.policy = pool, strategy, policy
@@ -101,6 +116,7 @@ class Coordinator:
         self.hooks = list(hooks)
         self.updates = updates or UpdatePipeline(())
         self.guards = list(guards)
+        self.secure = secure  # secure aggregation (runtime/secure.py): masked fits, summed in the ring
         self.clock = clock
         self.stopped: str | None = None  # why the run ended before policy.rounds, if it did
 
@@ -117,14 +133,17 @@ class Coordinator:
                 self.stopped = str(exc)
                 log.warning("stopping before round %d: %s", rnd, exc)
                 break
-            params, record = self.run_round(rnd, params)
-            for hook in self.hooks:
-                hook.on_commit(record, params, self.strategy)
+            with log_fields(round=rnd):  # every log line of the round names it
+                params, record = self.run_round(rnd, params)
+                for hook in self.hooks:
+                    hook.on_commit(record, params, self.strategy)
         return params
 
     def run_round(self, rnd: int, params: Params) -> tuple[Params, RoundRecord]:
         started = self.clock()
         reasons: list[str] = []
+        self._aggregating = 0.0  # seconds, summed over attempts by _fit_round
+        self._absent: list[tuple[str, str]] = []  # (node, reason), over attempts, for the ledger
         for attempt in range(1, self.policy.max_retries + 2):
             sampled = self.sample(rnd, attempt)
             outcome = self._fit_round(rnd, attempt, params, sampled)
@@ -132,7 +151,9 @@ class Coordinator:
                 reasons.append(f"attempt {attempt}: {outcome}")
                 continue
             aggregate, folded, examples, train_loss, failures, bytes_up = outcome
+            stepping = self.clock()
             new_params = self.strategy.apply(params, aggregate)
+            self._report_phase(rnd, "aggregate", self._aggregating + self.clock() - stepping)
             extras: dict[str, float] = {}
             for guard in self.guards:
                 extras.update(guard.round_extras(rnd))
@@ -154,6 +175,7 @@ class Coordinator:
                 failures=failures,
                 bytes_up=bytes_up,
                 extras=extras,
+                provenance=self._provenance,
             )
             return new_params, record
         raise RoundFailed(f"round {rnd} failed after {len(reasons)} attempts: " + "; ".join(reasons))
@@ -176,6 +198,8 @@ class Coordinator:
         if not sampled:
             return f"only {len(self.pool.node_ids())} nodes available, min_nodes is {self.policy.min_nodes}"
         config = {**self.fit_config, **self.strategy.fit_config(rnd), **self.updates.to_config()}
+        if self.secure is not None:
+            return self._secure_fit_round(rnd, attempt, params, sampled, config)
         instructions = [
             FitInstruction(rnd, node, params, config, derive_seed(self.policy.seed, "fit", rnd, attempt, node))
             for node in sampled
@@ -185,8 +209,12 @@ class Coordinator:
         ready: dict[str, FitResult | None] = {}  # reorder buffer; None marks a failure
         position, examples, loss_sum, bytes_up = 0, 0, 0.0, 0
 
-        def fail(reason: str) -> None:
+        contributions: list[Contribution] = []
+
+        def fail(reason: str, node: str | None = None) -> None:
             failures[reason] = failures.get(reason, 0) + 1
+            if node is not None:  # a sampled node whose update is not aggregated
+                self._absent.append((node, reason))
 
         for outcome in self.pool.fit(instructions, self.policy.round_timeout):
             node = outcome.node_id
@@ -194,10 +222,10 @@ class Coordinator:
                 fail("rejected")  # a result nobody asked for, or a second one
                 continue
             if isinstance(outcome, NodeError):
-                fail("left" if isinstance(outcome, NodeLeft) else "timed_out" if isinstance(outcome, NodeTimedOut) else "failed")
+                fail(absence(outcome), node)
                 ready[node] = None
             elif outcome.round != rnd or outcome.num_examples <= 0:
-                fail("rejected")
+                fail("rejected", node)
                 ready[node] = None
             else:
                 ready[node] = outcome
@@ -207,20 +235,94 @@ class Coordinator:
                 position += 1
                 if result is None:
                     continue
+                folding = self.clock()
                 try:
                     update = self.updates.decode(result.params, params.schema) if self.updates else result.params
                     aggregator.add(update, float(result.num_examples))
                 except ParamsError as exc:
                     log.warning("round %d: update from %s refused: %s", rnd, result.node_id, exc)
-                    fail("rejected")
+                    fail("rejected", result.node_id)
                     continue
+                finally:
+                    self._aggregating += self.clock() - folding
                 bytes_up += result.params.encoded_size
+                contributions.append(_contribution(result))
                 examples += result.num_examples
                 loss_sum += float(result.metrics.get("train_loss", math.nan)) * result.num_examples
         needed = max(1, math.ceil(self.policy.quorum * len(sampled)))
         if aggregator.count < needed:
+            self._absent.extend((c.node_id, "discarded") for c in contributions)
             return f"{aggregator.count} of {len(sampled)} results usable, quorum needs {needed} ({failures})"
-        return aggregator.result(), aggregator.count, examples, loss_sum / examples, failures, bytes_up
+        folding = self.clock()
+        aggregate = aggregator.result()
+        self._aggregating += self.clock() - folding
+        self._provenance = RoundProvenance(settings_digest(config), tuple(contributions), tuple(self._absent))
+        return aggregate, aggregator.count, examples, loss_sum / examples, failures, bytes_up
+
+    def _secure_fit_round(self, rnd: int, attempt: int, params: Params, sampled: list[str], config: dict):  # type: ignore[no-untyped-def]
+        """``_fit_round`` under secure aggregation: key agreement, masked fits summed in the
+        ring (exactly, so arrival order does not matter), then unmasking."""
+        secure, timeout = self.secure, self.policy.round_timeout
+        assert secure is not None
+        failures: dict[str, int] = {}
+
+        def fail(reason: str, node: str | None = None) -> None:
+            failures[reason] = failures.get(reason, 0) + 1
+            if node is not None:
+                self._absent.append((node, reason))
+
+        try:
+            ready, dropped = secure.setup(self.pool, rnd, attempt, sampled, timeout)
+        except StrategyError as exc:
+            return str(exc)
+        for node, reason in dropped:
+            fail(reason, node)
+        config = {**config, **secure.fit_config()}
+        instructions = [FitInstruction(rnd, node, params, config, derive_seed(self.policy.seed, "fit", rnd, attempt, node))
+                        for node in ready]
+        results: dict[str, FitResult] = {}
+        for outcome in self.pool.fit(instructions, timeout):
+            node = outcome.node_id
+            if node not in ready or node in results:
+                fail("rejected")
+                continue
+            if isinstance(outcome, NodeError):
+                fail(absence(outcome), node)
+            elif outcome.round != rnd or outcome.num_examples <= 0:
+                fail("rejected", node)
+            else:
+                folding = self.clock()
+                try:
+                    secure.fold(outcome, params.schema)
+                    results[node] = outcome
+                except ParamsError as exc:
+                    log.warning("round %d: masked update from %s refused: %s", rnd, node, exc)
+                    fail("rejected", node)
+                finally:
+                    self._aggregating += self.clock() - folding
+        kept = [results[node] for node in sampled if node in results]  # sampled order: sums do not depend on arrival
+        needed = max(1, math.ceil(self.policy.quorum * len(sampled)))
+        if len(kept) < needed:
+            self._absent.extend((r.node_id, "discarded") for r in kept)
+            return f"{len(kept)} of {len(sampled)} results usable, quorum needs {needed} ({failures})"
+        folding = self.clock()
+        try:
+            aggregate = secure.finish(self.pool, params.schema, timeout)
+        except StrategyError as exc:
+            self._absent.extend((r.node_id, "discarded") for r in kept)
+            return str(exc)
+        finally:
+            self._aggregating += self.clock() - folding
+        examples = sum(r.num_examples for r in kept)
+        loss = sum(float(r.metrics.get("train_loss", math.nan)) * r.num_examples for r in kept) / examples
+        self._provenance = RoundProvenance(settings_digest(config), tuple(_contribution(r) for r in kept), tuple(self._absent))
+        return aggregate, len(kept), examples, loss, failures, sum(r.params.encoded_size for r in kept)
+
+    def _report_phase(self, rnd: int, phase: str, seconds: float) -> None:
+        for hook in self.hooks:
+            on_phase = getattr(hook, "on_phase", None)
+            if on_phase is not None:
+                on_phase(rnd, phase, seconds)
 
     def _federated_eval(self, rnd: int, params: Params, sampled: list[str]) -> tuple[float, float]:
         every = self.policy.federated_eval_every
@@ -239,3 +341,10 @@ class Coordinator:
         if count == 0:
             return math.nan, math.nan
         return loss_sum / count, correct / count
+
+
+def _contribution(result: FitResult) -> Contribution:
+    """What the ledger records of an aggregated update (the digest of it as sent)."""
+    signed = result.signature
+    return Contribution(result.node_id, update_digest(result.params), result.num_examples,
+                        signed.public_key.hex() if signed else "", signed.signature.hex() if signed else "")

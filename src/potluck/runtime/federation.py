@@ -7,7 +7,7 @@ so a worker receives a spec once instead of every node's data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ import numpy as np
 from potluck.core.errors import DataError
 from potluck.core.params import Params
 from potluck.core.seeds import derive_seed, rng_for
+from potluck.runtime.attacks import Attack, choose_attackers
 from potluck.runtime.node import NodeData
 from potluck.tasks.builtin import resolve_task
 from potluck.tasks.data.dataset import Dataset
@@ -26,7 +27,8 @@ from potluck.tasks.protocol import DataInfo, Task
 class FederationSpec:
     """``test_fraction`` of the data is held out (stratified) for centralized evaluation;
     the rest is split over ``nodes`` by ``partition``; each node keeps ``val_fraction``
-    of its split for federated evaluation."""
+    of its split for federated evaluation. With an ``attack`` other than ``none``,
+    ``attack_fraction`` of the nodes corrupt their updates (see runtime/attacks.py)."""
 
     task: str = "digits"
     data_path: str | None = None
@@ -38,6 +40,8 @@ class FederationSpec:
     val_fraction: float = 0.1
     label_column: str = "label"
     group_column: str | None = None
+    attack: str = "none"
+    attack_fraction: float = 0.0
 
     def node_id(self, index: int) -> str:
         return f"node-{index:0{max(3, len(str(self.nodes - 1)))}d}"
@@ -51,6 +55,7 @@ class Federation:
     initial_params: Params
     nodes: dict[str, NodeData]
     test: Dataset
+    attacks: dict[str, Attack] = field(default_factory=dict)  # attacking node -> its attack
 
 
 def build_federation(spec: FederationSpec) -> Federation:
@@ -74,7 +79,10 @@ def build_federation(spec: FederationSpec) -> Federation:
             train.subset(np.sort(shuffled[:n_val]), source=f"{node} val"),
         )
     initial = task.build(info, derive_seed(spec.seed, "init"))
-    return Federation(spec, task, info, initial, nodes, data.subset(test_idx, source=f"{data.source} (held out)"))
+    attacks: dict[str, Attack] = {}
+    if spec.attack != "none":
+        attacks = dict.fromkeys(choose_attackers(list(nodes), spec.attack_fraction, spec.seed), Attack(spec.attack))
+    return Federation(spec, task, info, initial, nodes, data.subset(test_idx, source=f"{data.source} (held out)"), attacks)
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

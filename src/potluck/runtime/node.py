@@ -14,6 +14,7 @@ from typing import Any
 from potluck.core.errors import NodeFailed, NodeLeft, PotluckError
 from potluck.core.messages import EvaluateInstruction, EvaluateResult, FitInstruction, FitResult
 from potluck.core.params import Params, ParamsKind
+from potluck.runtime.attacks import Attack
 from potluck.strategies.updates import UpdatePipeline
 from potluck.tasks.data.dataset import Dataset
 from potluck.tasks.protocol import Task
@@ -36,11 +37,16 @@ def delta(trained: Params, start: Params) -> Params:
 
 
 class NodeRunner:
-    """Runs instructions for the nodes whose data it holds, with one Task instance."""
+    """Runs instructions for the nodes whose data it holds, with one Task instance.
 
-    def __init__(self, task: Task, data: Mapping[str, NodeData]) -> None:
+    Nodes named in ``attacks`` (simulation only) corrupt their delta after training,
+    before any update stage encodes it.
+    """
+
+    def __init__(self, task: Task, data: Mapping[str, NodeData], attacks: Mapping[str, Attack] | None = None) -> None:
         self.task = task
         self.data = data
+        self.attacks = dict(attacks or {})
         self.update_state: dict[str, dict[str, Any]] = {}  # per node: what update stages keep between rounds
 
     def _node(self, node_id: str) -> NodeData:
@@ -56,6 +62,8 @@ class NodeRunner:
             pipeline, task_config = UpdatePipeline.from_config(ins.config)
             out = self.task.fit(ins.params, node.train, task_config, ins.seed)
             update = delta(out.params, ins.params)
+            if ins.node_id in self.attacks:
+                update = self.attacks[ins.node_id].apply(update, ins.seed)
             if pipeline:
                 update = pipeline.encode(update, self.update_state.setdefault(ins.node_id, {}), ins.seed)
         except PotluckError as exc:
@@ -64,6 +72,24 @@ class NodeRunner:
             raise NodeFailed(ins.node_id, f"fit raised {type(exc).__name__}: {exc}") from exc
         metrics = {**out.metrics, "fit_seconds": time.perf_counter() - started}
         return FitResult(ins.round, ins.node_id, update, out.num_examples, metrics)
+
+    def exchange(self, node_id: str, step: str, payload: bytes) -> bytes:
+        """One step of a multi-message protocol for ``node_id`` (``secagg/<step>``: secure
+        aggregation, ``strategies/secagg/protocol.py``); its state lives in the node's
+        update state, where the update stage that masks the fit finds it."""
+        self._node(node_id)
+        kind, _, sub = step.partition("/")
+        if kind != "secagg":
+            raise NodeFailed(node_id, f"unknown exchange step {step!r}")
+        from potluck.strategies.secagg.protocol import node_step  # loads `cryptography`: only when used
+
+        state = self.update_state.setdefault(node_id, {}).setdefault("secagg", {})
+        try:
+            return node_step(state, node_id, sub, payload)
+        except PotluckError as exc:
+            raise NodeFailed(node_id, f"{step} failed: {exc}") from exc
+        except Exception as exc:  # a malformed message the protocol did not anticipate
+            raise NodeFailed(node_id, f"{step} raised {type(exc).__name__}: {exc}") from exc
 
     def evaluate(self, ins: EvaluateInstruction) -> EvaluateResult:
         node = self._node(ins.node_id)

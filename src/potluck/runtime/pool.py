@@ -7,7 +7,8 @@ behave the same in simulation and deployment.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol, Union
 
 from potluck.core.errors import NodeError
@@ -40,4 +41,28 @@ class NodePool(Protocol):
 
     def close(self) -> None:
         """Release workers and connections; idempotent."""
+        ...
+
+
+@dataclass(frozen=True)
+class ExchangeReply:
+    """A node's answer to one step of a multi-message protocol (secure aggregation)."""
+
+    node_id: str
+    payload: bytes
+
+
+ExchangeOutcome = Union[ExchangeReply, NodeError]
+
+
+class ExchangePool(NodePool, Protocol):
+    """An optional capability: relay one protocol step to nodes and collect their answers.
+
+    ``exchange`` sends ``payloads[node]`` to each node's handler for ``step`` (e.g.
+    ``"secagg/share"``; ``NodeRunner.exchange`` on the node) and yields exactly one
+    outcome per node, in any order, with the same deadline rules as ``fit``. The
+    coordinator uses it only for runs that need it (``runtime/secure.py``).
+    """
+
+    def exchange(self, step: str, payloads: Mapping[str, bytes], timeout: float) -> Iterator[ExchangeOutcome]:
         ...

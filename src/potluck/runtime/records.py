@@ -4,8 +4,37 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One update aggregated into a round, as the ledger records it.
+
+    ``update_digest`` is the SHA-256 of the update as the node sent it (after any
+    compression), ``weight`` its number of examples; ``public_key`` and ``signature``
+    are hex (empty when the pool does not sign, e.g. a test pool).
+    """
+
+    node_id: str
+    update_digest: str
+    weight: int
+    public_key: str = ""
+    signature: str = ""
+
+
+@dataclass(frozen=True)
+class RoundProvenance:
+    """What went into a committed round, for the ledger: the digest of the settings every
+    sampled node was given, the contributions in the order they were folded in, and
+    every node asked in this round (any attempt) whose update is not among them, with
+    the reason (``failed``, ``timed_out``, ``left``, ``rejected``, or ``discarded``: its
+    update came in an attempt that missed its quorum)."""
+
+    settings_digest: str
+    contributions: tuple[Contribution, ...] = ()
+    absent: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -35,10 +64,13 @@ class RoundRecord:
     failures: Mapping[str, int] = field(default_factory=dict)
     bytes_up: int = 0
     extras: Mapping[str, float] = field(default_factory=dict)
+    # Handed to the hooks (the ledger), not written to metrics.jsonl.
+    provenance: RoundProvenance | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         # JSON has no NaN: missing figures are written as null.
-        out = {k: _null_nan(v) for k, v in asdict(self).items()}
+        plain = self if self.provenance is None else replace(self, provenance=None)
+        out = {k: _null_nan(v) for k, v in asdict(plain).items() if k != "provenance"}
         out["extras"] = {k: _null_nan(v) for k, v in self.extras.items()}
         return out
 

@@ -7,14 +7,26 @@ Layout::
     checkpoints/round-0007.strategy.safetensors   strategy state after round 7
     checkpoints/round-0007.json          the round's record + file digests: the commit mark
     metrics.jsonl                        one JSON line per committed round from 1
+    ledger.jsonl                         the provenance ledger: entry k per committed round k
     model.safetensors                    the final model
     report.png                           accuracy and loss per round
 
 Commit of round k: the model, then the strategy state, each written with
 :func:`~potluck.runtime.files.atomic_write` (temp file, fsync, rename, fsync of the
-folder); then the mark ``round-k.json``, which holds the round's record and the SHA-256
-of both files, written the same way. Round k is committed iff its mark exists. The
-record is then appended to ``metrics.jsonl``.
+folder); then the mark ``round-k.json``, which holds the round's record, the SHA-256
+of both files and, when the run keeps a ledger, ledger entry k (sealed by
+:class:`~potluck.runtime.ledger.Ledger`), written the same way. Round k is committed iff
+its mark exists. The entry is then appended to ``ledger.jsonl`` (fsynced), and the
+record to ``metrics.jsonl``.
+
+Why the ledger entry lives in the mark: the mark's rename is the one atomic step of a
+commit, so putting the entry inside it makes "round k is in the ledger" and "round k is
+committed" the same fact. There is no moment at which the ledger names a round whose
+checkpoints are not durable, nor a committed round missing from the ledger: a kill
+before the rename leaves neither, after it both. ``ledger.jsonl`` is the append-only,
+readable copy of the entries; like ``metrics.jsonl`` it can only lag the marks by the
+last entry, and resume completes it from the marks after checking that every complete
+line is its mark's entry (a line that differs was edited afterwards: resume refuses).
 
 Invariants. They hold whenever the writing process is killed, at any point (training,
 aggregation, a checkpoint write, an append), and ``potluck check`` verifies them:
@@ -30,11 +42,18 @@ aggregation, a checkpoint write, an append), and ``potluck check`` verifies them
    the mark and the append leaves the line of round k missing or torn. Nothing is
    lost, the record is in the mark.
 5. ``model.safetensors``, when present, is the model of round k.
+6. In a run that keeps a ledger, every mark 0..k holds its entry (mark 0: the "run
+   started" entry), the entries chain (each names the hash of the one before), and
+   ``ledger.jsonl`` holds entries 0..k in order, each equal to the one in its mark, and
+   none of an uncommitted round; with the same exception as invariant 4, a kill between
+   the mark and the append leaves the line of entry k missing or torn.
 
 Resume (:meth:`RunDirectory.prepare_resume`) picks up exactly after round k. It checks
 the marks are contiguous and round k matches its digests, and only then tidies:
 removes temp files and round k+1's files, drops ``model.safetensors`` (the continued
-run writes it again) and rewrites ``metrics.jsonl`` from the marks.
+run writes it again) and rewrites ``metrics.jsonl`` from the marks. When the run keeps a
+ledger, resume also checks that the marks' entries chain and are signed by this
+server's key, and completes ``ledger.jsonl`` from the marks.
 
 A gap in the marks or a file that does not match its mark cannot come from a kill: the
 folder was changed or damaged afterwards. Resume then refuses with a
@@ -55,9 +74,11 @@ from typing import Any
 
 import numpy as np
 
-from potluck.core.errors import ParamsError, RunDirError
+from potluck.core.errors import LedgerError, ParamsError, RunDirError
 from potluck.core.params import Params
+from potluck.runtime import ledger as ledger_format
 from potluck.runtime.files import append_line, atomic_write, fsync_dir, is_temp_file, reason, remove
+from potluck.runtime.ledger import Entry, Ledger
 from potluck.runtime.records import RoundRecord
 from potluck.strategies.base import Strategy
 
@@ -80,6 +101,13 @@ class RunDirectory:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.checkpoints = self.path / "checkpoints"
+        self.ledger: Ledger | None = None  # set with attach_ledger: every commit then seals an entry
+
+    def attach_ledger(self, ledger: Ledger) -> None:
+        """Seal a ledger entry into every commit from now on; ``ledger`` reads older
+        entries back from the marks."""
+        self.ledger = ledger
+        ledger.loader = self.ledger_entry
 
     # -- paths --------------------------------------------------------------------
 
@@ -104,6 +132,10 @@ class RunDirectory:
     def model_file(self) -> Path:
         return self.path / "model.safetensors"
 
+    @property
+    def ledger_file(self) -> Path:
+        return self.path / ledger_format.FILE_NAME
+
     # -- lifecycle ----------------------------------------------------------------
 
     def create(self, config_toml: str) -> None:
@@ -123,7 +155,7 @@ class RunDirectory:
             fsync_dir(self.path.parent)
         except OSError as exc:
             raise RunDirError(f"cannot create run directory {self.path}: {reason(exc)}") from exc
-        for leftover in self.leftovers(-1):
+        for leftover in [*self.leftovers(-1), self.ledger_file]:  # nothing committed: no ledger either
             remove(leftover)
         atomic_write(self.config_file, config_toml.encode())
 
@@ -149,6 +181,9 @@ class RunDirectory:
             "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
             "strategy_sha256": hashlib.sha256(state_bytes).hexdigest(),
         }
+        entry = None
+        if self.ledger is not None:
+            entry = mark["ledger"] = self.ledger.seal(record, mark["model_sha256"], mark["strategy_sha256"])
         try:
             atomic_write(self.model_path(rnd), model_bytes)
             atomic_write(self.strategy_path(rnd), state_bytes)
@@ -159,6 +194,12 @@ class RunDirectory:
             self._discard_uncommitted(rnd)
             kept = f"; round {rnd - 1} and earlier are intact" if rnd > 0 else ""
             raise RunDirError(f"{exc}; round {rnd} was not committed{kept}") from exc
+        if entry is not None and self.ledger is not None:
+            self.ledger.advance(entry)
+            try:
+                append_line(self.ledger_file, ledger_format.canonical(entry).decode())
+            except RunDirError as exc:
+                raise RunDirError(f"{exc}; round {rnd} is committed and --resume completes ledger.jsonl") from exc
         if rnd > 0:
             try:
                 append_line(self.metrics_file, json.dumps(record.to_json(), sort_keys=True))
@@ -199,6 +240,13 @@ class RunDirectory:
         if mark["record"].get("round") != rnd:
             raise RunDirError(f"{path} is not a valid commit mark: its record is for round {mark['record'].get('round')}")
         return mark
+
+    def ledger_entry(self, rnd: int) -> Entry:
+        """Ledger entry ``rnd`` from its commit mark; :class:`LedgerError` if it has none."""
+        entry = self.read_mark(rnd).get("ledger")
+        if not isinstance(entry, dict):
+            raise LedgerError(f"{self.mark_path(rnd)} holds no ledger entry")
+        return entry
 
     def load(self, rnd: int) -> CommittedRound:
         """Model, strategy state and record of committed round ``rnd``, digests checked."""
@@ -250,17 +298,53 @@ class RunDirectory:
             )
         try:
             committed = self.load(last)
-            records = [self.read_mark(r)["record"] for r in rounds if r > 0]
+            marks = [self.read_mark(r) for r in rounds]
         except RunDirError as exc:
-            hint = f"; to resume from round {last - 1} instead, delete {self.checkpoints}/round-{last:04d}.*" if last else ""
+            hint = (f"; to resume from round {last - 1} instead, delete {self.checkpoints}/round-{last:04d}.*"
+                    + (f" and the last line of {self.ledger_file} (nodes that verified round {last} will report "
+                       "a rewritten ledger)" if self.ledger_file.exists() else "") if last else "")
             raise RunDirError(f"{exc}{hint}") from exc
+        records = [mark["record"] for mark in marks[1:]]
+        entries = self._resume_ledger(marks)
         for leftover in [*self.leftovers(last), self.model_file]:
             remove(leftover)
+        if entries:
+            atomic_write(self.ledger_file, b"".join(ledger_format.canonical(e) + b"\n" for e in entries))
         lines = [json.dumps(record, sort_keys=True) for record in records]
         # Rewriting metrics.jsonl fsyncs the run folder: model.safetensors stays removed
         # even after a power cut, before any new round commits.
         atomic_write(self.metrics_file, ("\n".join(lines) + "\n" if lines else "").encode())
         return committed
+
+    def _resume_ledger(self, marks: list[dict[str, Any]]) -> list[Entry]:
+        """The ledger entries of the marks, checked before resume changes anything."""
+        entries = [m["ledger"] for m in marks if isinstance(m.get("ledger"), dict)]
+        if not entries and self.ledger is None:
+            return []
+        if len(entries) != len(marks):
+            which = "the run keeps no ledger" if not entries else "some commit marks hold no ledger entry"
+            raise RunDirError(f"{self.path}: {which}; it cannot be continued with one "
+                              f"(run `potluck check {self.path}`)")
+        try:
+            on_disk = ledger_format.read_ledger_file(self.ledger_file).entries
+        except OSError as exc:
+            raise RunDirError(f"cannot read {self.ledger_file}: {reason(exc)}") from exc
+        for index, line in enumerate(on_disk):
+            if index >= len(entries):  # the append comes after the mark: no crash leaves this
+                raise RunDirError(f"{self.ledger_file} holds entry {index}, but round {index} is not committed (its "
+                                  f"commit mark was removed); to continue from round {len(entries) - 1}, keep only "
+                                  f"the first {len(entries)} lines (nodes that verified round {index} will report a "
+                                  "rewritten ledger)")
+            if line != entries[index]:
+                raise RunDirError(f"{self.ledger_file} line {index + 1} is not the ledger entry in "
+                                  f"{self.mark_path(index).name}: the file was changed after it was written "
+                                  f"(run `potluck ledger verify {self.path}`)")
+        if self.ledger is not None:
+            try:
+                self.ledger.restore(entries)
+            except LedgerError as exc:
+                raise RunDirError(f"{self.path}: {exc}") from exc
+        return entries
 
     def records(self) -> list[RoundRecord]:
         """The records in ``metrics.jsonl``; a torn last line (being appended) is skipped."""

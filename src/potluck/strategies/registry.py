@@ -14,9 +14,10 @@ from potluck.core.errors import ConfigError
 from potluck.strategies.base import Strategy
 from potluck.strategies.fedavg import FedAvg, FedAvgM, FedProx, Option, resolve_options
 from potluck.strategies.fedopt import FedAdagrad, FedAdam, FedYogi
+from potluck.strategies.robust import ROBUST_STRATEGIES
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (FedAvg, FedAvgM, FedProx, FedAdam, FedYogi, FedAdagrad)
+    cls.name: cls for cls in (FedAvg, FedAvgM, FedProx, FedAdam, FedYogi, FedAdagrad, *ROBUST_STRATEGIES)
 }
 
 

@@ -156,6 +156,11 @@ def node_id_from_certificate(pem: bytes) -> str:
     return cn
 
 
+def certificate_sha256(pem: bytes) -> str:
+    """Hex SHA-256 of a PEM certificate's DER encoding (its fingerprint, without colons)."""
+    return _parse(pem, "certificate").fingerprint(hashes.SHA256()).hex()
+
+
 def describe(cert_path: Path) -> CertInfo:
     """Read a PEM certificate file; CertificateError if missing or not a certificate."""
     try:

@@ -1,4 +1,4 @@
-"""The node's side of the wire: one channel to the server, five calls.
+"""The node's side of the wire: one channel to the server, seven calls.
 
 Every failed call raises a potluck error (via :func:`~potluck.transport.status.error_from_rpc`):
 the server's own refusal with its specific kind, or :class:`TransportError` when the
@@ -26,7 +26,9 @@ from potluck.transport.fleet_messages import (
     HeartbeatInfo,
     IncomingResult,
     JoinInfo,
+    LedgerHeaders,
     OutgoingInstruction,
+    ProofInfo,
     Welcome,
 )
 from potluck.transport.status import error_from_rpc
@@ -81,6 +83,7 @@ class FleetClient:
             node_id=info.node_id, task_name=info.task_name, task_version=info.task_version,
             schema_digest=info.schema_digest, num_examples=info.num_examples, protocol=PROTOCOL,
             resources=pb.Resources(cpus=info.cpus, memory_bytes=info.memory_bytes, gpus=info.gpus),
+            signing_key=info.public_key,
         )
         try:
             r = self.stub.Join(request, timeout=self.call_timeout)
@@ -111,15 +114,16 @@ class FleetClient:
             raise error_from_rpc(exc) from exc
         return OutgoingInstruction(
             h.instruction_id, h.run_id, h.round, _KIND.get(h.kind, "fit"),  # type: ignore[arg-type]
-            convert.config_from_proto(h.config), h.seed, payload, h.params_blake3,
+            convert.config_from_proto(h.config), h.seed, payload, h.params_blake3, h.ledger_head, h.ledger_round,
         )
 
     def push(self, result: IncomingResult) -> bool:
         """Send a result; returns True if the server had it already (a repeat)."""
         header = pb.ResultHeader(
             session=result.session, instruction_id=result.instruction_id, round=result.round,
-            num_examples=result.num_examples, loss=result.loss, metrics=dict(result.metrics), run_id=result.run_id,
-            params_size=len(result.payload), params_blake3=payload_digest(result.payload),
+            num_examples=result.num_examples, loss=result.loss, metrics=convert.metrics_to_proto(result.metrics),
+            run_id=result.run_id,
+            params_size=len(result.payload), params_blake3=payload_digest(result.payload), signature=result.signature,
         )
 
         def parts() -> Iterator[pb.ResultPart | frames.ChunkFrame]:
@@ -133,12 +137,31 @@ class FleetClient:
             raise error_from_rpc(exc) from exc
         return bool(reply.duplicate)
 
-    def heartbeat(self, session: str) -> HeartbeatInfo:
+    def heartbeat(self, session: str, ledger_head: str = "") -> HeartbeatInfo:
+        """``ledger_head``: the last ledger head this node verified, if it checks the ledger."""
         try:
-            r = self.stub.Heartbeat(pb.HeartbeatRequest(session=session), timeout=self.call_timeout)
+            r = self.stub.Heartbeat(pb.HeartbeatRequest(session=session, ledger_head=ledger_head),
+                                    timeout=self.call_timeout)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
-        return HeartbeatInfo(r.current_round, r.run_finished)
+        return HeartbeatInfo(r.current_round, r.run_finished, r.ledger_head, r.ledger_round)
+
+    def ledger_since(self, session: str, head: str, max_entries: int = 0) -> LedgerHeaders:
+        """Ledger headers after ``head`` ("" : from entry 0); LedgerError if the server's
+        ledger holds no entry ``head``."""
+        try:
+            r = self.stub.LedgerSince(pb.LedgerSinceRequest(session=session, head=head, max_entries=max_entries),
+                                      timeout=self.call_timeout)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        return LedgerHeaders(tuple(r.headers), r.more)
+
+    def inclusion_proof(self, session: str, rnd: int) -> ProofInfo:
+        try:
+            r = self.stub.InclusionProof(pb.InclusionProofRequest(session=session, round=rnd), timeout=self.call_timeout)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        return ProofInfo(r.included, r.contribution, r.index, r.tree_size, tuple(r.path))
 
     def leave(self, session: str, reason: str) -> None:
         try:

@@ -26,6 +26,8 @@ class JoinInfo:
     cpus: int = 0
     memory_bytes: int = 0
     gpus: int = 0
+    public_key: bytes = b""  # raw Ed25519 key the node signs updates with
+    certificate_sha256: str = ""  # of the client certificate; set by the servicer, never by the node
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class OutgoingInstruction:
     seed: int
     payload: bytes
     payload_digest: str  # BLAKE3, see chunks.payload_digest
+    ledger_head: str = ""  # hash of the ledger's latest entry ("" : the server keeps none)
+    ledger_round: int = 0
 
 
 @dataclass(frozen=True)
@@ -65,12 +69,35 @@ class IncomingResult:
     metrics: Mapping[str, float] = field(default_factory=dict)
     payload: bytes = b""
     run_id: str = ""  # the run the instruction came from; empty skips the check
+    signature: bytes = b""  # the node's Ed25519 signature over its update (fit results)
 
 
 @dataclass(frozen=True)
 class HeartbeatInfo:
     current_round: int
     run_finished: bool
+    ledger_head: str = ""
+    ledger_round: int = 0
+
+
+@dataclass(frozen=True)
+class LedgerHeaders:
+    """Canonical JSON headers of consecutive ledger entries, and whether more follow."""
+
+    headers: tuple[bytes, ...]
+    more: bool
+
+
+@dataclass(frozen=True)
+class ProofInfo:
+    """A node's contribution to a round and its Merkle inclusion proof (``included``
+    False: the round holds none of this node's)."""
+
+    included: bool
+    contribution: bytes = b""
+    index: int = 0
+    tree_size: int = 0
+    path: tuple[bytes, ...] = ()
 
 
 class FleetHandler(Protocol):
@@ -95,3 +122,20 @@ class FleetHandler(Protocol):
     def refused(self, reason: str) -> None:
         """Count a message the servicer refused before it reached the handler."""
         ...
+
+
+class LedgerHandler(Protocol):
+    """Server-side ledger queries behind the servicer (the FleetPool serves both).
+
+    ``head`` is what instructions and heartbeats carry; ``seen`` records the head a node
+    reports it has verified. Raise potluck errors: ``LedgerError`` for a head that is
+    not in the ledger or a round that is not committed.
+    """
+
+    def ledger_head(self) -> tuple[int, str] | None: ...
+
+    def ledger_since(self, session: str, head: str, limit: int, peer: str | None) -> LedgerHeaders: ...
+
+    def ledger_proof(self, session: str, rnd: int, peer: str | None) -> ProofInfo: ...
+
+    def ledger_seen(self, session: str, head: str, peer: str | None) -> None: ...

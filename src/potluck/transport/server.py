@@ -1,8 +1,10 @@
 """The gRPC side of the server: identities, chunk streams, status codes.
 
 :class:`FleetServicer` knows gRPC and protobuf and nothing of rounds; it hands plain
-dataclasses to a :class:`~potluck.transport.fleet_messages.FleetHandler`. Under mutual
-TLS a node's identity is its certificate's common name, never what it claims.
+dataclasses to a :class:`~potluck.transport.fleet_messages.FleetHandler`, and ledger
+queries to a :class:`~potluck.transport.fleet_messages.LedgerHandler` when the server
+keeps a ledger. Under mutual TLS a node's identity is its certificate's common name,
+never what it claims.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from potluck.core.errors import AccessDenied, PotluckError
+from potluck.core.errors import AccessDenied, LedgerError, PotluckError
 from potluck.transport import convert, frames
-from potluck.transport.certs import PemBundle
+from potluck.transport.certs import CertificateError, PemBundle, certificate_sha256
 from potluck.transport.chunks import DEFAULT_CHUNK_BYTES, PayloadError, Reassembly, split
 from potluck.transport.convert import WireError
-from potluck.transport.fleet_messages import PROTOCOL, FleetHandler, IncomingResult, JoinInfo
+from potluck.transport.fleet_messages import PROTOCOL, FleetHandler, IncomingResult, JoinInfo, LedgerHandler
 from potluck.transport.status import details_of, status_of
 from potluck.transport.v1 import fleet_pb2 as pb
 from potluck.transport.v1 import fleet_pb2_grpc as pb_grpc
@@ -40,6 +42,7 @@ class ServerOptions:
     max_workers: int = 256
     max_pull_wait: float = 30.0
     handshake_timeout: float = 10.0  # a connection that has not finished TLS by then is closed
+    max_ledger_entries: int = 256  # ledger headers per LedgerSince reply
 
 
 @dataclass(frozen=True)
@@ -66,9 +69,21 @@ def _peer(context: grpc.ServicerContext) -> str | None:
     return names[0].decode() if names else None
 
 
+def _peer_certificate(context: grpc.ServicerContext) -> str:
+    """SHA-256 of the client certificate ("" without TLS)."""
+    pems = context.auth_context().get("x509_pem_cert")
+    if not pems:
+        return ""
+    try:
+        return certificate_sha256(pems[0])
+    except CertificateError:
+        return ""
+
+
 class FleetServicer(pb_grpc.FleetServicer):
-    def __init__(self, handler: FleetHandler, options: ServerOptions, *, secure: bool) -> None:
-        self.handler, self.options, self.secure = handler, options, secure
+    def __init__(self, handler: FleetHandler, options: ServerOptions, *, secure: bool,
+                 ledger: LedgerHandler | None = None) -> None:
+        self.handler, self.options, self.secure, self.ledger = handler, options, secure, ledger
 
     def _identity(self, context: grpc.ServicerContext) -> str | None:
         peer = _peer(context)
@@ -99,6 +114,7 @@ class FleetServicer(pb_grpc.FleetServicer):
                 node_id=request.node_id, task_name=request.task_name, schema_digest=request.schema_digest,
                 num_examples=request.num_examples, task_version=request.task_version,
                 cpus=request.resources.cpus, memory_bytes=request.resources.memory_bytes, gpus=request.resources.gpus,
+                public_key=request.signing_key, certificate_sha256=_peer_certificate(context) if peer else "",
             )
             w = self.handler.join(info, peer)
         except PotluckError as exc:
@@ -116,16 +132,20 @@ class FleetServicer(pb_grpc.FleetServicer):
             self._check_parsed(request)
             wait = min(max(request.wait_seconds, 0.0), self.options.max_pull_wait)
             ins = self.handler.next_instruction(request.session, wait, self._identity(context))
+            if ins is None:
+                return
+            try:
+                header = pb.InstructionHeader(
+                    instruction_id=ins.instruction_id, run_id=ins.run_id, round=ins.round, kind=_KIND[ins.kind],
+                    config=convert.config_to_proto(ins.config), seed=ins.seed,
+                    params_size=len(ins.payload), params_blake3=ins.payload_digest,
+                    ledger_head=ins.ledger_head, ledger_round=ins.ledger_round,
+                )
+            except ValueError as exc:  # a round or seed beyond the wire's integer range
+                raise WireError(f"instruction {ins.instruction_id} cannot be sent: {exc}") from exc
         except PotluckError as exc:
             self._abort(context, exc)
             return
-        if ins is None:
-            return
-        header = pb.InstructionHeader(
-            instruction_id=ins.instruction_id, run_id=ins.run_id, round=ins.round, kind=_KIND[ins.kind],
-            config=convert.config_to_proto(ins.config), seed=ins.seed,
-            params_size=len(ins.payload), params_blake3=ins.payload_digest,
-        )
         yield pb.InstructionPart(header=header)
         for offset, piece in split(ins.payload, self.options.chunk_bytes):
             yield frames.ChunkFrame(offset, piece)
@@ -143,7 +163,7 @@ class FleetServicer(pb_grpc.FleetServicer):
                 raise
             result = IncomingResult(
                 session=h.session, instruction_id=h.instruction_id, round=h.round, num_examples=h.num_examples,
-                loss=h.loss, metrics=metrics, payload=payload, run_id=h.run_id,
+                loss=h.loss, metrics=metrics, payload=payload, run_id=h.run_id, signature=h.signature,
             )
             duplicate = self.handler.submit(result, peer)
         except PotluckError as exc:
@@ -176,11 +196,16 @@ class FleetServicer(pb_grpc.FleetServicer):
     def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatReply:  # noqa: N802
         try:
             self._check_parsed(request)
-            info = self.handler.heartbeat(request.session, self._identity(context))
+            peer = self._identity(context)
+            if self.ledger is not None and request.ledger_head:
+                self.ledger.ledger_seen(request.session, request.ledger_head, peer)  # before: it may end the run
+            info = self.handler.heartbeat(request.session, peer)
+            head = self.ledger.ledger_head() if self.ledger is not None else None
         except PotluckError as exc:
             self._abort(context, exc)
             raise AssertionError("unreachable") from exc
-        return pb.HeartbeatReply(current_round=info.current_round, run_finished=info.run_finished)
+        return pb.HeartbeatReply(current_round=info.current_round, run_finished=info.run_finished,
+                                 ledger_head=head[1] if head else "", ledger_round=head[0] if head else 0)
 
     def Leave(self, request: pb.LeaveRequest, context: grpc.ServicerContext) -> pb.LeaveReply:  # noqa: N802
         try:
@@ -189,6 +214,34 @@ class FleetServicer(pb_grpc.FleetServicer):
         except PotluckError as exc:
             self._abort(context, exc)
         return pb.LeaveReply()
+
+
+    def _ledger_handler(self) -> LedgerHandler:
+        if self.ledger is None:
+            raise LedgerError("this server keeps no ledger")
+        return self.ledger
+
+    def LedgerSince(self, request: pb.LedgerSinceRequest, context: grpc.ServicerContext) -> pb.LedgerSinceReply:  # noqa: N802
+        try:
+            self._check_parsed(request)
+            peer = self._identity(context)
+            limit = min(request.max_entries or self.options.max_ledger_entries, self.options.max_ledger_entries)
+            found = self._ledger_handler().ledger_since(request.session, request.head, limit, peer)
+        except PotluckError as exc:
+            self._abort(context, exc)
+            raise AssertionError("unreachable") from exc
+        return pb.LedgerSinceReply(headers=list(found.headers), more=found.more)
+
+    def InclusionProof(self, request: pb.InclusionProofRequest,  # noqa: N802
+                       context: grpc.ServicerContext) -> pb.InclusionProofReply:
+        try:
+            self._check_parsed(request)
+            proof = self._ledger_handler().ledger_proof(request.session, request.round, self._identity(context))
+        except PotluckError as exc:
+            self._abort(context, exc)
+            raise AssertionError("unreachable") from exc
+        return pb.InclusionProofReply(included=proof.included, contribution=proof.contribution, index=proof.index,
+                                      tree_size=proof.tree_size, path=list(proof.path))
 
 
 def _handlers(servicer: FleetServicer) -> grpc.GenericRpcHandler:
@@ -206,14 +259,22 @@ def _handlers(servicer: FleetServicer) -> grpc.GenericRpcHandler:
             pb.HeartbeatReply.SerializeToString),
         "Leave": grpc.unary_unary_rpc_method_handler(
             servicer.Leave, _tolerant(pb.LeaveRequest.FromString, "leave request"), pb.LeaveReply.SerializeToString),
+        "LedgerSince": grpc.unary_unary_rpc_method_handler(
+            servicer.LedgerSince, _tolerant(pb.LedgerSinceRequest.FromString, "ledger request"),
+            pb.LedgerSinceReply.SerializeToString),
+        "InclusionProof": grpc.unary_unary_rpc_method_handler(
+            servicer.InclusionProof, _tolerant(pb.InclusionProofRequest.FromString, "proof request"),
+            pb.InclusionProofReply.SerializeToString),
     })
 
 
 def start_server(
-    handler: FleetHandler, address: str, tls: PemBundle | None, options: ServerOptions | None = None
+    handler: FleetHandler, address: str, tls: PemBundle | None, options: ServerOptions | None = None,
+    *, ledger: LedgerHandler | None = None,
 ) -> tuple[grpc.Server, int]:
     """Serve ``handler`` on ``address`` (``host:port``; port 0 picks one). Returns the
-    started server and the bound port. ``tls=None`` serves plaintext (--insecure)."""
+    started server and the bound port. ``tls=None`` serves plaintext (--insecure).
+    ``ledger`` answers the ledger calls (``None``: they are refused with LedgerError)."""
     options = options or ServerOptions()
     server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="potluck-rpc"),
@@ -228,7 +289,8 @@ def start_server(
         ],
         maximum_concurrent_rpcs=options.max_workers,
     )
-    server.add_generic_rpc_handlers((_handlers(FleetServicer(handler, options, secure=tls is not None)),))
+    servicer = FleetServicer(handler, options, secure=tls is not None, ledger=ledger)
+    server.add_generic_rpc_handlers((_handlers(servicer),))
     if tls is None:
         port = server.add_insecure_port(address)
     else:

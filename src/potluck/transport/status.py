@@ -11,11 +11,13 @@ import grpc
 from potluck.core.errors import (
     AccessDenied,
     ConfigError,
+    LedgerError,
     NonFiniteError,
     ParamsError,
     PotluckError,
     ResultRejected,
     SchemaMismatch,
+    SignatureError,
     TransportError,
     UnknownId,
 )
@@ -24,6 +26,8 @@ from potluck.transport.chunks import PayloadError
 # Most specific first: the first class an error is an instance of decides its code.
 _TO_STATUS: list[tuple[type[PotluckError], grpc.StatusCode]] = [
     (AccessDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (SignatureError, grpc.StatusCode.UNAUTHENTICATED),
+    (LedgerError, grpc.StatusCode.DATA_LOSS),
     (UnknownId, grpc.StatusCode.NOT_FOUND),
     (SchemaMismatch, grpc.StatusCode.FAILED_PRECONDITION),
     (ResultRejected, grpc.StatusCode.FAILED_PRECONDITION),
@@ -37,7 +41,8 @@ _TO_STATUS: list[tuple[type[PotluckError], grpc.StatusCode]] = [
 # Details are prefixed with the error class so the client can rebuild the exact kind.
 _BY_NAME: dict[str, type[PotluckError]] = {
     cls.__name__: cls
-    for cls in (AccessDenied, UnknownId, SchemaMismatch, ResultRejected, NonFiniteError, ParamsError, ConfigError)
+    for cls in (AccessDenied, UnknownId, SchemaMismatch, ResultRejected, NonFiniteError, ParamsError, ConfigError,
+                SignatureError, LedgerError)
 }
 
 

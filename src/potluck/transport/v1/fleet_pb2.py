@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n potluck/transport/v1/fleet.proto\x12\npotluck.v1\"=\n\tResources\x12\x0c\n\x04\x63pus\x18\x01 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\x12\x0c\n\x04gpus\x18\x03 \x01(\r\"\xb0\x01\n\x0bJoinRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\ttask_name\x18\x02 \x01(\t\x12\x14\n\x0ctask_version\x18\x03 \x01(\t\x12\x15\n\rschema_digest\x18\x04 \x01(\t\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x04\x12(\n\tresources\x18\x06 \x01(\x0b\x32\x15.potluck.v1.Resources\x12\x10\n\x08protocol\x18\x07 \x01(\t\"\x9f\x01\n\tJoinReply\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x15\n\rschema_digest\x18\x03 \x01(\t\x12\x15\n\rcurrent_round\x18\x04 \x01(\r\x12\x0f\n\x07session\x18\x05 \x01(\t\x12\x19\n\x11heartbeat_seconds\x18\x06 \x01(\x01\x12\x16\n\x0e\x64\x61ta_info_json\x18\x07 \x01(\x0c\"4\n\x0bPullRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\"j\n\x06Scalar\x12\x14\n\nbool_value\x18\x01 \x01(\x08H\x00\x12\x13\n\tint_value\x18\x02 \x01(\x12H\x00\x12\x15\n\x0b\x66loat_value\x18\x03 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x04 \x01(\tH\x00\x42\x06\n\x04kind\"\xad\x02\n\x11InstructionHeader\x12\x16\n\x0einstruction_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12)\n\x04kind\x18\x04 \x01(\x0e\x32\x1b.potluck.v1.InstructionKind\x12\x39\n\x06\x63onfig\x18\x05 \x03(\x0b\x32).potluck.v1.InstructionHeader.ConfigEntry\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x13\n\x0bparams_size\x18\x07 \x01(\x04\x12\x15\n\rparams_blake3\x18\x08 \x01(\t\x1a\x41\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.potluck.v1.Scalar:\x02\x38\x01\"%\n\x05\x43hunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"n\n\x0fInstructionPart\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.potluck.v1.InstructionHeaderH\x00\x12\"\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x11.potluck.v1.ChunkH\x00\x42\x06\n\x04part\"\x8e\x02\n\x0cResultHeader\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x16\n\x0einstruction_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x04\x12\x0c\n\x04loss\x18\x05 \x01(\x01\x12\x36\n\x07metrics\x18\x06 \x03(\x0b\x32%.potluck.v1.ResultHeader.MetricsEntry\x12\x13\n\x0bparams_size\x18\x07 \x01(\x04\x12\x15\n\rparams_blake3\x18\x08 \x01(\t\x12\x0e\n\x06run_id\x18\t \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"d\n\nResultPart\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.potluck.v1.ResultHeaderH\x00\x12\"\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x11.potluck.v1.ChunkH\x00\x42\x06\n\x04part\"0\n\tPushReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"#\n\x10HeartbeatRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\"=\n\x0eHeartbeatReply\x12\x15\n\rcurrent_round\x18\x01 \x01(\r\x12\x14\n\x0crun_finished\x18\x02 \x01(\x08\"/\n\x0cLeaveRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x0c\n\nLeaveReply*J\n\x0fInstructionKind\x12 \n\x1cINSTRUCTION_KIND_UNSPECIFIED\x10\x00\x12\x07\n\x03\x46IT\x10\x01\x12\x0c\n\x08\x45VALUATE\x10\x02\x32\xba\x02\n\x05\x46leet\x12\x36\n\x04Join\x12\x17.potluck.v1.JoinRequest\x1a\x15.potluck.v1.JoinReply\x12>\n\x04Pull\x12\x17.potluck.v1.PullRequest\x1a\x1b.potluck.v1.InstructionPart0\x01\x12\x37\n\x04Push\x12\x16.potluck.v1.ResultPart\x1a\x15.potluck.v1.PushReply(\x01\x12\x45\n\tHeartbeat\x12\x1c.potluck.v1.HeartbeatRequest\x1a\x1a.potluck.v1.HeartbeatReply\x12\x39\n\x05Leave\x12\x18.potluck.v1.LeaveRequest\x1a\x16.potluck.v1.LeaveReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n potluck/transport/v1/fleet.proto\x12\npotluck.v1\"=\n\tResources\x12\x0c\n\x04\x63pus\x18\x01 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\x12\x0c\n\x04gpus\x18\x03 \x01(\r\"\xc5\x01\n\x0bJoinRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\ttask_name\x18\x02 \x01(\t\x12\x14\n\x0ctask_version\x18\x03 \x01(\t\x12\x15\n\rschema_digest\x18\x04 \x01(\t\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x04\x12(\n\tresources\x18\x06 \x01(\x0b\x32\x15.potluck.v1.Resources\x12\x10\n\x08protocol\x18\x07 \x01(\t\x12\x13\n\x0bsigning_key\x18\x08 \x01(\x0c\"\x9f\x01\n\tJoinReply\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x15\n\rschema_digest\x18\x03 \x01(\t\x12\x15\n\rcurrent_round\x18\x04 \x01(\r\x12\x0f\n\x07session\x18\x05 \x01(\t\x12\x19\n\x11heartbeat_seconds\x18\x06 \x01(\x01\x12\x16\n\x0e\x64\x61ta_info_json\x18\x07 \x01(\x0c\"4\n\x0bPullRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\"j\n\x06Scalar\x12\x14\n\nbool_value\x18\x01 \x01(\x08H\x00\x12\x13\n\tint_value\x18\x02 \x01(\x12H\x00\x12\x15\n\x0b\x66loat_value\x18\x03 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x04 \x01(\tH\x00\x42\x06\n\x04kind\"\xd8\x02\n\x11InstructionHeader\x12\x16\n\x0einstruction_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12)\n\x04kind\x18\x04 \x01(\x0e\x32\x1b.potluck.v1.InstructionKind\x12\x39\n\x06\x63onfig\x18\x05 \x03(\x0b\x32).potluck.v1.InstructionHeader.ConfigEntry\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x13\n\x0bparams_size\x18\x07 \x01(\x04\x12\x15\n\rparams_blake3\x18\x08 \x01(\t\x12\x13\n\x0bledger_head\x18\t \x01(\t\x12\x14\n\x0cledger_round\x18\n \x01(\r\x1a\x41\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.potluck.v1.Scalar:\x02\x38\x01\"%\n\x05\x43hunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"n\n\x0fInstructionPart\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.potluck.v1.InstructionHeaderH\x00\x12\"\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x11.potluck.v1.ChunkH\x00\x42\x06\n\x04part\"\xa1\x02\n\x0cResultHeader\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x16\n\x0einstruction_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x04\x12\x0c\n\x04loss\x18\x05 \x01(\x01\x12\x36\n\x07metrics\x18\x06 \x03(\x0b\x32%.potluck.v1.ResultHeader.MetricsEntry\x12\x13\n\x0bparams_size\x18\x07 \x01(\x04\x12\x15\n\rparams_blake3\x18\x08 \x01(\t\x12\x0e\n\x06run_id\x18\t \x01(\t\x12\x11\n\tsignature\x18\n \x01(\x0c\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"d\n\nResultPart\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.potluck.v1.ResultHeaderH\x00\x12\"\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x11.potluck.v1.ChunkH\x00\x42\x06\n\x04part\"0\n\tPushReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"8\n\x10HeartbeatRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x13\n\x0bledger_head\x18\x02 \x01(\t\"h\n\x0eHeartbeatReply\x12\x15\n\rcurrent_round\x18\x01 \x01(\r\x12\x14\n\x0crun_finished\x18\x02 \x01(\x08\x12\x13\n\x0bledger_head\x18\x03 \x01(\t\x12\x14\n\x0cledger_round\x18\x04 \x01(\r\"/\n\x0cLeaveRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x0c\n\nLeaveReply\"H\n\x12LedgerSinceRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0c\n\x04head\x18\x02 \x01(\t\x12\x13\n\x0bmax_entries\x18\x03 \x01(\r\"1\n\x10LedgerSinceReply\x12\x0f\n\x07headers\x18\x01 \x03(\x0c\x12\x0c\n\x04more\x18\x02 \x01(\x08\"7\n\x15InclusionProofRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\"m\n\x13InclusionProofReply\x12\x10\n\x08included\x18\x01 \x01(\x08\x12\x14\n\x0c\x63ontribution\x18\x02 \x01(\x0c\x12\r\n\x05index\x18\x03 \x01(\x04\x12\x11\n\ttree_size\x18\x04 \x01(\x04\x12\x0c\n\x04path\x18\x05 \x03(\x0c*J\n\x0fInstructionKind\x12 \n\x1cINSTRUCTION_KIND_UNSPECIFIED\x10\x00\x12\x07\n\x03\x46IT\x10\x01\x12\x0c\n\x08\x45VALUATE\x10\x02\x32\xdd\x03\n\x05\x46leet\x12\x36\n\x04Join\x12\x17.potluck.v1.JoinRequest\x1a\x15.potluck.v1.JoinReply\x12>\n\x04Pull\x12\x17.potluck.v1.PullRequest\x1a\x1b.potluck.v1.InstructionPart0\x01\x12\x37\n\x04Push\x12\x16.potluck.v1.ResultPart\x1a\x15.potluck.v1.PushReply(\x01\x12\x45\n\tHeartbeat\x12\x1c.potluck.v1.HeartbeatRequest\x1a\x1a.potluck.v1.HeartbeatReply\x12\x39\n\x05Leave\x12\x18.potluck.v1.LeaveRequest\x1a\x16.potluck.v1.LeaveReply\x12K\n\x0bLedgerSince\x12\x1e.potluck.v1.LedgerSinceRequest\x1a\x1c.potluck.v1.LedgerSinceReply\x12T\n\x0eInclusionProof\x12!.potluck.v1.InclusionProofRequest\x1a\x1f.potluck.v1.InclusionProofReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,42 +35,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INSTRUCTIONHEADER_CONFIGENTRY']._serialized_options = b'8\001'
   _globals['_RESULTHEADER_METRICSENTRY']._loaded_options = None
   _globals['_RESULTHEADER_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_INSTRUCTIONKIND']._serialized_start=1657
-  _globals['_INSTRUCTIONKIND']._serialized_end=1731
+  _globals['_INSTRUCTIONKIND']._serialized_start=2097
+  _globals['_INSTRUCTIONKIND']._serialized_end=2171
   _globals['_RESOURCES']._serialized_start=48
   _globals['_RESOURCES']._serialized_end=109
   _globals['_JOINREQUEST']._serialized_start=112
-  _globals['_JOINREQUEST']._serialized_end=288
-  _globals['_JOINREPLY']._serialized_start=291
-  _globals['_JOINREPLY']._serialized_end=450
-  _globals['_PULLREQUEST']._serialized_start=452
-  _globals['_PULLREQUEST']._serialized_end=504
-  _globals['_SCALAR']._serialized_start=506
-  _globals['_SCALAR']._serialized_end=612
-  _globals['_INSTRUCTIONHEADER']._serialized_start=615
-  _globals['_INSTRUCTIONHEADER']._serialized_end=916
-  _globals['_INSTRUCTIONHEADER_CONFIGENTRY']._serialized_start=851
-  _globals['_INSTRUCTIONHEADER_CONFIGENTRY']._serialized_end=916
-  _globals['_CHUNK']._serialized_start=918
-  _globals['_CHUNK']._serialized_end=955
-  _globals['_INSTRUCTIONPART']._serialized_start=957
-  _globals['_INSTRUCTIONPART']._serialized_end=1067
-  _globals['_RESULTHEADER']._serialized_start=1070
-  _globals['_RESULTHEADER']._serialized_end=1340
-  _globals['_RESULTHEADER_METRICSENTRY']._serialized_start=1294
-  _globals['_RESULTHEADER_METRICSENTRY']._serialized_end=1340
-  _globals['_RESULTPART']._serialized_start=1342
-  _globals['_RESULTPART']._serialized_end=1442
-  _globals['_PUSHREPLY']._serialized_start=1444
-  _globals['_PUSHREPLY']._serialized_end=1492
-  _globals['_HEARTBEATREQUEST']._serialized_start=1494
-  _globals['_HEARTBEATREQUEST']._serialized_end=1529
-  _globals['_HEARTBEATREPLY']._serialized_start=1531
-  _globals['_HEARTBEATREPLY']._serialized_end=1592
-  _globals['_LEAVEREQUEST']._serialized_start=1594
-  _globals['_LEAVEREQUEST']._serialized_end=1641
-  _globals['_LEAVEREPLY']._serialized_start=1643
-  _globals['_LEAVEREPLY']._serialized_end=1655
-  _globals['_FLEET']._serialized_start=1734
-  _globals['_FLEET']._serialized_end=2048
+  _globals['_JOINREQUEST']._serialized_end=309
+  _globals['_JOINREPLY']._serialized_start=312
+  _globals['_JOINREPLY']._serialized_end=471
+  _globals['_PULLREQUEST']._serialized_start=473
+  _globals['_PULLREQUEST']._serialized_end=525
+  _globals['_SCALAR']._serialized_start=527
+  _globals['_SCALAR']._serialized_end=633
+  _globals['_INSTRUCTIONHEADER']._serialized_start=636
+  _globals['_INSTRUCTIONHEADER']._serialized_end=980
+  _globals['_INSTRUCTIONHEADER_CONFIGENTRY']._serialized_start=915
+  _globals['_INSTRUCTIONHEADER_CONFIGENTRY']._serialized_end=980
+  _globals['_CHUNK']._serialized_start=982
+  _globals['_CHUNK']._serialized_end=1019
+  _globals['_INSTRUCTIONPART']._serialized_start=1021
+  _globals['_INSTRUCTIONPART']._serialized_end=1131
+  _globals['_RESULTHEADER']._serialized_start=1134
+  _globals['_RESULTHEADER']._serialized_end=1423
+  _globals['_RESULTHEADER_METRICSENTRY']._serialized_start=1377
+  _globals['_RESULTHEADER_METRICSENTRY']._serialized_end=1423
+  _globals['_RESULTPART']._serialized_start=1425
+  _globals['_RESULTPART']._serialized_end=1525
+  _globals['_PUSHREPLY']._serialized_start=1527
+  _globals['_PUSHREPLY']._serialized_end=1575
+  _globals['_HEARTBEATREQUEST']._serialized_start=1577
+  _globals['_HEARTBEATREQUEST']._serialized_end=1633
+  _globals['_HEARTBEATREPLY']._serialized_start=1635
+  _globals['_HEARTBEATREPLY']._serialized_end=1739
+  _globals['_LEAVEREQUEST']._serialized_start=1741
+  _globals['_LEAVEREQUEST']._serialized_end=1788
+  _globals['_LEAVEREPLY']._serialized_start=1790
+  _globals['_LEAVEREPLY']._serialized_end=1802
+  _globals['_LEDGERSINCEREQUEST']._serialized_start=1804
+  _globals['_LEDGERSINCEREQUEST']._serialized_end=1876
+  _globals['_LEDGERSINCEREPLY']._serialized_start=1878
+  _globals['_LEDGERSINCEREPLY']._serialized_end=1927
+  _globals['_INCLUSIONPROOFREQUEST']._serialized_start=1929
+  _globals['_INCLUSIONPROOFREQUEST']._serialized_end=1984
+  _globals['_INCLUSIONPROOFREPLY']._serialized_start=1986
+  _globals['_INCLUSIONPROOFREPLY']._serialized_end=2095
+  _globals['_FLEET']._serialized_start=2174
+  _globals['_FLEET']._serialized_end=2651
 # @@protoc_insertion_point(module_scope)

@@ -2,7 +2,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -27,7 +27,7 @@ class Resources(_message.Message):
     def __init__(self, cpus: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpus: _Optional[int] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("node_id", "task_name", "task_version", "schema_digest", "num_examples", "resources", "protocol")
+    __slots__ = ("node_id", "task_name", "task_version", "schema_digest", "num_examples", "resources", "protocol", "signing_key")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class JoinRequest(_message.Message):
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_KEY_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     task_name: str
     task_version: str
@@ -42,7 +43,8 @@ class JoinRequest(_message.Message):
     num_examples: int
     resources: Resources
     protocol: str
-    def __init__(self, node_id: _Optional[str] = ..., task_name: _Optional[str] = ..., task_version: _Optional[str] = ..., schema_digest: _Optional[str] = ..., num_examples: _Optional[int] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., protocol: _Optional[str] = ...) -> None: ...
+    signing_key: bytes
+    def __init__(self, node_id: _Optional[str] = ..., task_name: _Optional[str] = ..., task_version: _Optional[str] = ..., schema_digest: _Optional[str] = ..., num_examples: _Optional[int] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., protocol: _Optional[str] = ..., signing_key: _Optional[bytes] = ...) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("run_id", "model_id", "schema_digest", "current_round", "session", "heartbeat_seconds", "data_info_json")
@@ -83,7 +85,7 @@ class Scalar(_message.Message):
     def __init__(self, bool_value: _Optional[bool] = ..., int_value: _Optional[int] = ..., float_value: _Optional[float] = ..., string_value: _Optional[str] = ...) -> None: ...
 
 class InstructionHeader(_message.Message):
-    __slots__ = ("instruction_id", "run_id", "round", "kind", "config", "seed", "params_size", "params_blake3")
+    __slots__ = ("instruction_id", "run_id", "round", "kind", "config", "seed", "params_size", "params_blake3", "ledger_head", "ledger_round")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +101,8 @@ class InstructionHeader(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     PARAMS_SIZE_FIELD_NUMBER: _ClassVar[int]
     PARAMS_BLAKE3_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_HEAD_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_ROUND_FIELD_NUMBER: _ClassVar[int]
     instruction_id: str
     run_id: str
     round: int
@@ -107,7 +111,9 @@ class InstructionHeader(_message.Message):
     seed: int
     params_size: int
     params_blake3: str
-    def __init__(self, instruction_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[InstructionKind, str]] = ..., config: _Optional[_Mapping[str, Scalar]] = ..., seed: _Optional[int] = ..., params_size: _Optional[int] = ..., params_blake3: _Optional[str] = ...) -> None: ...
+    ledger_head: str
+    ledger_round: int
+    def __init__(self, instruction_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[InstructionKind, str]] = ..., config: _Optional[_Mapping[str, Scalar]] = ..., seed: _Optional[int] = ..., params_size: _Optional[int] = ..., params_blake3: _Optional[str] = ..., ledger_head: _Optional[str] = ..., ledger_round: _Optional[int] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("offset", "data")
@@ -126,7 +132,7 @@ class InstructionPart(_message.Message):
     def __init__(self, header: _Optional[_Union[InstructionHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
 
 class ResultHeader(_message.Message):
-    __slots__ = ("session", "instruction_id", "round", "num_examples", "loss", "metrics", "params_size", "params_blake3", "run_id")
+    __slots__ = ("session", "instruction_id", "round", "num_examples", "loss", "metrics", "params_size", "params_blake3", "run_id", "signature")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +149,7 @@ class ResultHeader(_message.Message):
     PARAMS_SIZE_FIELD_NUMBER: _ClassVar[int]
     PARAMS_BLAKE3_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     session: str
     instruction_id: str
     round: int
@@ -152,7 +159,8 @@ class ResultHeader(_message.Message):
     params_size: int
     params_blake3: str
     run_id: str
-    def __init__(self, session: _Optional[str] = ..., instruction_id: _Optional[str] = ..., round: _Optional[int] = ..., num_examples: _Optional[int] = ..., loss: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., params_size: _Optional[int] = ..., params_blake3: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, session: _Optional[str] = ..., instruction_id: _Optional[str] = ..., round: _Optional[int] = ..., num_examples: _Optional[int] = ..., loss: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., params_size: _Optional[int] = ..., params_blake3: _Optional[str] = ..., run_id: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ResultPart(_message.Message):
     __slots__ = ("header", "chunk")
@@ -171,18 +179,24 @@ class PushReply(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("session",)
+    __slots__ = ("session", "ledger_head")
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_HEAD_FIELD_NUMBER: _ClassVar[int]
     session: str
-    def __init__(self, session: _Optional[str] = ...) -> None: ...
+    ledger_head: str
+    def __init__(self, session: _Optional[str] = ..., ledger_head: _Optional[str] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
-    __slots__ = ("current_round", "run_finished")
+    __slots__ = ("current_round", "run_finished", "ledger_head", "ledger_round")
     CURRENT_ROUND_FIELD_NUMBER: _ClassVar[int]
     RUN_FINISHED_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_HEAD_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_ROUND_FIELD_NUMBER: _ClassVar[int]
     current_round: int
     run_finished: bool
-    def __init__(self, current_round: _Optional[int] = ..., run_finished: _Optional[bool] = ...) -> None: ...
+    ledger_head: str
+    ledger_round: int
+    def __init__(self, current_round: _Optional[int] = ..., run_finished: _Optional[bool] = ..., ledger_head: _Optional[str] = ..., ledger_round: _Optional[int] = ...) -> None: ...
 
 class LeaveRequest(_message.Message):
     __slots__ = ("session", "reason")
@@ -195,3 +209,43 @@ class LeaveRequest(_message.Message):
 class LeaveReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class LedgerSinceRequest(_message.Message):
+    __slots__ = ("session", "head", "max_entries")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    MAX_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    head: str
+    max_entries: int
+    def __init__(self, session: _Optional[str] = ..., head: _Optional[str] = ..., max_entries: _Optional[int] = ...) -> None: ...
+
+class LedgerSinceReply(_message.Message):
+    __slots__ = ("headers", "more")
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    headers: _containers.RepeatedScalarFieldContainer[bytes]
+    more: bool
+    def __init__(self, headers: _Optional[_Iterable[bytes]] = ..., more: _Optional[bool] = ...) -> None: ...
+
+class InclusionProofRequest(_message.Message):
+    __slots__ = ("session", "round")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    round: int
+    def __init__(self, session: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
+
+class InclusionProofReply(_message.Message):
+    __slots__ = ("included", "contribution", "index", "tree_size", "path")
+    INCLUDED_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    included: bool
+    contribution: bytes
+    index: int
+    tree_size: int
+    path: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, included: _Optional[bool] = ..., contribution: _Optional[bytes] = ..., index: _Optional[int] = ..., tree_size: _Optional[int] = ..., path: _Optional[_Iterable[bytes]] = ...) -> None: ...

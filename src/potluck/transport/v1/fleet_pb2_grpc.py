@@ -59,6 +59,16 @@ class FleetStub:
                 request_serializer=potluck_dot_transport_dot_v1_dot_fleet__pb2.LeaveRequest.SerializeToString,
                 response_deserializer=potluck_dot_transport_dot_v1_dot_fleet__pb2.LeaveReply.FromString,
                 _registered_method=True)
+        self.LedgerSince = channel.unary_unary(
+                '/potluck.v1.Fleet/LedgerSince',
+                request_serializer=potluck_dot_transport_dot_v1_dot_fleet__pb2.LedgerSinceRequest.SerializeToString,
+                response_deserializer=potluck_dot_transport_dot_v1_dot_fleet__pb2.LedgerSinceReply.FromString,
+                _registered_method=True)
+        self.InclusionProof = channel.unary_unary(
+                '/potluck.v1.Fleet/InclusionProof',
+                request_serializer=potluck_dot_transport_dot_v1_dot_fleet__pb2.InclusionProofRequest.SerializeToString,
+                response_deserializer=potluck_dot_transport_dot_v1_dot_fleet__pb2.InclusionProofReply.FromString,
+                _registered_method=True)
 
 
 class FleetServicer:
@@ -99,6 +109,21 @@ class FleetServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LedgerSince(self, request, context):
+        """The headers of the ledger entries after `head` (empty: from entry 0), oldest first.
+        Refused with DATA_LOSS when `head` is not an entry of the run's ledger.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InclusionProof(self, request, context):
+        """The caller's own contribution to a committed round, with its Merkle inclusion proof.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +151,16 @@ def add_FleetServicer_to_server(servicer, server):
                     servicer.Leave,
                     request_deserializer=potluck_dot_transport_dot_v1_dot_fleet__pb2.LeaveRequest.FromString,
                     response_serializer=potluck_dot_transport_dot_v1_dot_fleet__pb2.LeaveReply.SerializeToString,
+            ),
+            'LedgerSince': grpc.unary_unary_rpc_method_handler(
+                    servicer.LedgerSince,
+                    request_deserializer=potluck_dot_transport_dot_v1_dot_fleet__pb2.LedgerSinceRequest.FromString,
+                    response_serializer=potluck_dot_transport_dot_v1_dot_fleet__pb2.LedgerSinceReply.SerializeToString,
+            ),
+            'InclusionProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.InclusionProof,
+                    request_deserializer=potluck_dot_transport_dot_v1_dot_fleet__pb2.InclusionProofRequest.FromString,
+                    response_serializer=potluck_dot_transport_dot_v1_dot_fleet__pb2.InclusionProofReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +298,60 @@ class Fleet:
             '/potluck.v1.Fleet/Leave',
             potluck_dot_transport_dot_v1_dot_fleet__pb2.LeaveRequest.SerializeToString,
             potluck_dot_transport_dot_v1_dot_fleet__pb2.LeaveReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LedgerSince(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/potluck.v1.Fleet/LedgerSince',
+            potluck_dot_transport_dot_v1_dot_fleet__pb2.LedgerSinceRequest.SerializeToString,
+            potluck_dot_transport_dot_v1_dot_fleet__pb2.LedgerSinceReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InclusionProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/potluck.v1.Fleet/InclusionProof',
+            potluck_dot_transport_dot_v1_dot_fleet__pb2.InclusionProofRequest.SerializeToString,
+            potluck_dot_transport_dot_v1_dot_fleet__pb2.InclusionProofReply.FromString,
             options,
             channel_credentials,
             insecure,
