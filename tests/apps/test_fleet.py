@@ -179,3 +179,19 @@ def _run_catching(agent: NodeAgent, errors: list) -> None:
         agent.run()
     except BaseException as exc:
         errors.append(exc)
+
+
+def test_secure_aggregation_runs_over_the_deployed_fleet(deployment):
+    """Key agreement and unmasking travel as EXCHANGE instructions; the server sees only
+    masked ring vectors (its update schema) and still commits the rounds."""
+    fleet = Fleet(deployment, run="secagg-run", rounds=2, secagg=True, secagg_neighbours=2, secagg_threshold=2,
+                  secagg_bits=16).start()
+    for node in ("n0", "n1", "n2"):
+        fleet.node(node)
+    result = fleet.finish()
+    assert [r.round for r in result.records] == [1, 2]
+    assert all(r.num_nodes == 3 and not r.failures for r in result.records)
+    assert result.records[-1].accuracy > 0.8
+    assert audit_ledger(result.run_dir).ok
+    # every node took part in the key agreement (its session is cleared once a round is unmasked)
+    assert all("secagg" in agent._runner.update_state[agent.config.node_id] for agent in fleet.agents)

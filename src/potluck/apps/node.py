@@ -173,15 +173,20 @@ class NodeAgent:
             self.provenance.check(welcome.session, ins.ledger_head)
             if self.metrics is not None:
                 self.metrics.received(len(ins.payload))
-            params = Params.decode(ins.payload)
             try:
-                if ins.kind == "fit":
+                if ins.kind == "exchange":  # a step of secure aggregation's key agreement or unmasking
+                    reply = runner.exchange(self.config.node_id, str(ins.config.get("step", "")), ins.payload)
+                    result = IncomingResult(welcome.session, ins.instruction_id, ins.round, 0, payload=reply,
+                                            run_id=ins.run_id)
+                elif ins.kind == "fit":
+                    params = Params.decode(ins.payload)
                     out = runner.fit(FitInstruction(ins.round, self.config.node_id, params, ins.config, ins.seed))
                     payload, signature = self.provenance.sign(ins, out)
                     result = IncomingResult(welcome.session, ins.instruction_id, ins.round, out.num_examples,
                                             metrics=dict(out.metrics), payload=payload, run_id=ins.run_id,
                                             signature=signature)
                 else:
+                    params = Params.decode(ins.payload)
                     ev = runner.evaluate(EvaluateInstruction(ins.round, self.config.node_id, params, ins.config))
                     result = IncomingResult(welcome.session, ins.instruction_id, ins.round, ev.num_examples,
                                             loss=ev.loss, metrics=dict(ev.metrics), run_id=ins.run_id)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from potluck.apps.protections import protect_strategy, round_guards, update_pipeline
+from potluck.apps.protections import protect_strategy, round_guards, secure_aggregation, update_pipeline
 from potluck.apps.provenance import REGISTRY_NAME, attach_server_ledger, run_start, server_key_path
 from potluck.apps.run import open_run
 from potluck.backends.fleet import FleetPool
@@ -112,7 +112,8 @@ def run_server(
         )
         evaluator = (lambda p: task.evaluate(p, data)) if len(data) else None
         coordinator = Coordinator(pool, strategy, policy, fit_config=config.fit, evaluator=evaluator,
-                                  hooks=[run_dir, *hooks, *watch], updates=updates, guards=round_guards(config))
+                                  hooks=[run_dir, *hooks, *watch], updates=updates, guards=round_guards(config),
+                                  secure=secure_aggregation(config))
         final = coordinator.run(params, first_round)
         run_dir.write_final(final)
         completed = True

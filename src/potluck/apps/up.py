@@ -71,7 +71,17 @@ def server_command(config: SimulationConfig, workdir: Path, test: Path) -> list[
         cmd += ["-S", f"{key}={json.dumps(value)}"]
     for key, value in config.fit.items():
         cmd += ["-F", f"{key}={json.dumps(value)}"]
-    return cmd + compression_options(config) + privacy_options(config) + monitoring_options(config, 0)
+    return (cmd + compression_options(config) + privacy_options(config) + secagg_options(config)
+            + monitoring_options(config, 0))
+
+
+def secagg_options(config: SimulationConfig) -> list[str]:
+    """The server's secure aggregation flags (none when it is off)."""
+    if not config.secagg:
+        return []
+    return ["--secagg", "--secagg-neighbours", str(config.secagg_neighbours), "--secagg-threshold",
+            str(config.secagg_threshold), "--secagg-clip", repr(config.secagg_clip), "--secagg-bits",
+            str(config.secagg_bits)]
 
 
 def compression_options(config: SimulationConfig) -> list[str]:

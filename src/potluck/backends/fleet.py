@@ -25,9 +25,9 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Any, Union
 
 from potluck.core.errors import (
     AccessDenied,
@@ -47,7 +47,7 @@ from potluck.core.errors import (
 from potluck.core.messages import EvaluateInstruction, EvaluateResult, FitInstruction, FitResult
 from potluck.core.params import Params, ParamsKind, SchemaEntry, schema_digest
 from potluck.runtime.ledger import Ledger, canonical
-from potluck.runtime.pool import EvaluateOutcome, FitOutcome
+from potluck.runtime.pool import EvaluateOutcome, ExchangeOutcome, ExchangeReply, FitOutcome
 from potluck.runtime.signing import NodeKeys, check_signature, settings_digest, update_statement
 from potluck.transport.chunks import DEFAULT_MAX_PAYLOAD_BYTES, payload_digest
 from potluck.transport.fleet_messages import (
@@ -63,7 +63,7 @@ from potluck.transport.fleet_messages import (
 log = logging.getLogger(__name__)
 
 Instruction = Union[FitInstruction, EvaluateInstruction]
-Outcome = Union[FitResult, EvaluateResult, NodeError]
+Outcome = Union[FitResult, EvaluateResult, ExchangeReply, NodeError]
 
 
 @dataclass
@@ -240,6 +240,8 @@ class FleetPool:
         return False
 
     def _decode(self, result: IncomingResult, node_id: str, ins: _Open) -> Outcome:
+        if ins.kind == "exchange":  # a protocol reply: opaque bytes for the coordinator's driver
+            return ExchangeReply(node_id, result.payload)
         if ins.kind == "evaluate":  # 0 examples: the node has no validation split
             return EvaluateResult(ins.round, node_id, result.loss, result.num_examples, dict(result.metrics))
         if result.num_examples <= 0:
@@ -360,30 +362,46 @@ class FleetPool:
     def evaluate(self, instructions: Sequence[EvaluateInstruction], timeout: float) -> Iterator[EvaluateOutcome]:
         return self._dispatch("evaluate", instructions, timeout)  # type: ignore[return-value]
 
+    def exchange(self, step: str, payloads: Mapping[str, bytes], timeout: float) -> Iterator[ExchangeOutcome]:
+        """One step of a multi-message protocol (secure aggregation) for each node in
+        ``payloads``: an EXCHANGE instruction whose answer is the node's reply bytes."""
+        rnd = self.current_round
+        sends = [(node, rnd, "exchange", {"step": step}, 0, payload, payload_digest(payload))
+                 for node, payload in payloads.items()]
+        return self._send(sends, timeout)  # type: ignore[return-value]
+
     def _dispatch(self, kind: str, instructions: Sequence[Instruction], timeout: float) -> Iterator[Outcome]:
+        encoded: dict[str, tuple[bytes, str]] = {}  # params digest -> (bytes, wire digest); encoded once
+        sends = []
+        for ins in instructions:
+            if ins.params.digest not in encoded:
+                data = ins.params.encode()
+                encoded[ins.params.digest] = (data, payload_digest(data))
+            seed = ins.seed if isinstance(ins, FitInstruction) else 0
+            sends.append((ins.node_id, ins.round, kind, dict(ins.config), seed, *encoded[ins.params.digest]))
+        return self._send(sends, timeout)
+
+    def _send(self, sends: Sequence[tuple[str, int, str, dict[str, Any], int, bytes, str]],
+              timeout: float) -> Iterator[Outcome]:
+        """Put each ``(node, round, kind, config, seed, payload, digest)`` in its node's
+        inbox, then yield one outcome per node as results arrive, until ``timeout``."""
         deadline = self.clock() + timeout
-        payloads: dict[str, tuple[bytes, str]] = {}  # params digest -> (bytes, wire digest); encoded once
         waiting: dict[str, str] = {}  # instruction id -> node id
         early: list[Outcome] = []
         head = self.ledger.head() if self.ledger is not None else None
         with self._cond:
-            for ins in instructions:
-                self.current_round = max(self.current_round, ins.round)
-                node = self._nodes.get(ins.node_id)
+            for node_id, rnd, kind, config, seed, payload, digest in sends:
+                self.current_round = max(self.current_round, rnd)
+                node = self._nodes.get(node_id)
                 if node is None:
-                    early.append(NodeLeft(ins.node_id, "not connected"))
+                    early.append(NodeLeft(node_id, "not connected"))
                     continue
-                if ins.params.digest not in payloads:
-                    encoded = ins.params.encode()
-                    payloads[ins.params.digest] = (encoded, payload_digest(encoded))
-                payload, digest = payloads[ins.params.digest]
                 ins_id = secrets.token_hex(12)
-                seed = ins.seed if isinstance(ins, FitInstruction) else 0
-                node.inbox.append(OutgoingInstruction(ins_id, self.run_id, ins.round, kind, dict(ins.config), seed,  # type: ignore[arg-type]
+                node.inbox.append(OutgoingInstruction(ins_id, self.run_id, rnd, kind, config, seed,  # type: ignore[arg-type]
                                                       payload, digest, head.hash if head else "",
                                                       head.round if head else 0))
-                self._open[ins_id] = _Open(ins.node_id, ins.round, kind, settings_digest(ins.config))
-                waiting[ins_id] = ins.node_id
+                self._open[ins_id] = _Open(node_id, rnd, kind, settings_digest(config))
+                waiting[ins_id] = node_id
             self._cond.notify_all()
         yield from early
         while waiting:

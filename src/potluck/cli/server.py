@@ -55,6 +55,11 @@ def server(
     dp_delta: Optional[float] = typer.Option(None, help="δ at which ε is reported; below 1 / nodes.  [default: 1e-5]"),
     dp_epsilon_budget: Optional[float] = typer.Option(None, help="Stop before the round that would take ε above this (0: none).  [default: 0]"),
     dp_nodes: Optional[int] = typer.Option(None, help="Nodes in the federation, for DP accounting (sampling rate) and the fixed denominator.  [default: --min-nodes]"),
+    secagg: bool = typer.Option(False, "--secagg", help="Secure aggregation (docs/secure-aggregation.md): nodes mask their clipped, quantised updates so the server learns only their sum."),
+    secagg_neighbours: Optional[int] = typer.Option(None, help="k: neighbours each node masks and shares with; even (0: 2·⌈log2 n⌉).  [default: 0]"),
+    secagg_threshold: Optional[int] = typer.Option(None, help="t: neighbours' shares needed to unmask a node, above k/2 (0: ⌊k/2⌋ + 1).  [default: 0]"),
+    secagg_clip: Optional[float] = typer.Option(None, help="c: each update value is clipped to [−c, c].  [default: 1.0]"),
+    secagg_bits: Optional[int] = typer.Option(None, help="b: bits per value; nodes per round · (2^b − 1) < 2^32.  [default: 16]"),
     config: Optional[Path] = typer.Option(None, "--config", help="A TOML file with any of these settings (flags win)."),
 ) -> None:
     out = CommandOutput("potluck.cli.server")
@@ -69,6 +74,8 @@ def server(
             "dp": dp, "dp_noise_multiplier": dp_noise_multiplier, "dp_clip": dp_clip,
             "dp_adaptive_clip": dp_adaptive_clip or None, "dp_target_quantile": dp_target_quantile,
             "dp_delta": dp_delta, "dp_epsilon_budget": dp_epsilon_budget, "dp_nodes": dp_nodes,
+            "secagg": secagg or None, "secagg_neighbours": secagg_neighbours, "secagg_threshold": secagg_threshold,
+            "secagg_clip": secagg_clip, "secagg_bits": secagg_bits,
         }
         overrides = {k: v for k, v in flags.items() if v is not None}
         if strategy_option:

@@ -50,6 +50,9 @@ def up(
     dp_target_quantile: float = typer.Option(0.5, help="Quantile of update norms adaptive clipping aims for."),
     dp_delta: float = typer.Option(1e-5, help="δ at which ε is reported; below 1 / nodes."),
     dp_epsilon_budget: float = typer.Option(0.0, help="Stop before the round that would take ε above this (0: none)."),
+    secagg: bool = typer.Option(False, "--secagg", help="Secure aggregation: the server learns only the sum of the nodes' updates."),
+    secagg_clip: float = typer.Option(1.0, help="c: each update value is clipped to [−c, c] before masking."),
+    secagg_bits: int = typer.Option(16, help="b: bits per value; nodes · (2^b − 1) < 2^32."),
 ) -> None:
     out = CommandOutput("potluck.cli.up")
     with failures_as_exit_codes(out.error):
@@ -63,6 +66,7 @@ def up(
             "metrics_port": metrics_port, "metrics_host": metrics_host, "log_format": log_format,
             "dp": dp, "dp_noise_multiplier": dp_noise_multiplier, "dp_clip": dp_clip, "dp_adaptive_clip": dp_adaptive_clip,
             "dp_target_quantile": dp_target_quantile, "dp_delta": dp_delta, "dp_epsilon_budget": dp_epsilon_budget,
+            **({"secagg": True, "secagg_clip": secagg_clip, "secagg_bits": secagg_bits} if secagg else {}),
         }
         cfg = SimulationConfig.from_mapping({k: v for k, v in values.items() if v is not None}, source="options")
         from potluck.apps.up import run_up

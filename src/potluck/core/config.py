@@ -271,9 +271,6 @@ def _secagg_rules(c: SimulationConfig | ServerConfig, population: int | None) ->
         ("secagg", not c.secagg or c.dp in ("none", "local", "distributed"),
          "false with dp = central (the server cannot clip updates it cannot see); use dp = distributed"),
     ]
-    if isinstance(c, ServerConfig):  # FleetPool cannot relay the key-agreement steps yet
-        rules.append(("secagg", not c.secagg, "false for potluck server: deployed runs cannot relay secure "
-                      "aggregation's key agreement yet (docs/secure-aggregation.md); use potluck simulate"))
     if isinstance(c, SimulationConfig):
         rules += [
             ("secagg_dropout", 0 <= c.secagg_dropout < 1, "in [0, 1)"),

@@ -21,10 +21,12 @@ from potluck.transport.chunks import (
     payload_digest,
     split,
 )
+from potluck.transport.convert import WireError
 from potluck.transport.fleet_messages import (
     PROTOCOL,
     HeartbeatInfo,
     IncomingResult,
+    InstructionKind,
     JoinInfo,
     LedgerHeaders,
     OutgoingInstruction,
@@ -35,7 +37,13 @@ from potluck.transport.status import error_from_rpc
 from potluck.transport.v1 import fleet_pb2 as pb
 from potluck.transport.v1 import fleet_pb2_grpc as pb_grpc
 
-_KIND = {pb.FIT: "fit", pb.EVALUATE: "evaluate"}
+_KIND = {pb.FIT: "fit", pb.EVALUATE: "evaluate", pb.EXCHANGE: "exchange"}
+
+
+def _kind_of(kind: int) -> InstructionKind:
+    if kind not in _KIND:
+        raise WireError(f"instruction kind {kind} is unknown to this node; upgrade potluck")
+    return _KIND[kind]  # type: ignore[return-value]
 
 
 class FleetClient:
@@ -113,7 +121,7 @@ class FleetClient:
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
         return OutgoingInstruction(
-            h.instruction_id, h.run_id, h.round, _KIND.get(h.kind, "fit"),  # type: ignore[arg-type]
+            h.instruction_id, h.run_id, h.round, _kind_of(h.kind),
             convert.config_from_proto(h.config), h.seed, payload, h.params_blake3, h.ledger_head, h.ledger_round,
         )
 

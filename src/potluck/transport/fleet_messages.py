@@ -13,7 +13,7 @@ from typing import Literal, Protocol
 from potluck.core.messages import Scalar
 
 PROTOCOL = "potluck.v1"
-InstructionKind = Literal["fit", "evaluate"]
+InstructionKind = Literal["fit", "evaluate", "exchange"]
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from potluck.transport.v1 import fleet_pb2 as pb
 from potluck.transport.v1 import fleet_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
-_KIND = {"fit": pb.FIT, "evaluate": pb.EVALUATE}
+_KIND = {"fit": pb.FIT, "evaluate": pb.EVALUATE, "exchange": pb.EXCHANGE}
 
 
 @dataclass(frozen=True)

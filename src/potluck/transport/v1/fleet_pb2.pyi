@@ -12,9 +12,11 @@ class InstructionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INSTRUCTION_KIND_UNSPECIFIED: _ClassVar[InstructionKind]
     FIT: _ClassVar[InstructionKind]
     EVALUATE: _ClassVar[InstructionKind]
+    EXCHANGE: _ClassVar[InstructionKind]
 INSTRUCTION_KIND_UNSPECIFIED: InstructionKind
 FIT: InstructionKind
 EVALUATE: InstructionKind
+EXCHANGE: InstructionKind
 
 class Resources(_message.Message):
     __slots__ = ("cpus", "memory_bytes", "gpus")
