@@ -453,3 +453,17 @@ def test_plain_safetensors_with_foreign_metadata_decodes():
     data = st_save({"b": np.zeros(1, np.float32), "a": np.zeros(2, np.float32)}, metadata={"format": "pt"})
     p = Params.decode(data)
     assert list(p) == ["a", "b"] and p.kind is ParamsKind.FULL
+
+
+def test_decoding_canonical_bytes_reuses_them_and_other_bytes_are_re_encoded():
+    p = Params.from_arrays({"b": np.arange(3, dtype=np.float32), "a": np.ones((2, 2), np.int64)}, ParamsKind.DELTA)
+    data = p.encode()
+    decoded = Params.decode(data)
+    assert decoded.encode() is data and decoded.digest == p.digest  # no copy, no re-encoding
+    from safetensors.numpy import save
+
+    foreign = save({"a": np.ones((2, 2), np.int64), "b": np.arange(3, dtype=np.float32)}, metadata={"x": "y"})
+    other = Params.decode(foreign)
+    assert other.encode() != foreign  # not canonical: encoded afresh, same arrays
+    assert Params.decode(other.encode()).schema == other.schema
+    assert decoded.with_kind(ParamsKind.DELTA) is decoded

@@ -45,7 +45,7 @@ class Params(Mapping[str, np.ndarray]):
     (('w', (2, 2), 'float32'),)
     """
 
-    __slots__ = ("_arrays", "_kind", "_digest")
+    __slots__ = ("_arrays", "_kind", "_digest", "_encoded")
 
     def __init__(self, arrays: dict[str, np.ndarray], kind: ParamsKind, *, _token: object = None) -> None:
         if _token is not _PRIVATE:
@@ -53,6 +53,9 @@ class Params(Mapping[str, np.ndarray]):
         self._arrays = arrays
         self._kind = kind
         self._digest: str | None = None
+        # The canonical encoding, when these arrays are views into it (decoded from
+        # canonical bytes): encode() and digest then cost no copy and no re-encoding.
+        self._encoded: bytes | None = None
 
     # -- construction -------------------------------------------------------------
 
@@ -93,7 +96,11 @@ class Params(Mapping[str, np.ndarray]):
         except (ValueError, TypeError) as exc:
             raise ParamsError(f"cannot decode parameters: unknown kind {kind_text!r}") from exc
         order = _parse_order(meta.get("order"), arrays)
-        return cls.from_arrays({name: arrays[name] for name in order}, kind, copy=False)
+        params = cls.from_arrays({name: arrays[name] for name in order}, kind, copy=False)
+        header_end = 8 + int.from_bytes(raw[:8], "little")
+        if safetensors_format.header(params._arrays, {_META_KEY: params._metadata_json()}) == raw[8:header_end]:
+            params._encoded = raw  # the same header means the same layout: these are the canonical bytes
+        return params
 
     # -- mapping protocol -------------------------------------------------------
 
@@ -161,13 +168,15 @@ class Params(Mapping[str, np.ndarray]):
 
     def encode(self) -> bytes:
         """Canonical safetensors bytes: the same arrays always give the same bytes."""
+        if self._encoded is not None:
+            return self._encoded
         return safetensors_format.encode(self._arrays, {_META_KEY: self._metadata_json()})
 
     def _metadata_json(self) -> str:
         return json.dumps({"kind": self._kind.value, "order": list(self._arrays)}, sort_keys=True)
 
     def with_kind(self, kind: ParamsKind) -> Params:
-        return Params(self._arrays, kind, _token=_PRIVATE)
+        return self if kind is self._kind else Params(self._arrays, kind, _token=_PRIVATE)
 
     def check_schema(self, expected: tuple[SchemaEntry, ...], *, what: str = "parameters") -> None:
         """Raise :class:`SchemaMismatch` naming the first difference from ``expected``."""

@@ -50,6 +50,11 @@ def encode(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None 
     return b"".join(pieces)
 
 
+def header(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
+    """The padded JSON header :func:`encode` writes for ``arrays`` (no array is copied)."""
+    return _layout(arrays, metadata)[0]
+
+
 def encoded_size(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> int:
     """``len(encode(arrays, metadata))`` without copying any array."""
     text, entries = _layout(arrays, metadata)
