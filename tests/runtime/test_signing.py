@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 
+import blake3
 import numpy as np
 import pytest
 
@@ -23,6 +24,8 @@ from potluck.runtime.signing import (
 
 UPDATE = Params.from_arrays({"w": np.ones(3, np.float32)}, ParamsKind.DELTA)
 
+
+UPDATE_DIGEST = blake3.blake3(UPDATE.encode()).hexdigest()  # what nodes sign: the pushed bytes' BLAKE3
 
 def test_a_key_is_made_once_with_mode_0600_in_a_0700_folder(tmp_path):
     path = tmp_path / "keys" / "a.signing.key"
@@ -48,13 +51,13 @@ def test_a_key_others_can_read_or_that_is_no_ed25519_key_is_refused(tmp_path):
 def test_a_signature_covers_run_round_update_examples_and_settings():
     key = derived_key(7, "node:a")
     signed = sign_update(key, "run-1", 3, UPDATE, 40, {"lr": 0.1, "epochs": 1})
-    good = update_statement("run-1", 3, UPDATE.digest, 40, settings_digest({"epochs": 1, "lr": 0.1}))
+    good = update_statement("run-1", 3, UPDATE_DIGEST, 40, settings_digest({"epochs": 1, "lr": 0.1}))
     assert verify(signed.public_key, signed.signature, good)
-    for changed in (update_statement("run-2", 3, UPDATE.digest, 40, settings_digest({"lr": 0.1, "epochs": 1})),
-                    update_statement("run-1", 4, UPDATE.digest, 40, settings_digest({"lr": 0.1, "epochs": 1})),
+    for changed in (update_statement("run-2", 3, UPDATE_DIGEST, 40, settings_digest({"lr": 0.1, "epochs": 1})),
+                    update_statement("run-1", 4, UPDATE_DIGEST, 40, settings_digest({"lr": 0.1, "epochs": 1})),
                     update_statement("run-1", 3, "0" * 64, 40, settings_digest({"lr": 0.1, "epochs": 1})),
-                    update_statement("run-1", 3, UPDATE.digest, 41, settings_digest({"lr": 0.1, "epochs": 1})),
-                    update_statement("run-1", 3, UPDATE.digest, 40, settings_digest({"lr": 0.2, "epochs": 1}))):
+                    update_statement("run-1", 3, UPDATE_DIGEST, 41, settings_digest({"lr": 0.1, "epochs": 1})),
+                    update_statement("run-1", 3, UPDATE_DIGEST, 40, settings_digest({"lr": 0.2, "epochs": 1}))):
         assert not verify(signed.public_key, signed.signature, changed)
     assert not verify(signed.public_key[:31], signed.signature, good)  # malformed: False, not an exception
     # The digest signed is the update's as a DELTA, whatever kind the caller held.

@@ -10,7 +10,6 @@ ERROR with the details; with ``leave_on_mismatch`` the node then leaves the run 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from potluck.core.params import ParamsKind
 from potluck.runtime.ledger import InclusionProof
 from potluck.runtime.ledger_watch import LedgerMismatch, LedgerWatch
 from potluck.runtime.signing import load_or_create_key, public_bytes, settings_digest, update_statement
+from potluck.transport.chunks import payload_digest
 from potluck.transport.client import FleetClient
 from potluck.transport.fleet_messages import OutgoingInstruction, Welcome
 
@@ -48,7 +48,7 @@ class NodeProvenance:
         """The update's wire bytes (its canonical DELTA encoding) and their signature."""
         update = out.params if out.params.kind is ParamsKind.DELTA else out.params.with_kind(ParamsKind.DELTA)
         payload = update.encode()
-        digest = hashlib.sha256(payload).hexdigest()  # = update.digest, without encoding twice
+        digest = payload_digest(payload)  # = signing.update_digest(update), without encoding twice
         statement = update_statement(ins.run_id, ins.round, digest, out.num_examples, settings_digest(ins.config))
         self.watch.sent(ins.round, digest)
         return payload, self.key.sign(statement)

@@ -48,7 +48,7 @@ from potluck.core.messages import EvaluateInstruction, EvaluateResult, FitInstru
 from potluck.core.params import Params, ParamsKind, SchemaEntry, schema_digest
 from potluck.runtime.ledger import Ledger, canonical
 from potluck.runtime.pool import EvaluateOutcome, ExchangeOutcome, ExchangeReply, FitOutcome
-from potluck.runtime.signing import NodeKeys, check_signature, settings_digest, update_statement
+from potluck.runtime.signing import NodeKeys, check_signature, settings_digest, update_digest, update_statement
 from potluck.transport.chunks import DEFAULT_MAX_PAYLOAD_BYTES, payload_digest
 from potluck.transport.fleet_messages import (
     HeartbeatInfo,
@@ -263,7 +263,8 @@ class FleetPool:
         if result.signature or self.require_signatures:
             with self._cond:
                 key = self.keys.key_of(node_id)
-            statement = update_statement(self.run_id, ins.round, update.digest, result.num_examples, ins.settings)
+            statement = update_statement(self.run_id, ins.round, update_digest(update), result.num_examples,
+                                         ins.settings)
             try:
                 signature = check_signature(node_id, key, result.signature, statement)
             except SignatureError as exc:

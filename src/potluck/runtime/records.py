@@ -12,7 +12,7 @@ from typing import Any
 class Contribution:
     """One update aggregated into a round, as the ledger records it.
 
-    ``update_digest`` is the SHA-256 of the update as the node sent it (after any
+    ``update_digest`` is the BLAKE3 of the update as the node sent it (after any
     compression), ``weight`` its number of examples; ``public_key`` and ``signature``
     are hex (empty when the pool does not sign, e.g. a test pool).
     """
