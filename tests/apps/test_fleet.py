@@ -195,3 +195,24 @@ def test_secure_aggregation_runs_over_the_deployed_fleet(deployment):
     assert audit_ledger(result.run_dir).ok
     # every node took part in the key agreement (its session is cleared once a round is unmasked)
     assert all("secagg" in agent._runner.update_state[agent.config.node_id] for agent in fleet.agents)
+
+
+def test_a_node_whose_result_is_refused_keeps_serving(deployment):
+    """A late (refused) result is the server's to count; the node logs it and goes on."""
+    from potluck.core.errors import ResultRejected
+
+    fleet = Fleet(deployment, run="refused-run", rounds=2, round_timeout=5.0).start()
+    agents = [fleet.node(node) for node in ("n0", "n1", "n2")]
+    real_push, calls = agents[0].client.push, []
+
+    def refuse_first(result):
+        calls.append(result.round)
+        if len(calls) == 1:
+            raise ResultRejected("instruction x no longer takes results: the round deadline passed")
+        return real_push(result)
+
+    agents[0].client.push = refuse_first
+    result = fleet.finish()
+    assert [r.round for r in result.records] == [1, 2]
+    assert result.records[0].num_nodes == 2 and result.records[1].num_nodes == 3  # n0 is back in round 2
+    assert agents[0].rounds_done == 1

@@ -11,7 +11,7 @@ import pytest
 from fleet_kit import MODEL, client, delta, dispatch, join, well_behaved_round
 from potluck.backends.fleet import FleetPool
 from potluck.core.errors import AccessDenied, NodeFailed, ResultRejected, SchemaMismatch, TransportError, UnknownId
-from potluck.core.messages import FitInstruction
+from potluck.core.messages import FitInstruction, FitResult
 from potluck.core.params import Params, ParamsKind
 from potluck.transport.certs import load_pem_bundle
 from potluck.transport.chunks import PayloadError, payload_digest
@@ -169,3 +169,19 @@ def test_the_server_keeps_what_each_node_reported_at_join(fleet, tls):
     info = pool.node_info("b")
     assert (info.num_examples, info.cpus, info.memory_bytes, info.gpus) == (42, 3, 5 << 30, 2)
     assert pool.node_info("nobody") is None
+
+
+def test_a_node_that_restarts_mid_round_is_given_its_instruction_again(fleet, tls):
+    pool, address = fleet
+    first = client(tls, address)
+    session = join(first)
+    t, outcomes = dispatch(pool, ["a"], timeout=20)
+    lost = first.pull(session, 5)  # pulled, then the process dies with it
+    first.close()
+    again = client(tls, address)
+    session = join(again)  # the restarted node rejoins
+    ins = again.pull(session, 5)
+    assert ins is not None and ins.instruction_id == lost.instruction_id
+    assert again.push(IncomingResult(session, ins.instruction_id, ins.round, 10, payload=delta())) is False
+    t.join(5)
+    assert not t.is_alive() and isinstance(outcomes[0], FitResult)  # answered long before the 20 s deadline

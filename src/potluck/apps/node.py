@@ -22,7 +22,15 @@ from typing import Any
 
 from potluck.apps.node_ledger import NodeProvenance
 from potluck.apps.resources import local_resources
-from potluck.core.errors import NodeError, PotluckError, SchemaMismatch, TransportError, UnknownId
+from potluck.core.errors import (
+    NodeError,
+    ParamsError,
+    PotluckError,
+    ResultRejected,
+    SchemaMismatch,
+    TransportError,
+    UnknownId,
+)
 from potluck.core.messages import EvaluateInstruction, FitInstruction
 from potluck.core.params import Params
 from potluck.core.seeds import rng_for
@@ -195,7 +203,13 @@ class NodeAgent:
                 if self.metrics is not None:
                     self.metrics.instruction(ins.kind, ins.round, ok=False)
                 continue
-            self.client.push(result)
+            try:
+                self.client.push(result)
+            except (ResultRejected, ParamsError) as exc:  # late, or refused: the server counted it; go on
+                log.warning("node %s: round %d %s result refused: %s", self.config.node_id, ins.round, ins.kind, exc)
+                if self.metrics is not None:
+                    self.metrics.instruction(ins.kind, ins.round, ok=False)
+                continue
             if self.metrics is not None:
                 self.metrics.sent(len(result.payload))
                 self.metrics.instruction(ins.kind, ins.round, ok=True)

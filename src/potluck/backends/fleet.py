@@ -72,6 +72,7 @@ class _Node:
     session: str
     last_seen: float
     inbox: collections.deque[OutgoingInstruction] = field(default_factory=collections.deque)
+    pulled: dict[str, OutgoingInstruction] = field(default_factory=dict)  # handed out, not yet answered
 
 
 @dataclass
@@ -150,8 +151,9 @@ class FleetPool:
                 session = secrets.token_hex(16)
                 old = self._nodes.get(info.node_id)
                 node = _Node(info, session, self.clock())
-                if old is not None:  # a rejoin (restart, reconnect): resend what it had not answered
-                    self._sessions.pop(old.session, None)
+                if old is not None:  # a rejoin (restart, reconnect): resend what it had not answered,
+                    self._sessions.pop(old.session, None)  # pulled or not: a restarted node lost what it held
+                    node.inbox.extend(i for i in old.pulled.values() if i.instruction_id in self._open)
                     node.inbox.extend(old.inbox)
                 self._nodes[info.node_id] = node
                 self._sessions[session] = info.node_id
@@ -200,7 +202,11 @@ class FleetPool:
                     return None
                 self._cond.wait(min(left, 1.0))
                 node.last_seen = self.clock()
-            return node.inbox.popleft() if node.inbox else None
+            if not node.inbox:
+                return None
+            ins = node.inbox.popleft()
+            node.pulled[ins.instruction_id] = ins
+            return ins
 
     def submit(self, result: IncomingResult, peer: str | None) -> bool:
         with self._cond:
@@ -231,6 +237,8 @@ class FleetPool:
             if result.instruction_id in self._done or result.instruction_id not in self._open:
                 return result.instruction_id in self._done
             del self._open[result.instruction_id]
+            for holder in self._nodes.values():
+                holder.pulled.pop(result.instruction_id, None)
             self._outcomes.append((result.instruction_id, outcome))
             self._cond.notify_all()
             if isinstance(outcome, NodeError):
@@ -435,6 +443,7 @@ class FleetPool:
         self._closed[ins_id] = why
         for node in self._nodes.values():
             node.inbox = collections.deque(i for i in node.inbox if i.instruction_id != ins_id)
+            node.pulled.pop(ins_id, None)
 
     def close(self, linger: float = 0.0) -> None:
         """Tell every node the run is over (heartbeats report it); wait up to ``linger``
