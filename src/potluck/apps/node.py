@@ -189,10 +189,10 @@ class NodeAgent:
                 elif ins.kind == "fit":
                     params = Params.decode(ins.payload)
                     out = runner.fit(FitInstruction(ins.round, self.config.node_id, params, ins.config, ins.seed))
-                    payload, signature = self.provenance.sign(ins, out)
+                    payload, signature, digest = self.provenance.sign(ins, out)
                     result = IncomingResult(welcome.session, ins.instruction_id, ins.round, out.num_examples,
                                             metrics=dict(out.metrics), payload=payload, run_id=ins.run_id,
-                                            signature=signature)
+                                            signature=signature, payload_digest=digest)
                 else:
                     params = Params.decode(ins.payload)
                     ev = runner.evaluate(EvaluateInstruction(ins.round, self.config.node_id, params, ins.config))

@@ -44,14 +44,14 @@ class NodeProvenance:
     def start(self, welcome: Welcome) -> None:
         self.watch.start(welcome.run_id, welcome.current_round)
 
-    def sign(self, ins: OutgoingInstruction, out: FitResult) -> tuple[bytes, bytes]:
-        """The update's wire bytes (its canonical DELTA encoding) and their signature."""
+    def sign(self, ins: OutgoingInstruction, out: FitResult) -> tuple[bytes, bytes, str]:
+        """The update's wire bytes (its canonical DELTA encoding), their signature and digest."""
         update = out.params if out.params.kind is ParamsKind.DELTA else out.params.with_kind(ParamsKind.DELTA)
         payload = update.encode()
         digest = payload_digest(payload)  # = signing.update_digest(update), without encoding twice
         statement = update_statement(ins.run_id, ins.round, digest, out.num_examples, settings_digest(ins.config))
         self.watch.sent(ins.round, digest)
-        return payload, self.key.sign(statement)
+        return payload, self.key.sign(statement), digest
 
     def check(self, session: str, head: str) -> None:
         """Verify the server's ledger up to ``head`` (see the module docstring)."""

@@ -271,7 +271,9 @@ class FleetPool:
         if result.signature or self.require_signatures:
             with self._cond:
                 key = self.keys.key_of(node_id)
-            statement = update_statement(self.run_id, ins.round, update_digest(update), result.num_examples,
+            canonical = bool(result.payload_digest) and update.encode() is result.payload  # no copy: a check
+            digest = result.payload_digest if canonical else update_digest(update)  # hashed on arrival already
+            statement = update_statement(self.run_id, ins.round, digest, result.num_examples,
                                          ins.settings)
             try:
                 signature = check_signature(node_id, key, result.signature, statement)

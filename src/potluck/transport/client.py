@@ -131,7 +131,7 @@ class FleetClient:
             session=result.session, instruction_id=result.instruction_id, round=result.round,
             num_examples=result.num_examples, loss=result.loss, metrics=convert.metrics_to_proto(result.metrics),
             run_id=result.run_id,
-            params_size=len(result.payload), params_blake3=payload_digest(result.payload), signature=result.signature,
+            params_size=len(result.payload), params_blake3=result.payload_digest or payload_digest(result.payload), signature=result.signature,
         )
 
         def parts() -> Iterator[pb.ResultPart | frames.ChunkFrame]:

@@ -70,6 +70,9 @@ class IncomingResult:
     payload: bytes = b""
     run_id: str = ""  # the run the instruction came from; empty skips the check
     signature: bytes = b""  # the node's Ed25519 signature over its update (fit results)
+    # BLAKE3 of ``payload`` when already known: the sender's, or the one the receiver
+    # checked on arrival (saves hashing the payload a second time on either side)
+    payload_digest: str = ""
 
 
 @dataclass(frozen=True)

@@ -164,6 +164,7 @@ class FleetServicer(pb_grpc.FleetServicer):
             result = IncomingResult(
                 session=h.session, instruction_id=h.instruction_id, round=h.round, num_examples=h.num_examples,
                 loss=h.loss, metrics=metrics, payload=payload, run_id=h.run_id, signature=h.signature,
+                payload_digest=h.params_blake3 if payload else "",  # checked by the reassembly
             )
             duplicate = self.handler.submit(result, peer)
         except PotluckError as exc:
