@@ -292,6 +292,10 @@ def run_one(name: str, config: SimulationConfig, work: Path, test: Path, node_id
     check = subprocess.run([*POTLUCK, "check", str(run.path)], capture_output=True, text=True, timeout=120)
     if check.returncode != 0:
         problems.append(f"{name}: `potluck check` exited with {check.returncode}: {check.stdout.strip()}")
+    ledger = subprocess.run([*POTLUCK, "ledger", "verify", str(run.path)], capture_output=True, text=True,
+                            timeout=120)
+    if ledger.returncode != 0:  # chain, signatures, Merkle roots and checkpoints, after every kill
+        problems.append(f"{name}: `potluck ledger verify` exited with {ledger.returncode}: {ledger.stdout.strip()}")
     try:
         final = Params.decode(run.model_file.read_bytes())
         if rs and final.digest != rs[-1]["model_digest"]:
