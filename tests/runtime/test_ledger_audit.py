@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from ledger_kit import SERVER_KEY, make_run
 
+from ledger_kit import SERVER_KEY, make_run
 from potluck.apps.check import check_run_dir
 from potluck.runtime.ledger_audit import audit_ledger
 from potluck.runtime.signing import public_bytes
