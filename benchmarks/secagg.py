@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--values", type=int, default=100_000)
     parser.add_argument("--simulate-rounds", type=int, default=20, help="digits rounds per run (0: skip)")
+    parser.add_argument("--simulate-nodes", type=int, default=10, help="virtual nodes in the digits runs")
     args = parser.parse_args()
     plain = plain_round(args.nodes, args.values)
     rows = []
@@ -120,12 +121,12 @@ def main() -> None:
         for name, settings in (("fedavg", {}), ("secagg", {"secagg": True}),
                                ("secagg, 10 % drop", {"secagg": True, "secagg_dropout": 0.1,
                                                       "secagg_dropout_at": "masked-input"})):
-            seconds, acc = simulate_seconds(args.simulate_rounds, **settings)
+            seconds, acc = simulate_seconds(args.simulate_rounds, nodes=args.simulate_nodes, **settings)
             out.append([name, f"{seconds:.3f}", f"{acc:.4f}"])
         base = float(out[0][1])
         for row in out:
             row.append(f"{float(row[1]) / base:.2f}×")
-        print(table(["digits, 10 nodes", "s / round", "final acc", "round-time ratio"], out))
+        print(table([f"digits, {args.simulate_nodes} nodes", "s / round", "final acc", "round-time ratio"], out))
 
 
 if __name__ == "__main__":
