@@ -12,7 +12,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from potluck.core.errors import ConfigError
 from potluck.strategies.secagg.masking import (
     MASK_INFO,
+    Keystream,
     agree,
+    agree_all,
     check_no_wrap,
     dequantise_sum,
     pairwise_mask,
@@ -52,6 +54,28 @@ def test_pairwise_masks_cancel_and_match_an_independent_derivation():
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=MASK_INFO).derive(secret)
     assert agree(ALICE, _public(BOB), MASK_INFO) == key
     np.testing.assert_array_equal(a_to_b, _ecb_counter_words(key, 64))
+
+
+def test_keystream_adds_and_subtracts_in_place_mod_2_32_and_reuses_its_buffer():
+    base = np.array([0, 1, 2**32 - 1, 7, 2**31], np.uint32)
+    stream, other = Keystream(base.size), bytes(range(1, 33))
+    out = base.copy()
+    stream.add(out, KEY)
+    np.testing.assert_array_equal(out, (base.astype(np.uint64) + _ecb_counter_words(KEY, 5)) % 2**32)
+    stream.add(out, other)  # the buffer now holds the second key's stream
+    stream.add(out, KEY, subtract=True)
+    stream.add(out, other, subtract=True)
+    np.testing.assert_array_equal(out, base)
+    with pytest.raises(ValueError, match="32 bytes"):
+        stream.add(out, b"short")
+
+
+def test_agree_all_loads_the_key_once_and_matches_one_agreement_per_peer():
+    carol = bytes([3] * 32)
+    keys = agree_all(ALICE, {"b": _public(BOB), "c": _public(carol)}, MASK_INFO)
+    assert keys == {"b": agree(ALICE, _public(BOB), MASK_INFO), "c": agree(ALICE, _public(carol), MASK_INFO)}
+    assert keys["b"] == agree(BOB, _public(ALICE), MASK_INFO)  # both ends of a pair agree
+    assert agree_all(ALICE, {}, MASK_INFO) == {}
 
 
 def test_quantise_deterministic_vector_and_range():

@@ -17,6 +17,8 @@ self-mask seed is used as the AES key directly.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -29,27 +31,66 @@ RING_BITS = 32
 MASK_INFO = b"potluck/secagg/v1/mask"
 
 
+class Keystream:
+    """AES-256-CTR keystreams of ``count`` uint32 words, one key after another.
+
+    A node adds 2⌈log2 n⌉ + 1 masks of the model's size per round: expanding each into
+    one reused buffer (``update_into``) and adding it in place costs a third of making
+    and freeing fresh arrays for every mask.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._zeros = bytes(4 * count)
+        self._buf = bytearray(4 * count + 15)  # update_into wants a block's room beyond the input
+        self._words = np.frombuffer(self._buf, dtype="<u4", count=count)
+
+    def expand(self, key: bytes) -> np.ndarray:
+        """The keystream of ``key`` (32 bytes), as a view valid until the next call."""
+        if len(key) != 32:
+            raise ValueError(f"a PRG key is 32 bytes, got {len(key)}")
+        encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+        encryptor.update_into(self._zeros, self._buf)
+        return self._words
+
+    def add(self, out: np.ndarray, key: bytes, *, subtract: bool = False) -> None:
+        """``out`` (uint32, ``count`` values) ± the keystream of ``key``, mod 2^32, in place."""
+        (np.subtract if subtract else np.add)(out, self.expand(key), out=out)
+
+
 def prg_words(key: bytes, count: int) -> np.ndarray:
     """``count`` uint32 words of the AES-256-CTR keystream of ``key`` (32 bytes)."""
-    if len(key) != 32:
-        raise ValueError(f"a PRG key is 32 bytes, got {len(key)}")
-    encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
-    stream = encryptor.update(bytes(4 * count)) + encryptor.finalize()
-    return np.frombuffer(stream, dtype="<u4").astype(np.uint32, copy=False)
+    return Keystream(count).expand(key).astype(np.uint32)
+
+
+def _hkdf(secret: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
+
+
+def agree_all(private: bytes, peers: Mapping[str, bytes], info: bytes) -> dict[str, bytes]:
+    """:func:`agree` with every peer in ``{peer: public key}``. Loading a private key costs
+    a scalar multiplication, as much as an agreement: it is loaded once for all peers."""
+    key = X25519PrivateKey.from_private_bytes(private)
+    return {peer: _hkdf(key.exchange(X25519PublicKey.from_public_bytes(public)), info) for peer, public in peers.items()}
 
 
 def agree(private: bytes, peer_public: bytes, info: bytes) -> bytes:
     """A 32-byte key from X25519(``private``, ``peer_public``) through HKDF-SHA256 with ``info``;
     both sides of a pair get the same key."""
-    secret = X25519PrivateKey.from_private_bytes(private).exchange(X25519PublicKey.from_public_bytes(peer_public))
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
+    return agree_all(private, {"": peer_public}, info)[""]
+
+
+def adds_pairwise(own_id: str, peer_id: str) -> bool:
+    """Whether ``own_id`` adds (rather than subtracts) the mask it shares with ``peer_id``."""
+    return own_id < peer_id
 
 
 def pairwise_mask(own_private: bytes, peer_public: bytes, own_id: str, peer_id: str, count: int) -> np.ndarray:
     """The mask node ``own_id`` adds for neighbour ``peer_id``: +PRG when own_id < peer_id,
     −PRG (mod 2^32) otherwise, so the pair's two masks cancel."""
-    words = prg_words(agree(own_private, peer_public, MASK_INFO), count)
-    return words if own_id < peer_id else (np.uint32(0) - words)
+    out = np.zeros(count, np.uint32)
+    Keystream(count).add(out, agree(own_private, peer_public, MASK_INFO), subtract=not adds_pairwise(own_id, peer_id))
+    return out
 
 
 def check_no_wrap(nodes: int, bits: int) -> None:
@@ -68,13 +109,16 @@ def quantise(values: np.ndarray, clip: float, bits: int, rng: np.random.Generato
     With ``rng``: stochastic rounding (unbiased: E[dequantise(q)] = the clipped value),
     one uniform draw per value; without: round half to even."""
     levels = 2**bits - 1
-    scaled = (np.clip(np.asarray(values, np.float64), -clip, clip) + clip) * (levels / (2 * clip))
+    x = np.clip(np.asarray(values, np.float64), -clip, clip)  # a fresh array: the steps below work in place
+    x += clip
+    x *= levels / (2 * clip)
     if rng is None:
-        q = np.rint(scaled)
-    else:
-        low = np.floor(scaled)
-        q = low + (rng.random(scaled.shape) < scaled - low)
-    return np.clip(q, 0, levels).astype(np.uint32)
+        np.rint(x, out=x)
+    else:  # ⌊x + u⌋ is ⌊x⌋ + 1 with probability frac(x)
+        x += rng.random(x.shape)
+        np.floor(x, out=x)
+    np.clip(x, 0, levels, out=x)
+    return x.astype(np.uint32)
 
 
 def dequantise_sum(total: np.ndarray, count: int, clip: float, bits: int) -> np.ndarray:
