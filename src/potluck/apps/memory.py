@@ -6,6 +6,9 @@ so every round pays a page fault per 4 KiB touched: on a VM that costs four to f
 times the copy that fills the buffer (``benchmarks/deployment.py`` shows the effect).
 Serving from the heap and never trimming it keeps those pages warm; the process's RSS
 stays at its peak, which for a long-running server or node is the figure that counts.
+One arena for every thread: payloads are received on one thread and freed on another
+(the bulk lane's connection threads, gRPC's pool), and per-thread arenas would each
+keep, and fault in, their own model-sized buffers.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import platform
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
 
 
 def reuse_freed_memory() -> bool:
@@ -25,4 +29,5 @@ def reuse_freed_memory() -> bool:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))  # a C int
+    return (bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))  # a C int
+            and bool(libc.mallopt(_M_ARENA_MAX, 1)))
