@@ -62,6 +62,16 @@ def test_decode_accepts_bytearray_and_memoryview():
     assert Params.decode(memoryview(data)) == p
 
 
+def test_decode_views_a_read_only_memoryview_and_copies_a_writable_buffer():
+    p = Params.from_arrays({"w": np.arange(1000, dtype=np.float32)})
+    buf = np.frombuffer(bytearray(p.encode()), np.uint8)  # writable memory, as the bulk lane receives into
+    viewed = Params.decode(memoryview(buf).toreadonly())
+    copied = Params.decode(memoryview(buf))
+    assert np.shares_memory(viewed["w"], buf) and not np.shares_memory(copied["w"], buf)
+    assert not viewed["w"].flags.writeable and viewed == p == copied
+    assert viewed.encode() == p.encode() and viewed.digest == p.digest
+
+
 def test_empty_params_round_trip():
     p = Params.from_arrays({})
     q = Params.decode(p.encode())

@@ -55,7 +55,7 @@ class Params(Mapping[str, np.ndarray]):
         self._digest: str | None = None
         # The canonical encoding, when these arrays are views into it (decoded from
         # canonical bytes): encode() and digest then cost no copy and no re-encoding.
-        self._encoded: bytes | None = None
+        self._encoded: bytes | memoryview | None = None
 
     # -- construction -------------------------------------------------------------
 
@@ -82,9 +82,16 @@ class Params(Mapping[str, np.ndarray]):
         """Parse safetensors bytes made by :meth:`encode` (or any safetensors file).
 
         Raises :class:`ParamsError` with the reason when the bytes are not valid. The
-        arrays are read-only views into ``data`` when it is ``bytes`` (no copy).
+        arrays are read-only views into ``data`` (no copy) when it is ``bytes``, or a
+        read-only byte memoryview whose writable side nobody keeps (``transport/bulk.py``
+        receives payloads that way, to skip a model-sized copy).
         """
-        raw = data if isinstance(data, bytes) else bytes(data)  # views need immutable memory
+        raw: bytes | memoryview
+        if isinstance(data, bytes) or (isinstance(data, memoryview) and data.readonly and data.format == "B"
+                                       and data.ndim == 1):
+            raw = data
+        else:
+            raw = bytes(data)  # views need memory nobody will write to
         try:
             arrays, stored = safetensors_format.decode(raw)
         except ParamsError as exc:
@@ -166,8 +173,9 @@ class Params(Mapping[str, np.ndarray]):
 
     # -- encoding and checks ------------------------------------------------------
 
-    def encode(self) -> bytes:
-        """Canonical safetensors bytes: the same arrays always give the same bytes."""
+    def encode(self) -> bytes | memoryview:
+        """Canonical safetensors bytes: the same arrays always give the same bytes. A read-only
+        memoryview when these parameters were decoded from one (see :meth:`decode`)."""
         if self._encoded is not None:
             return self._encoded
         return safetensors_format.encode(self._arrays, {_META_KEY: self._metadata_json()})

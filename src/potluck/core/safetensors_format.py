@@ -82,7 +82,7 @@ def _layout(
     return text, entries
 
 
-def decode(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def decode(data: bytes | memoryview) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Read-only views of the arrays in ``data`` (in file order) and the metadata.
 
     The views share ``data``'s memory; pass immutable bytes, or a buffer nobody will
