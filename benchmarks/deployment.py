@@ -3,15 +3,21 @@
 (a) One round with 3 nodes (separate processes) and a 10M-parameter model: the
     framework's share of the round (everything but local training: the nodes push a
     ready update) against the transfer floor, i.e. the bytes moved divided by plain TLS
-    socket throughput measured in the same run.
+    socket throughput measured in the same run. Each round is followed by one floor
+    measurement while the nodes wait, so both see the same machine; the table gives
+    the ratio of the medians and the spread of the per-round ratios. Payloads go over
+    the bulk lane (transport/bulk.py); the same rounds over gRPC chunks alone are shown
+    for comparison.
 (b) The reference workload (digits, MLP, SGD lr 0.05, 1 epoch, 30 rounds) deployed with
     `potluck up --nodes 3`: total wall time and median round time.
 
-    python benchmarks/deployment.py
+    python benchmarks/deployment.py                 # (a) with 10 rounds, then (b)
+    python benchmarks/deployment.py --rounds 20 --skip-up
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing
 import socket
@@ -21,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +37,9 @@ from potluck.apps.memory import reuse_freed_memory
 from potluck.backends.fleet import FleetPool
 from potluck.core.messages import FitInstruction
 from potluck.core.params import Params, ParamsKind
-from potluck.runtime.signing import derived_key, public_bytes, sign_update
+from potluck.runtime.signing import derived_key, public_bytes, settings_digest, update_statement
 from potluck.transport.certs import init_ca, issue_node, issue_server, load_pem_bundle
+from potluck.transport.chunks import payload_digest
 from potluck.transport.client import FleetClient
 from potluck.transport.fleet_messages import IncomingResult, JoinInfo
 from potluck.transport.server import ServerOptions, start_server
@@ -81,20 +89,24 @@ def _instant_node(address: str, tls: str, node_id: str, schema_digest: str, upda
     client = FleetClient(address, load_pem_bundle(Path(tls), "node", node_id))
     key = derived_key(0, node_id)  # nodes sign their updates, as `potluck node` does
     session = client.join(JoinInfo(node_id, "m", schema_digest, 10, public_key=public_bytes(key))).session
-    delta = Params.decode(update)
     for _ in range(rounds):
         ins = client.pull(session, 60)
         assert ins is not None
-        signed = sign_update(key, ins.run_id, ins.round, delta, 10, ins.config)
-        client.push(IncomingResult(session, ins.instruction_id, ins.round, 10, payload=update, signature=signed.signature))
+        digest = payload_digest(update)  # one hash for the signature and the wire, as NodeProvenance.sign
+        statement = update_statement(ins.run_id, ins.round, digest, 10, settings_digest(ins.config))
+        client.push(IncomingResult(session, ins.instruction_id, ins.round, 10, payload=update,
+                                   signature=key.sign(statement), payload_digest=digest))
     client.close()
 
 
-def fleet_rounds(tls: Path, model: Params, nodes: int = 3, rounds: int = 3) -> tuple[list[float], int]:
-    """Fit rounds with node processes that train instantly; seconds per round, bytes per round."""
+def fleet_rounds(tls: Path, model: Params, nodes: int = 3, rounds: int = 3,
+                 between: Callable[[int], None] | None = None, bulk: str = "auto") -> tuple[list[float], int]:
+    """Fit rounds with node processes that train instantly; seconds per round, bytes per round.
+    ``between(bytes per round)`` runs after each round, while the nodes wait (the floor is
+    measured there, so both see the same machine); ``bulk`` as ``start_server``'s."""
     reuse_freed_memory()  # as `potluck server` does
     pool = FleetPool(run_id="bench", model_id="m", schema=model.schema, data_info_json=b"{}", heartbeat_seconds=5.0)
-    server, port = start_server(pool, "127.0.0.1:0", load_pem_bundle(tls, "server"), ServerOptions())
+    server, port = start_server(pool, "127.0.0.1:0", load_pem_bundle(tls, "server"), ServerOptions(), bulk=bulk)
     update = Params.from_arrays({k: np.full_like(v, 0.01) for k, v in model.items()}, ParamsKind.DELTA).encode()
     spawn = multiprocessing.get_context("spawn")
     procs = [spawn.Process(target=_instant_node, args=(f"127.0.0.1:{port}", str(tls), f"n{i}", model.schema_digest,
@@ -110,6 +122,8 @@ def fleet_rounds(tls: Path, model: Params, nodes: int = 3, rounds: int = 3) -> t
             outcomes = list(pool.fit([FitInstruction(rnd, f"n{i}", model) for i in range(nodes)], 60))
             times.append(time.perf_counter() - started)
             assert all(type(o).__name__ == "FitResult" for o in outcomes), outcomes
+            if between is not None:
+                between(nodes * (len(update) + len(model.encode())))
     finally:
         for p in procs:
             p.join(30)
@@ -133,6 +147,10 @@ def up_reference(rounds: int = 30) -> tuple[float, float]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=10, help="measured rounds in (a), after one warm-up round")
+    parser.add_argument("--skip-up", action="store_true", help="skip (b)")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tls = Path(tmp) / "tls"
         init_ca(tls)
@@ -140,20 +158,26 @@ def main() -> None:
         for i in range(3):
             issue_node(tls, f"n{i}")
         model = Params.from_arrays({"w": np.random.default_rng(0).standard_normal(10_000_000, dtype=np.float32)})
-        times, moved = fleet_rounds(tls, model, rounds=5)
+        floors: list[float] = []
+        times, moved = fleet_rounds(tls, model, rounds=args.rounds + 1,
+                                    between=lambda nbytes: floors.append(tls_floor(tls, nbytes)))
         seconds = median(times[1:])  # the first round also warms up the connections
-        floor = median([tls_floor(tls, moved) for _ in range(5)])
-    total, per_round = up_reference()
-    print(table(
-        ["measurement", "seconds", "MB moved", "MB/s", "× floor"],
-        [
-            ["floor: plain TLS socket, same bytes", floor, moved / MB, moved / MB / floor, 1.0],
-            ["(a) fleet round, 3 nodes, 10M params (no training)", seconds, moved / MB, moved / MB / seconds,
-             seconds / floor],
-            ["(b) potluck up --nodes 3, reference workload: total", total, float("nan"), float("nan"), float("nan")],
-            ["(b) ... median round (train + aggregate + evaluate)", per_round, float("nan"), float("nan"), float("nan")],
-        ],
-    ))
+        floor = median(floors[1:])
+        ratios = sorted(t / f for t, f in zip(times[1:], floors[1:]))  # each round against the floor beside it
+        times_grpc, _ = fleet_rounds(tls, model, rounds=args.rounds + 1, bulk="off")
+        seconds_grpc = median(times_grpc[1:])
+    rows = [
+        ["floor: plain TLS socket, same bytes", floor, moved / MB, moved / MB / floor, "1.00"],
+        ["(a) fleet round, 3 nodes, 10M params (no training)", seconds, moved / MB, moved / MB / seconds,
+         f"{seconds / floor:.2f} (per round {ratios[0]:.2f}–{ratios[-1]:.2f})"],
+        ["(a) the same over gRPC chunks only (--bulk off)", seconds_grpc, moved / MB, moved / MB / seconds_grpc,
+         f"{seconds_grpc / floor:.2f}"],
+    ]
+    if not args.skip_up:
+        total, per_round = up_reference()
+        rows += [["(b) potluck up --nodes 3, reference workload: total", total, float("nan"), float("nan"), ""],
+                 ["(b) ... median round (train + aggregate + evaluate)", per_round, float("nan"), float("nan"), ""]]
+    print(table(["measurement", "seconds", "MB moved", "MB/s", "× floor"], rows))
 
 
 if __name__ == "__main__":

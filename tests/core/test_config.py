@@ -276,3 +276,18 @@ SCALARS = st.one_of(st.booleans(), st.integers(-(2**63), 2**63 - 1),
 def test_to_toml_round_trip_for_any_strings(task, data_path, options, fit):
     c = SimulationConfig(task=task, data_path=data_path, strategy_options=options, fit=fit)
     assert reload(c.to_toml()) == c
+
+
+@pytest.mark.parametrize("value", ["auto", "off", "0.0.0.0:7451", "[::]:0", "fl.example.org:65535"])
+def test_server_bulk_lane_settings_accepted(value):
+    from potluck.core.config import ServerConfig
+
+    assert ServerConfig(bulk=value).bulk == value
+
+
+@pytest.mark.parametrize("value", ["", "on", "7451", ":7451", "host:port", "host:65536", "host:-1"])
+def test_server_bulk_lane_settings_refused_with_the_rule(value):
+    from potluck.core.config import ServerConfig
+
+    with pytest.raises(ConfigError, match="bulk must be auto, off or HOST:PORT"):
+        ServerConfig(bulk=value)

@@ -140,13 +140,15 @@ def test_oversized_stream_nan_update_and_wrong_shape(fleet, tls):
     well_behaved_round(pool, tls, address)
 
 
-def test_model_larger_than_the_message_limit_transfers(tls):
-    """A 64 MiB model through an 8 MiB gRPC message limit, both directions."""
+@pytest.mark.parametrize("bulk", ["off", "127.0.0.1:0"])
+def test_model_larger_than_the_message_limit_transfers(tls, bulk):
+    """A 64 MiB model through an 8 MiB gRPC message limit, both directions: as gRPC
+    chunks, and over the bulk lane (transport/bulk.py)."""
     model = Params.from_arrays({"w": np.arange(16 * 2**20, dtype=np.float32)})
     pool = FleetPool(run_id="r", model_id="m", schema=model.schema, data_info_json=b"{}", heartbeat_seconds=1.0,
                      require_signatures=False)
     server, port = start_server(pool, "127.0.0.1:0", load_pem_bundle(tls / "tls", "server"),
-                                ServerOptions(max_message_bytes=8 * 2**20, chunk_bytes=4 * 2**20))
+                                ServerOptions(max_message_bytes=8 * 2**20, chunk_bytes=4 * 2**20), bulk=bulk)
     try:
         c = client(tls, f"127.0.0.1:{port}", max_message_bytes=8 * 2**20, chunk_bytes=4 * 2**20)
         session = c.join(JoinInfo("a", "m", model.schema_digest, 5)).session
@@ -159,6 +161,7 @@ def test_model_larger_than_the_message_limit_transfers(tls):
         c.push(IncomingResult(session, ins.instruction_id, 1, 5, payload=update.encode()))
         t.join(30)
         assert outcomes[0].params.digest == update.digest
+        assert (server.bulk is None) if bulk == "off" else server.bulk.transfers == {"get": 1, "put": 1}
     finally:
         server.stop(0)
 

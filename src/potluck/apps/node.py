@@ -59,6 +59,7 @@ class NodeConfig:
     max_backoff: float = 30.0
     max_message_mb: float = 8.0
     chunk_mb: float = 2.0
+    bulk: bool = True  # fetch and push large payloads over the server's bulk lane when it has one
     metrics_port: int | None = None  # serve Prometheus metrics on this port (0: any free one)
     metrics_host: str = "127.0.0.1"
     key_dir: str | None = None  # where the signing key and ledger state live (default: <tls_dir>/nodes)
@@ -81,7 +82,7 @@ class NodeAgent:
         tls = None if config.insecure else load_pem_bundle(Path(config.tls_dir), "node", config.node_id)
         mb = 2**20
         self.client = FleetClient(config.server_address, tls, chunk_bytes=int(config.chunk_mb * mb),
-                                  max_message_bytes=int(config.max_message_mb * mb))
+                                  max_message_bytes=int(config.max_message_mb * mb), bulk=config.bulk)
         self.provenance = NodeProvenance(config.node_id, self.client, tls_dir=config.tls_dir, key_dir=config.key_dir,
                                          leave_on_mismatch=config.leave_on_ledger_mismatch)
         self._stop = threading.Event()

@@ -89,7 +89,8 @@ def run_server(
     monitor = _monitor(config, run_id, first_round, pool)
     tls = None if config.insecure else load_pem_bundle(Path(config.tls_dir), "server")
     options = ServerOptions(chunk_bytes=int(config.chunk_mb * MB), max_message_bytes=int(config.max_message_mb * MB))
-    server, port = start_server(monitor.handler if monitor else pool, config.bind, tls, options, ledger=pool)
+    server, port = start_server(monitor.handler if monitor else pool, config.bind, tls, options, ledger=pool,
+                                bulk=config.bulk)
     completed = False
     watch = [monitor.run] if monitor else []
     try:

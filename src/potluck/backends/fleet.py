@@ -208,6 +208,16 @@ class FleetPool:
             node.pulled[ins.instruction_id] = ins
             return ins
 
+    def pulled_payload(self, session: str, instruction_id: str, peer: str | None) -> bytes:
+        """The payload of an instruction this node pulled and has not answered (the bulk lane's fetch)."""
+        with self._cond:
+            node = self._node_for(session, peer)
+            ins = node.pulled.get(instruction_id)
+            if ins is None:
+                self.rejections["unknown_instruction"] += 1
+                raise UnknownId(f"no pulled instruction {instruction_id!r} is waiting for this node")
+            return ins.payload
+
     def submit(self, result: IncomingResult, peer: str | None) -> bool:
         with self._cond:
             node = self._node_for(result.session, peer)

@@ -34,6 +34,7 @@ def node(
     metrics_host: str = typer.Option("127.0.0.1", help="Address the metrics endpoint listens on."),
     log_format: str = typer.Option("text", help="text, or json: one JSON object per line."),
     key_dir: Optional[Path] = typer.Option(None, help="Where this node's Ed25519 signing key (ID.signing.key, made on first start, mode 0600) and its ledger view live.  [default: TLS_DIR/nodes]"),
+    no_bulk: bool = typer.Option(False, "--no-bulk", help="Move model payloads as gRPC chunks only, never over the server's bulk lane (a second port; by default used when the server announces one and it answers)."),
     max_backoff: float = typer.Option(30.0, min=0.1, help="Longest wait, seconds, between attempts to reach the server (exponential backoff with full jitter up to this)."),
     leave_on_ledger_mismatch: bool = typer.Option(False, "--leave-on-ledger-mismatch", help="Leave the run (exit 1) when the server's ledger forks, rewrites history or leaves out this node's update; otherwise it is logged at ERROR."),
 ) -> None:
@@ -48,7 +49,8 @@ def node(
         agent = NodeAgent(NodeConfig(server_address, node_id, str(data_path), task=task, model_id=model_id,
                                      tls_dir=str(tls_dir), insecure=insecure, metrics_port=metrics_port,
                                      metrics_host=metrics_host, key_dir=str(key_dir) if key_dir else None,
-                                     leave_on_ledger_mismatch=leave_on_ledger_mismatch, max_backoff=max_backoff))
+                                     leave_on_ledger_mismatch=leave_on_ledger_mismatch, max_backoff=max_backoff,
+                                     bulk=not no_bulk))
         on_sigterm(agent.stop)
         try:
             agent.run()

@@ -44,6 +44,7 @@ def server(
     compression_bits: Optional[int] = typer.Option(None, help="Bits per value, 1–8, for quantize and topk+quantize.  [default: 8]"),
     compression_ratio: Optional[float] = typer.Option(None, help="Fraction of entries topk sends, in (0, 1].  [default: 0.01]"),
     port_file: Optional[Path] = typer.Option(None, help="Write the bound port here once listening (for --bind HOST:0)."),
+    bulk: Optional[str] = typer.Option(None, help="Where the bulk lane for model payloads listens (mutual TLS, beside gRPC; nodes that cannot reach it use gRPC): auto (the gRPC port + 1), off, or HOST:PORT.  [default: auto]"),
     metrics_port: Optional[int] = typer.Option(None, help="Serve Prometheus metrics at http://HOST:PORT/metrics.  [default: off]"),
     metrics_host: Optional[str] = typer.Option(None, help="Address the metrics endpoint listens on.  [default: 127.0.0.1]"),
     log_format: Optional[str] = typer.Option(None, help="text, or json: one JSON object per line.  [default: text]"),
@@ -65,7 +66,7 @@ def server(
     out = CommandOutput("potluck.cli.server")
     with failures_as_exit_codes(out.error):
         flags: dict[str, Any] = {
-            "bind": bind, "tls_dir": str(tls_dir) if tls_dir else None, "run_dir": str(run_dir) if run_dir else None,
+            "bind": bind, "bulk": bulk, "tls_dir": str(tls_dir) if tls_dir else None, "run_dir": str(run_dir) if run_dir else None,
             "task": task, "data_path": str(data_path) if data_path else None, "rounds": rounds, "fraction": fraction,
             "min_nodes": min_nodes, "quorum": quorum, "round_timeout": round_timeout, "max_retries": max_retries,
             "strategy": strategy, "seed": seed, "allow": allow or None, "insecure": insecure or None,

@@ -59,6 +59,13 @@ def _show(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _is_bulk_setting(value: str) -> bool:
+    if value in ("auto", "off"):
+        return True
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host) and port.isdigit() and int(port) <= 65535
+
+
 def check_rules(obj: object, rules: list[tuple[str, bool, str]]) -> None:
     """Raise ConfigError for the first ``(field, holds, rule)`` that does not hold."""
     for name, ok, rule in rules:
@@ -415,6 +422,7 @@ class ServerConfig(Settings):
     max_message_mb: float = 8.0
     chunk_mb: float = 2.0
     max_payload_mb: float = 2048.0
+    bulk: str = "auto"  # the bulk lane for payloads: auto (gRPC port + 1), off, or HOST:PORT
     federated_eval_every: int = 0
     metrics_port: int | None = None  # serve Prometheus metrics on this port (0: any free one)
     metrics_host: str = "127.0.0.1"
@@ -453,6 +461,7 @@ class ServerConfig(Settings):
             ("chunk_mb", MIN_CHUNK_MB <= self.chunk_mb < self.max_message_mb,
              f"≥ {MIN_CHUNK_MB} (1 KiB) and below max_message_mb ({self.max_message_mb})"),
             ("max_payload_mb", 0 < self.max_payload_mb < math.inf, "a finite number > 0"),
+            ("bulk", _is_bulk_setting(self.bulk), "auto, off or HOST:PORT (port 0–65535)"),
             ("federated_eval_every", self.federated_eval_every >= 0, "≥ 0"),
             ("seed", self.seed >= 0, "≥ 0"),
             ("dp_nodes", self.dp_nodes is None or self.dp_nodes >= self.min_nodes,

@@ -7,11 +7,15 @@ server cannot be reached, which the node loop answers with backoff and a rejoin.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 
 import grpc
 
+from potluck.core.errors import TransportError
 from potluck.transport import convert, frames
+from potluck.transport.bulk import MIN_BULK_BYTES, BulkClient
 from potluck.transport.certs import PemBundle
 from potluck.transport.chunks import (
     DEFAULT_CHUNK_BYTES,
@@ -37,7 +41,9 @@ from potluck.transport.status import error_from_rpc
 from potluck.transport.v1 import fleet_pb2 as pb
 from potluck.transport.v1 import fleet_pb2_grpc as pb_grpc
 
+log = logging.getLogger(__name__)
 _KIND = {pb.FIT: "fit", pb.EVALUATE: "evaluate", pb.EXCHANGE: "exchange"}
+LANE_RETRY_SECONDS = 60.0  # after the bulk lane failed, payloads go over gRPC this long
 
 
 def _kind_of(kind: int) -> InstructionKind:
@@ -47,7 +53,11 @@ def _kind_of(kind: int) -> InstructionKind:
 
 
 class FleetClient:
-    """``tls=None`` connects in plaintext (only for servers started with --insecure)."""
+    """``tls=None`` connects in plaintext (only for servers started with --insecure).
+
+    Large payloads go over the server's bulk lane (``bulk.py``) when it announces one at
+    join and ``bulk`` is on; if the lane fails, over gRPC chunks for a while.
+    """
 
     def __init__(
         self,
@@ -58,6 +68,7 @@ class FleetClient:
         max_message_bytes: int = 8 * 2**20,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         call_timeout: float = 60.0,
+        bulk: bool = True,
     ) -> None:
         opts = [
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -82,9 +93,35 @@ class FleetClient:
             "/potluck.v1.Fleet/Push", request_serializer=frames.serialize, response_deserializer=pb.PushReply.FromString,
         )
         self.chunk_bytes, self.max_payload_bytes, self.call_timeout = chunk_bytes, max_payload_bytes, call_timeout
+        self.address, self.tls, self.use_bulk = address, tls, bulk and tls is not None
+        self.lane: BulkClient | None = None
+        self._lane_down_until = 0.0
 
     def close(self) -> None:
+        if self.lane is not None:
+            self.lane.close()
         self.channel.close()
+
+    def _open_lane(self, port: int) -> None:
+        if self.lane is not None and self.lane.port == port:
+            return
+        if self.lane is not None:
+            self.lane.close()
+        self.lane = None
+        if self.use_bulk and port and self.tls is not None:
+            host = self.address.rpartition(":")[0]
+            # No progress for 30 s on the lane is a dead link (gRPC's keepalive finds one in 15 s).
+            self.lane = BulkClient(host, port, self.tls, timeout=min(self.call_timeout, 30.0))
+
+    def _lane(self) -> BulkClient | None:
+        """The bulk lane, unless there is none or it failed within LANE_RETRY_SECONDS."""
+        return self.lane if self.lane is not None and time.monotonic() >= self._lane_down_until else None
+
+    def _lane_failed(self, exc: TransportError) -> None:
+        assert self.lane is not None
+        log.warning("bulk lane %s:%d failed (%s); payloads go over gRPC for %.0f s", self.lane.host, self.lane.port,
+                    exc, LANE_RETRY_SECONDS)
+        self._lane_down_until = time.monotonic() + LANE_RETRY_SECONDS
 
     def join(self, info: JoinInfo) -> Welcome:
         request = pb.JoinRequest(
@@ -97,6 +134,7 @@ class FleetClient:
             r = self.stub.Join(request, timeout=self.call_timeout)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
+        self._open_lane(r.bulk_port)
         return Welcome(r.run_id, r.model_id, r.schema_digest, r.current_round, r.session, r.heartbeat_seconds,
                        r.data_info_json)
 
@@ -104,20 +142,36 @@ class FleetClient:
         """The next instruction, or ``None`` if none came within ``wait`` seconds."""
         try:
             deadline = wait + min(self.call_timeout, 10.0)  # a long-poll that overruns this is a dead link
-            parts = self._pull(pb.PullRequest(session=session, wait_seconds=wait), timeout=deadline)
+            lane = self._lane()
+            request = pb.PullRequest(session=session, wait_seconds=wait, bulk=lane is not None)
+            parts = self._pull(request, timeout=deadline)
             first = next(parts, None)
             if first is None:
                 return None
             if frames.chunk_of(first) is not None:
                 raise PayloadError("truncated", "an instruction must start with its header")
             h = first.header
-            assembly = Reassembly(h.params_size, h.params_blake3, self.max_payload_bytes)
-            for part in parts:
-                chunk = frames.chunk_of(part)
-                if chunk is None:
-                    raise PayloadError("overrun", "a second header inside one instruction")
-                assembly.add(chunk.data, chunk.offset)
-            payload = assembly.finish()
+            if h.params_size > self.max_payload_bytes:
+                raise PayloadError("oversize", f"payload of {h.params_size:,} bytes exceeds the limit of "
+                                               f"{self.max_payload_bytes:,} bytes")
+            if h.params_via_bulk:
+                if lane is None:
+                    raise PayloadError("truncated", "the server sent a payload over a bulk lane this node did not ask for")
+                if next(parts, None) is not None:
+                    raise PayloadError("overrun", "chunks after a header that sends its payload over the bulk lane")
+                try:
+                    payload = lane.get(session, h.instruction_id, h.params_size, h.params_blake3)
+                except TransportError as exc:
+                    self._lane_failed(exc)
+                    raise  # the node rejoins; the server hands the instruction out again, then over gRPC
+            else:
+                assembly = Reassembly(h.params_size, h.params_blake3, self.max_payload_bytes)
+                for part in parts:
+                    chunk = frames.chunk_of(part)
+                    if chunk is None:
+                        raise PayloadError("overrun", "a second header inside one instruction")
+                    assembly.add(chunk.data, chunk.offset)
+                payload = assembly.finish()
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
         return OutgoingInstruction(
@@ -131,8 +185,15 @@ class FleetClient:
             session=result.session, instruction_id=result.instruction_id, round=result.round,
             num_examples=result.num_examples, loss=result.loss, metrics=convert.metrics_to_proto(result.metrics),
             run_id=result.run_id,
-            params_size=len(result.payload), params_blake3=result.payload_digest or payload_digest(result.payload), signature=result.signature,
+            params_size=len(result.payload), params_blake3=result.payload_digest or payload_digest(result.payload),
+            signature=result.signature,
         )
+        lane = self._lane() if len(result.payload) >= MIN_BULK_BYTES else None
+        if lane is not None:
+            try:
+                return lane.put(header, result.payload)
+            except TransportError as exc:
+                self._lane_failed(exc)  # and send it over gRPC below
 
         def parts() -> Iterator[pb.ResultPart | frames.ChunkFrame]:
             yield pb.ResultPart(header=header)

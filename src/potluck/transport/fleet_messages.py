@@ -51,7 +51,7 @@ class OutgoingInstruction:
     kind: InstructionKind
     config: Mapping[str, Scalar]
     seed: int
-    payload: bytes
+    payload: bytes | memoryview  # read-only bytes-like (the bulk lane's payloads are memoryviews)
     payload_digest: str  # BLAKE3, see chunks.payload_digest
     ledger_head: str = ""  # hash of the ledger's latest entry ("" : the server keeps none)
     ledger_round: int = 0
@@ -67,7 +67,7 @@ class IncomingResult:
     num_examples: int
     loss: float = float("nan")
     metrics: Mapping[str, float] = field(default_factory=dict)
-    payload: bytes = b""
+    payload: bytes | memoryview = b""
     run_id: str = ""  # the run the instruction came from; empty skips the check
     signature: bytes = b""  # the node's Ed25519 signature over its update (fit results)
     # BLAKE3 of ``payload`` when already known: the sender's, or the one the receiver
@@ -113,6 +113,8 @@ class FleetHandler(Protocol):
     def join(self, info: JoinInfo, peer: str | None) -> Welcome: ...
 
     def next_instruction(self, session: str, wait: float, peer: str | None) -> OutgoingInstruction | None: ...
+
+    def pulled_payload(self, session: str, instruction_id: str, peer: str | None) -> bytes: ...
 
     def submit(self, result: IncomingResult, peer: str | None) -> bool:
         """Accept a result; True if it had been accepted before (a duplicate)."""

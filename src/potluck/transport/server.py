@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from google.protobuf.message import DecodeError
 
 from potluck.core.errors import AccessDenied, LedgerError, PotluckError
 from potluck.transport import convert, frames
+from potluck.transport.bulk import MIN_BULK_BYTES, BulkOptions, BulkServer
 from potluck.transport.certs import CertificateError, PemBundle, certificate_sha256
 from potluck.transport.chunks import DEFAULT_CHUNK_BYTES, PayloadError, Reassembly, split
 from potluck.transport.convert import WireError
@@ -81,9 +83,26 @@ def _peer_certificate(context: grpc.ServicerContext) -> str:
 
 
 class FleetServicer(pb_grpc.FleetServicer):
+    """The gRPC calls, and what the bulk lane asks of the server (``bulk.BulkHandler``)."""
+
     def __init__(self, handler: FleetHandler, options: ServerOptions, *, secure: bool,
                  ledger: LedgerHandler | None = None) -> None:
         self.handler, self.options, self.secure, self.ledger = handler, options, secure, ledger
+        self.bulk_port = 0  # announced at join once the lane listens
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return self.handler.max_payload_bytes
+
+    def refused(self, reason: str) -> None:
+        self.handler.refused(reason)
+
+    def pulled_payload(self, session: str, instruction_id: str, peer: str | None) -> bytes:
+        return self.handler.pulled_payload(session, instruction_id, peer)
+
+    def push(self, header: pb.ResultHeader, payload: bytes | memoryview, peer: str | None) -> bool:
+        """A result that came over the bulk lane: handled as a gRPC Push."""
+        return self._submit(header, payload, peer)
 
     def _identity(self, context: grpc.ServicerContext) -> str | None:
         peer = _peer(context)
@@ -123,6 +142,7 @@ class FleetServicer(pb_grpc.FleetServicer):
         return pb.JoinReply(
             run_id=w.run_id, model_id=w.model_id, schema_digest=w.schema_digest, current_round=w.current_round,
             session=w.session, heartbeat_seconds=w.heartbeat_seconds, data_info_json=w.data_info_json,
+            bulk_port=self.bulk_port,
         )
 
     def Pull(  # noqa: N802
@@ -146,6 +166,10 @@ class FleetServicer(pb_grpc.FleetServicer):
         except PotluckError as exc:
             self._abort(context, exc)
             return
+        if request.bulk and self.bulk_port and len(ins.payload) >= MIN_BULK_BYTES:
+            header.params_via_bulk = True  # the node fetches it from the lane
+            yield pb.InstructionPart(header=header)
+            return
         yield pb.InstructionPart(header=header)
         for offset, piece in split(ins.payload, self.options.chunk_bytes):
             yield frames.ChunkFrame(offset, piece)
@@ -156,21 +180,24 @@ class FleetServicer(pb_grpc.FleetServicer):
         try:
             peer = self._identity(context)
             h, payload = self._receive(request_iterator)
-            try:
-                metrics = convert.metrics_from_proto(h.metrics)
-            except WireError:
-                self.handler.refused("malformed")
-                raise
-            result = IncomingResult(
-                session=h.session, instruction_id=h.instruction_id, round=h.round, num_examples=h.num_examples,
-                loss=h.loss, metrics=metrics, payload=payload, run_id=h.run_id, signature=h.signature,
-                payload_digest=h.params_blake3 if payload else "",  # checked by the reassembly
-            )
-            duplicate = self.handler.submit(result, peer)
+            duplicate = self._submit(h, payload, peer)
         except PotluckError as exc:
             self._abort(context, exc)
             raise AssertionError("unreachable") from exc
         return pb.PushReply(accepted=True, duplicate=duplicate)
+
+    def _submit(self, h: pb.ResultHeader, payload: bytes | memoryview, peer: str | None) -> bool:
+        try:
+            metrics = convert.metrics_from_proto(h.metrics)
+        except WireError:
+            self.handler.refused("malformed")
+            raise
+        result = IncomingResult(
+            session=h.session, instruction_id=h.instruction_id, round=h.round, num_examples=h.num_examples,
+            loss=h.loss, metrics=metrics, payload=payload, run_id=h.run_id, signature=h.signature,
+            payload_digest=h.params_blake3 if payload else "",  # checked on arrival
+        )
+        return self.handler.submit(result, peer)
 
     def _receive(self, parts: Iterator[pb.ResultPart | frames.ChunkFrame | Malformed]) -> tuple[pb.ResultHeader, bytes]:
         """The header and the checked payload of a push (payload errors counted by reason)."""
@@ -269,13 +296,45 @@ def _handlers(servicer: FleetServicer) -> grpc.GenericRpcHandler:
     })
 
 
+class FleetServer:
+    """The gRPC server and, when it runs, the bulk lane beside it: stopped together."""
+
+    def __init__(self, server: grpc.Server, bulk: BulkServer | None) -> None:
+        self.grpc, self.bulk = server, bulk
+
+    @property
+    def bulk_port(self) -> int:
+        return self.bulk.port if self.bulk is not None else 0
+
+    def stop(self, grace: float | None) -> threading.Event:
+        stopped: threading.Event = self.grpc.stop(grace)
+        if self.bulk is not None:
+            self.bulk.stop()
+        return stopped
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return bool(self.grpc.wait_for_termination(timeout))
+
+
+def bulk_address_for(bind: str, port: int, setting: str) -> str | None:
+    """Where the bulk lane listens: ``setting`` "off" → nowhere; "auto" → the gRPC host,
+    port + 1 (any free port when the gRPC port was chosen by the system); else HOST:PORT."""
+    if setting == "off":
+        return None
+    if setting != "auto":
+        return setting
+    host, _, asked = bind.rpartition(":")
+    return f"{host}:{0 if asked in ('', '0') else port + 1}"
+
+
 def start_server(
     handler: FleetHandler, address: str, tls: PemBundle | None, options: ServerOptions | None = None,
-    *, ledger: LedgerHandler | None = None,
-) -> tuple[grpc.Server, int]:
+    *, ledger: LedgerHandler | None = None, bulk: str = "auto",
+) -> tuple[FleetServer, int]:
     """Serve ``handler`` on ``address`` (``host:port``; port 0 picks one). Returns the
     started server and the bound port. ``tls=None`` serves plaintext (--insecure).
-    ``ledger`` answers the ledger calls (``None``: they are refused with LedgerError)."""
+    ``ledger`` answers the ledger calls (``None``: they are refused with LedgerError).
+    ``bulk`` places the bulk lane (:func:`bulk_address_for`; never without TLS)."""
     options = options or ServerOptions()
     server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="potluck-rpc"),
@@ -301,5 +360,19 @@ def start_server(
         port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot bind {address}")
+    lane = None
+    where = bulk_address_for(address, port, bulk)
+    if tls is not None and where is not None:
+        try:
+            lane = BulkServer(servicer, where, tls, BulkOptions(handshake_timeout=options.handshake_timeout,
+                                                                 max_connections=options.max_workers)).start()
+        except OSError as exc:
+            if bulk != "auto":
+                server.stop(0)
+                raise OSError(f"cannot bind the bulk lane at {where}: {exc}") from exc
+            log.warning("no bulk lane (%s: %s): payloads travel as gRPC chunks", where, exc)
+        else:
+            servicer.bulk_port = lane.port
+            log.info("bulk lane for payloads on port %d", lane.port)
     server.start()
-    return server, port
+    return FleetServer(server, lane), port

@@ -61,15 +61,23 @@ def details_of(error: PotluckError) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def error_from_rpc(exc: grpc.RpcError) -> PotluckError:
-    """The potluck error for a failed call: the server's own kind, or a TransportError."""
-    code = exc.code() if hasattr(exc, "code") else None
-    details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
+def error_from_details(details: str) -> PotluckError | None:
+    """The server's own error from its :func:`details_of` text; None if it names no known kind."""
     name, sep, message = details.partition(": ")
     if sep and name.startswith("PayloadError(") and name.endswith(")"):
         return PayloadError(name[len("PayloadError(") : -1], message)
     if sep and name in _BY_NAME:
         return _BY_NAME[name](message)
+    return None
+
+
+def error_from_rpc(exc: grpc.RpcError) -> PotluckError:
+    """The potluck error for a failed call: the server's own kind, or a TransportError."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
+    own = error_from_details(details)
+    if own is not None:
+        return own
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
         return TransportError(f"server unreachable ({code.name}): {details}")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:

@@ -49,7 +49,7 @@ class JoinRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., task_name: _Optional[str] = ..., task_version: _Optional[str] = ..., schema_digest: _Optional[str] = ..., num_examples: _Optional[int] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., protocol: _Optional[str] = ..., signing_key: _Optional[bytes] = ...) -> None: ...
 
 class JoinReply(_message.Message):
-    __slots__ = ("run_id", "model_id", "schema_digest", "current_round", "session", "heartbeat_seconds", "data_info_json")
+    __slots__ = ("run_id", "model_id", "schema_digest", "current_round", "session", "heartbeat_seconds", "data_info_json", "bulk_port")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,7 @@ class JoinReply(_message.Message):
     SESSION_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DATA_INFO_JSON_FIELD_NUMBER: _ClassVar[int]
+    BULK_PORT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     model_id: str
     schema_digest: str
@@ -64,15 +65,18 @@ class JoinReply(_message.Message):
     session: str
     heartbeat_seconds: float
     data_info_json: bytes
-    def __init__(self, run_id: _Optional[str] = ..., model_id: _Optional[str] = ..., schema_digest: _Optional[str] = ..., current_round: _Optional[int] = ..., session: _Optional[str] = ..., heartbeat_seconds: _Optional[float] = ..., data_info_json: _Optional[bytes] = ...) -> None: ...
+    bulk_port: int
+    def __init__(self, run_id: _Optional[str] = ..., model_id: _Optional[str] = ..., schema_digest: _Optional[str] = ..., current_round: _Optional[int] = ..., session: _Optional[str] = ..., heartbeat_seconds: _Optional[float] = ..., data_info_json: _Optional[bytes] = ..., bulk_port: _Optional[int] = ...) -> None: ...
 
 class PullRequest(_message.Message):
-    __slots__ = ("session", "wait_seconds")
+    __slots__ = ("session", "wait_seconds", "bulk")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BULK_FIELD_NUMBER: _ClassVar[int]
     session: str
     wait_seconds: float
-    def __init__(self, session: _Optional[str] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
+    bulk: bool
+    def __init__(self, session: _Optional[str] = ..., wait_seconds: _Optional[float] = ..., bulk: _Optional[bool] = ...) -> None: ...
 
 class Scalar(_message.Message):
     __slots__ = ("bool_value", "int_value", "float_value", "string_value")
@@ -87,7 +91,7 @@ class Scalar(_message.Message):
     def __init__(self, bool_value: _Optional[bool] = ..., int_value: _Optional[int] = ..., float_value: _Optional[float] = ..., string_value: _Optional[str] = ...) -> None: ...
 
 class InstructionHeader(_message.Message):
-    __slots__ = ("instruction_id", "run_id", "round", "kind", "config", "seed", "params_size", "params_blake3", "ledger_head", "ledger_round")
+    __slots__ = ("instruction_id", "run_id", "round", "kind", "config", "seed", "params_size", "params_blake3", "ledger_head", "ledger_round", "params_via_bulk")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +109,7 @@ class InstructionHeader(_message.Message):
     PARAMS_BLAKE3_FIELD_NUMBER: _ClassVar[int]
     LEDGER_HEAD_FIELD_NUMBER: _ClassVar[int]
     LEDGER_ROUND_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_VIA_BULK_FIELD_NUMBER: _ClassVar[int]
     instruction_id: str
     run_id: str
     round: int
@@ -115,7 +120,16 @@ class InstructionHeader(_message.Message):
     params_blake3: str
     ledger_head: str
     ledger_round: int
-    def __init__(self, instruction_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[InstructionKind, str]] = ..., config: _Optional[_Mapping[str, Scalar]] = ..., seed: _Optional[int] = ..., params_size: _Optional[int] = ..., params_blake3: _Optional[str] = ..., ledger_head: _Optional[str] = ..., ledger_round: _Optional[int] = ...) -> None: ...
+    params_via_bulk: bool
+    def __init__(self, instruction_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[InstructionKind, str]] = ..., config: _Optional[_Mapping[str, Scalar]] = ..., seed: _Optional[int] = ..., params_size: _Optional[int] = ..., params_blake3: _Optional[str] = ..., ledger_head: _Optional[str] = ..., ledger_round: _Optional[int] = ..., params_via_bulk: _Optional[bool] = ...) -> None: ...
+
+class PayloadRequest(_message.Message):
+    __slots__ = ("session", "instruction_id")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTION_ID_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    instruction_id: str
+    def __init__(self, session: _Optional[str] = ..., instruction_id: _Optional[str] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("offset", "data")
