@@ -62,14 +62,17 @@ def test_decode_accepts_bytearray_and_memoryview():
     assert Params.decode(memoryview(data)) == p
 
 
-def test_decode_views_a_read_only_memoryview_and_copies_a_writable_buffer():
+def test_decode_views_an_owned_read_only_array_and_copies_anything_writable():
     p = Params.from_arrays({"w": np.arange(1000, dtype=np.float32)})
-    buf = np.frombuffer(bytearray(p.encode()), np.uint8)  # writable memory, as the bulk lane receives into
-    viewed = Params.decode(memoryview(buf).toreadonly())
-    copied = Params.decode(memoryview(buf))
-    assert np.shares_memory(viewed["w"], buf) and not np.shares_memory(copied["w"], buf)
-    assert not viewed["w"].flags.writeable and viewed == p == copied
-    assert viewed.encode() == p.encode() and viewed.digest == p.digest
+    owned = np.frombuffer(p.encode(), np.uint8).copy()  # as the bulk lane receives: its own memory
+    owned.setflags(write=False)
+    viewed = Params.decode(memoryview(owned))
+    assert np.shares_memory(viewed["w"], owned) and not viewed["w"].flags.writeable
+    assert viewed == p and viewed.encode() == p.encode() and viewed.digest == p.digest
+    writable = bytearray(p.encode())
+    for data in (memoryview(writable), memoryview(writable).toreadonly(), memoryview(owned.view()), writable):
+        copied = Params.decode(data)  # the writer could change these later: copied
+        assert copied == p and not np.shares_memory(copied["w"], np.frombuffer(writable, np.uint8))
 
 
 def test_empty_params_round_trip():

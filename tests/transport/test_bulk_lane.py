@@ -187,7 +187,9 @@ def test_bad_pushes_over_the_lane_are_refused_with_their_reason(tls, case):
         else:
             raw = _raw_connection(tls, server)
             body = header.SerializeToString()
-            raw.sendall(struct.pack(">4scI", bulk.MAGIC, bulk.PUT, len(body)) + body + payload[:1000])
+            raw.sendall(struct.pack(">4scI", bulk.MAGIC, bulk.PUT, len(body)) + body)
+            assert struct.unpack(">BQ", raw.recv(9)) == (bulk.CONTINUE, 0)  # the header passed its checks
+            raw.sendall(payload[:1000])
             raw.close()  # the node dies mid-payload
             deadline = time.monotonic() + 5
             while not pool.rejections["payload_truncated"] and time.monotonic() < deadline:
@@ -264,3 +266,58 @@ def test_an_insecure_server_has_no_lane(tls):
         assert server.bulk is None and server.bulk_port == 0
     finally:
         server.stop(0)
+
+
+def test_a_push_for_the_wrong_round_is_refused_before_its_payload_moves(tls):
+    with served(tls) as (pool, server, address):
+        c, session, ins, t, outcomes = _pulled(pool, tls, address)
+        payload = update()
+        header = pb.ResultHeader(session=session, instruction_id=ins.instruction_id, round=7, num_examples=5,
+                                 params_size=len(payload), params_blake3=payload_digest(payload))
+        raw = _raw_connection(tls, server)
+        body = header.SerializeToString()
+        raw.sendall(struct.pack(">4scI", bulk.MAGIC, bulk.PUT, len(body)) + body)  # no payload follows
+        status, length = struct.unpack(">BQ", raw.recv(9))
+        assert status == bulk.ERROR and b"ResultRejected: result says round 7" in raw.recv(length)
+        assert pool.rejections["wrong_round"] == 1 and "put" not in server.bulk.transfers
+        lane = _lane(tls, server)
+        header.round = 1  # the same connection's stream is still in step: the right push lands on a new one
+        assert lane.put(header, payload) is False and server.bulk.transfers["put"] == 1
+        t.join(5)
+        assert isinstance(outcomes[0], FitResult)
+
+
+def test_a_fetch_cut_short_is_a_transport_failure_and_a_dropped_connection_is_replaced(tls):
+    with served(tls) as (pool, server, address):
+        c = client(tls, address)
+        session = c.join(JoinInfo("a", "m", BIG.schema_digest, 5)).session
+        t, outcomes = fit(pool)
+        ins = c.pull(session, 5)  # opens and keeps a lane connection
+        deadline = time.monotonic() + 5
+        while not server.bulk._open and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with server.bulk._lock:
+            kept = list(server.bulk._open)
+        for conn in kept:
+            bulk._shut(conn)  # the server drops it (an idle timeout, a restart of the lane)
+        assert c.push(IncomingResult(session, ins.instruction_id, 1, 5, payload=update())) is False
+        t.join(5)
+        assert isinstance(outcomes[0], FitResult) and server.bulk.transfers == {"get": 1, "put": 1}  # not gRPC
+        assert c._lane() is not None  # and the lane was not marked down
+    # A lane that sends fewer bytes than announced, then closes: a transport failure, not a bad payload.
+    listener = socket.create_server(("127.0.0.1", 0))
+    context = bulk.server_context(load_pem_bundle(tls / "tls", "server"))
+
+    def short_server() -> None:
+        conn, _ = listener.accept()
+        with context.wrap_socket(conn, server_side=True) as s:
+            s.recv(4096)
+            s.sendall(struct.pack(">BQ", bulk.OK, 1000) + b"x" * 10)
+
+    th = threading.Thread(target=short_server, daemon=True)
+    th.start()
+    lane = BulkClient("127.0.0.1", listener.getsockname()[1], load_pem_bundle(tls / "tls", "node", "a"), timeout=5)
+    with pytest.raises(TransportError, match="payload ended after 10 of 1,000 bytes"):
+        lane.get("s", "i", 1000, "0" * 64)
+    th.join(5)
+    listener.close()

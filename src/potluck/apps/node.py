@@ -184,7 +184,7 @@ class NodeAgent:
                 self.metrics.received(len(ins.payload))
             try:
                 if ins.kind == "exchange":  # a step of secure aggregation's key agreement or unmasking
-                    reply = runner.exchange(self.config.node_id, str(ins.config.get("step", "")), ins.payload)
+                    reply = runner.exchange(self.config.node_id, str(ins.config.get("step", "")), bytes(ins.payload))
                     result = IncomingResult(welcome.session, ins.instruction_id, ins.round, 0, payload=reply,
                                             run_id=ins.run_id)
                 elif ins.kind == "fit":

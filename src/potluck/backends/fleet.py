@@ -208,7 +208,7 @@ class FleetPool:
             node.pulled[ins.instruction_id] = ins
             return ins
 
-    def pulled_payload(self, session: str, instruction_id: str, peer: str | None) -> bytes:
+    def pulled_payload(self, session: str, instruction_id: str, peer: str | None) -> bytes | memoryview:
         """The payload of an instruction this node pulled and has not answered (the bulk lane's fetch)."""
         with self._cond:
             node = self._node_for(session, peer)
@@ -218,30 +218,45 @@ class FleetPool:
                 raise UnknownId(f"no pulled instruction {instruction_id!r} is waiting for this node")
             return ins.payload
 
+    def _admit(self, session: str, instruction_id: str, rnd: int, run_id: str,
+               peer: str | None) -> tuple[str, _Open] | None:
+        """(node id, open instruction) a result may answer, None for a repeat of an accepted
+        one; the specific error otherwise. Under the lock."""
+        node_id = self._node_for(session, peer).info.node_id
+        if run_id and run_id != self.run_id:
+            self.rejections["unknown_run"] += 1
+            raise UnknownId(f"result is for run {run_id!r}; this server runs {self.run_id!r}")
+        if instruction_id in self._done:
+            return None
+        why = self._closed.get(instruction_id)
+        if why is not None:
+            self.rejections["late"] += 1
+            raise ResultRejected(f"instruction {instruction_id} no longer takes results: {why}")
+        ins = self._open.get(instruction_id)
+        if ins is None:
+            self.rejections["unknown_instruction"] += 1
+            raise UnknownId(f"no instruction {instruction_id!r} was given in this run")
+        if ins.node_id != node_id:
+            self.rejections["wrong_node"] += 1
+            raise ResultRejected(f"instruction {instruction_id} was given to node {ins.node_id!r}, not {node_id!r}")
+        if rnd != ins.round:
+            self.rejections["wrong_round"] += 1
+            raise ResultRejected(f"result says round {rnd}, its instruction was for round {ins.round}")
+        return node_id, ins
+
+    def check_result(self, session: str, instruction_id: str, rnd: int, run_id: str, peer: str | None) -> None:
+        """The error :meth:`submit` would raise for a result with this header, before its
+        payload is received (the bulk lane asks); nothing for one it would take or ignore."""
+        with self._cond:
+            self._admit(session, instruction_id, rnd, run_id, peer)
+
     def submit(self, result: IncomingResult, peer: str | None) -> bool:
         with self._cond:
-            node = self._node_for(result.session, peer)
-            node_id = node.info.node_id
-            if result.run_id and result.run_id != self.run_id:
-                self.rejections["unknown_run"] += 1
-                raise UnknownId(f"result is for run {result.run_id!r}; this server runs {self.run_id!r}")
-            if result.instruction_id in self._done:
+            admitted = self._admit(result.session, result.instruction_id, result.round, result.run_id, peer)
+            if admitted is None:
                 self.rejections["duplicate"] += 1  # acknowledged, ignored
                 return True
-            why = self._closed.get(result.instruction_id)
-            if why is not None:
-                self.rejections["late"] += 1
-                raise ResultRejected(f"instruction {result.instruction_id} no longer takes results: {why}")
-            ins = self._open.get(result.instruction_id)
-            if ins is None:
-                self.rejections["unknown_instruction"] += 1
-                raise UnknownId(f"no instruction {result.instruction_id!r} was given in this run")
-            if ins.node_id != node_id:
-                self.rejections["wrong_node"] += 1
-                raise ResultRejected(f"instruction {result.instruction_id} was given to node {ins.node_id!r}, not {node_id!r}")
-            if result.round != ins.round:
-                self.rejections["wrong_round"] += 1
-                raise ResultRejected(f"result says round {result.round}, its instruction was for round {ins.round}")
+            node_id, ins = admitted
         outcome = self._decode(result, node_id, ins)  # outside the lock: decoding can be slow
         with self._cond:
             if result.instruction_id in self._done or result.instruction_id not in self._open:
@@ -259,7 +274,7 @@ class FleetPool:
 
     def _decode(self, result: IncomingResult, node_id: str, ins: _Open) -> Outcome:
         if ins.kind == "exchange":  # a protocol reply: opaque bytes for the coordinator's driver
-            return ExchangeReply(node_id, result.payload)
+            return ExchangeReply(node_id, bytes(result.payload))  # protocol messages are parsed as bytes (JSON)
         if ins.kind == "evaluate":  # 0 examples: the node has no validation split
             return EvaluateResult(ins.round, node_id, result.loss, result.num_examples, dict(result.metrics))
         if result.num_examples <= 0:

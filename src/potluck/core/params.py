@@ -11,7 +11,7 @@ import enum
 import hashlib
 import json
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -83,15 +83,10 @@ class Params(Mapping[str, np.ndarray]):
 
         Raises :class:`ParamsError` with the reason when the bytes are not valid. The
         arrays are read-only views into ``data`` (no copy) when it is ``bytes``, or a
-        read-only byte memoryview whose writable side nobody keeps (``transport/bulk.py``
-        receives payloads that way, to skip a model-sized copy).
+        memoryview of a read-only numpy byte array that owns its memory
+        (``transport/bulk.py`` receives payloads that way, to skip a model-sized copy).
         """
-        raw: bytes | memoryview
-        if isinstance(data, bytes) or (isinstance(data, memoryview) and data.readonly and data.format == "B"
-                                       and data.ndim == 1):
-            raw = data
-        else:
-            raw = bytes(data)  # views need memory nobody will write to
+        raw: bytes | memoryview = data if isinstance(data, bytes) or _immutable_bytes(data) else bytes(data)  # fixed memory
         try:
             arrays, stored = safetensors_format.decode(raw)
         except ParamsError as exc:
@@ -214,6 +209,15 @@ class Params(Mapping[str, np.ndarray]):
 
 
 _PRIVATE = object()
+
+
+def _immutable_bytes(data: object) -> TypeGuard[memoryview]:
+    """A memoryview nothing can write through: of a read-only numpy uint8 array that owns
+    its memory (a read-only view of a writable buffer could still change under us)."""
+    if not isinstance(data, memoryview) or not data.readonly or data.ndim != 1 or data.format != "B":
+        return False
+    base = data.obj
+    return isinstance(base, np.ndarray) and not base.flags.writeable and base.flags.owndata and base.dtype == np.uint8
 
 
 def _rebuild(arrays: dict[str, np.ndarray], kind: str) -> Params:

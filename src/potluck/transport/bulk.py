@@ -10,25 +10,29 @@ falls back to gRPC chunks (``client.py``), so a closed port costs speed, not the
 Wire, after a mutual-TLS handshake (the node's id is its certificate's common name, as
 on gRPC); a connection carries any number of requests, one after the other::
 
-    request = "PLB1" op:1 header_len:u32 header [payload]        (integers big-endian)
-      op "G": header = PayloadRequest            → the pulled instruction's payload
-      op "P": header = ResultHeader, then params_size bytes of payload (a push)
+    request = "PLB1" op:1 header_len:u32 header                 (integers big-endian)
     reply   = status:1 body_len:u64 body
-      status 0: the payload (G), or one byte 1/0: a repeated push or not (P)
+      op "G": header = PayloadRequest → status 0 and the pulled instruction's payload
+      op "P": header = ResultHeader → status 2 (go ahead, empty body); the node sends
+              params_size bytes of payload → status 0 and one byte: 1 if it was a repeat
       status 1: the error as gRPC's details carry it ("Kind: message", status.py)
 
-Payloads are checked as on gRPC: size limit before reading, BLAKE3 digest on arrival.
+A push is checked (session, identity, instruction, size) before its payload moves, and
+its payload as on gRPC: the BLAKE3 digest on arrival. Every step has a deadline, so a
+slow or silent peer cannot hold a connection's thread.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import ssl
 import struct
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,25 +54,30 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"PLB1"
 GET, PUT = b"G", b"P"
-OK, ERROR = 0, 1
+OK, ERROR, CONTINUE = 0, 1, 2
 _REQUEST = struct.Struct(">4scI")  # magic, op, header length
 _REPLY = struct.Struct(">BQ")  # status, body length
 MIN_BULK_BYTES = 2**20  # smaller payloads are not worth a second connection
 CONNECT_TIMEOUT = 5.0
+MIN_RATE = 64 * 2**10  # bytes/s: a payload slower than this on top of io_timeout is dropped
+CLIENT_IDLE = 240.0  # the node reconnects after this long unused, well before the server's idle_timeout
 _HASH_SPAN = 2**20  # hash the received bytes in spans this long, not per TLS record
 
 
-def _recv_exact(sock: ssl.SSLSocket, view: memoryview) -> None:
+def _recv_exact(sock: ssl.SSLSocket, view: memoryview, deadline: float = math.inf) -> None:
     got = 0
     while got < len(view):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"too slow: {got:,} of {len(view):,} bytes by the deadline")
         n = sock.recv_into(view[got:])
         if n == 0:
             raise EOFError(f"connection closed after {got:,} of {len(view):,} bytes")
         got += n
 
 
-def _recv_payload(sock: ssl.SSLSocket, size: int, digest: str) -> memoryview:
-    """``size`` bytes whose BLAKE3 must be ``digest``; PayloadError("digest") otherwise.
+def _recv_payload(sock: ssl.SSLSocket, size: int, digest: str, deadline: float) -> memoryview:
+    """``size`` bytes whose BLAKE3 must be ``digest``: PayloadError("truncated") when the
+    peer closes early, PayloadError("digest") when they do not match.
 
     Received into a buffer nobody else holds and handed out read-only, so Params.decode
     can view it without a copy (bytearray would zero it first, and bytes() copy it again).
@@ -76,6 +85,8 @@ def _recv_payload(sock: ssl.SSLSocket, size: int, digest: str) -> memoryview:
     buf = np.empty(size, np.uint8)
     view, hasher, got, hashed = memoryview(buf), blake3.blake3(), 0, 0
     while got < size:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"payload too slow: {got:,} of {size:,} bytes by the deadline")
         n = sock.recv_into(view[got:])
         if n == 0:
             raise PayloadError("truncated", f"payload ended after {got:,} of {size:,} bytes")
@@ -83,9 +94,15 @@ def _recv_payload(sock: ssl.SSLSocket, size: int, digest: str) -> memoryview:
         if got - hashed >= _HASH_SPAN or got == size:
             hasher.update(view[hashed:got])
             hashed = got
+    view.release()
     if hasher.hexdigest() != digest:
         raise PayloadError("digest", "payload does not match its BLAKE3 digest")
-    return view.toreadonly()
+    buf.setflags(write=False)  # Params.decode trusts only an owned, read-only array (see there)
+    return memoryview(buf)
+
+
+def _payload_deadline(size: int, io_timeout: float) -> float:
+    return time.monotonic() + io_timeout + size / MIN_RATE
 
 
 def _context_files(tls: PemBundle, load: Callable[[str, str], None]) -> None:
@@ -126,7 +143,10 @@ class BulkHandler(Protocol):
 
     max_payload_bytes: int
 
-    def pulled_payload(self, session: str, instruction_id: str, peer: str | None) -> bytes: ...
+    def pulled_payload(self, session: str, instruction_id: str, peer: str | None) -> bytes | memoryview: ...
+
+    def check_push(self, header: pb.ResultHeader, peer: str | None) -> None:
+        """Raise the error a push with this header would meet, before its payload moves."""
 
     def push(self, header: pb.ResultHeader, payload: memoryview, peer: str | None) -> bool: ...
 
@@ -136,14 +156,16 @@ class BulkHandler(Protocol):
 @dataclass(frozen=True)
 class BulkOptions:
     handshake_timeout: float = 10.0  # a connection that has not finished TLS by then is closed
-    io_timeout: float = 30.0  # a request stalled this long mid-way is dropped
+    io_timeout: float = 30.0  # a request's header must arrive within this; a payload within this + size / MIN_RATE
     idle_timeout: float = 600.0  # an open connection with no request this long is closed
-    max_connections: int = 256
-    max_header_bytes: int = 2**16
+    max_connections: int = 1024
+    max_handshakes: int = 64  # connections still in their TLS handshake
+    max_per_node: int = 4  # connections per certificate common name
+    max_header_bytes: int = 2**20
 
 
 class BulkServer:
-    """The lane's listener: a thread per connection, at most ``max_connections``."""
+    """The lane's listener: a thread per connection, within the limits of ``options``."""
 
     def __init__(self, handler: BulkHandler, address: str, tls: PemBundle, options: BulkOptions | None = None) -> None:
         self.handler, self.options = handler, options or BulkOptions()
@@ -154,6 +176,9 @@ class BulkServer:
         self.port: int = self._listener.getsockname()[1]
         self.transfers: Counter[str] = Counter()  # "get" / "put": payloads moved over the lane
         self._open: set[socket.socket] = set()
+        self._threads: set[threading.Thread] = set()
+        self._handshaking = 0
+        self._per_node: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._stopped = False
         self._thread = threading.Thread(target=self._accept, name="potluck-bulk", daemon=True)
@@ -162,58 +187,101 @@ class BulkServer:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 5.0) -> None:
         self._stopped = True
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # not connected: closing is enough
+        _shut(self._listener)
         self._listener.close()
         with self._lock:
             for conn in list(self._open):
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass  # already gone
-        self._thread.join(5)
+                _shut(conn)
+            threads = list(self._threads)
+        self._thread.join(wait)
+        for t in threads:
+            t.join(wait / max(len(threads), 1))
+
+    def _count(self, what: str) -> None:
+        with self._lock:
+            self.transfers[what] += 1
 
     def _accept(self) -> None:
         while not self._stopped:
             try:
                 conn, _ = self._listener.accept()
-            except OSError:
-                return  # the listener was closed
+            except OSError as exc:
+                if self._stopped:
+                    return
+                log.warning("bulk lane: accept failed (%s); still listening", exc)  # EMFILE, a peer's reset, ...
+                time.sleep(0.1)
+                continue
             with self._lock:
-                if len(self._open) >= self.options.max_connections:
-                    self.handler.refused("bulk_busy")
-                    conn.close()
-                    continue
-                self._open.add(conn)
-            threading.Thread(target=self._serve, args=(conn,), name="potluck-bulk-conn", daemon=True).start()
+                busy = len(self._open) >= self.options.max_connections or \
+                    self._handshaking >= self.options.max_handshakes
+                if not busy:
+                    self._open.add(conn)
+                    self._handshaking += 1
+            if busy:
+                self.handler.refused("bulk_busy")
+                conn.close()
+                continue
+            thread = threading.Thread(target=self._serve, args=(conn,), name="potluck-bulk-conn", daemon=True)
+            with self._lock:
+                self._threads.add(thread)
+            try:
+                thread.start()
+            except RuntimeError as exc:  # no thread to be had: drop this connection, keep listening
+                log.warning("bulk lane: cannot serve a connection: %s", exc)
+                with self._lock:
+                    self._threads.discard(thread)
+                    self._open.discard(conn)
+                    self._handshaking -= 1
+                conn.close()
 
     def _serve(self, conn: socket.socket) -> None:
         current: socket.socket = conn  # what stop() must shut: the TLS socket takes over conn's descriptor
+        peer: str | None = None
+        handshaking = True
+        # A deadline for the whole handshake (the socket's timeout bounds each read only);
+        # a little later than that timeout, so a silent peer is counted as one.
+        timer = threading.Timer(self.options.handshake_timeout + 0.5, _shut, args=(conn,))
         try:
             conn.settimeout(self.options.handshake_timeout)
+            timer.start()
             with self.context.wrap_socket(conn, server_side=True) as tls:
+                timer.cancel()
+                peer = _common_name(tls)
                 with self._lock:
                     self._open.discard(conn)
                     self._open.add(tls)
                     current = tls
-                peer = _common_name(tls)
+                    self._handshaking -= 1
+                    handshaking = False
+                    if peer is not None:
+                        self._per_node[peer] += 1
+                    crowded = peer is not None and self._per_node[peer] > self.options.max_per_node
+                if peer is None or crowded:  # gRPC refuses a certificate without a common name too
+                    self.handler.refused("identity" if peer is None else "bulk_busy")
+                    return
                 while not self._stopped and self._request(tls, peer):
                     pass
-        except (ssl.SSLError, OSError, EOFError) as exc:
+        except (ssl.SSLError, OSError, EOFError, ValueError) as exc:  # ValueError: a socket shut by stop()
             log.debug("bulk connection closed: %s", exc)
-            if isinstance(exc, (ssl.SSLError, TimeoutError)):
-                self.handler.refused("bulk_handshake" if isinstance(exc, ssl.SSLError) else "bulk_timeout")
+            if isinstance(exc, TimeoutError):
+                self.handler.refused("bulk_timeout")
+            elif handshaking:
+                self.handler.refused("bulk_handshake")
         finally:
+            timer.cancel()
             with self._lock:
                 self._open.discard(current)
                 self._open.discard(conn)
+                if handshaking:
+                    self._handshaking -= 1
+                if peer is not None:
+                    self._per_node[peer] -= 1
+                self._threads.discard(threading.current_thread())
             conn.close()
 
-    def _request(self, tls: ssl.SSLSocket, peer: str | None) -> bool:
+    def _request(self, tls: ssl.SSLSocket, peer: str) -> bool:
         """Serve one request; False when the connection should close."""
         tls.settimeout(self.options.idle_timeout)
         head = bytearray(_REQUEST.size)
@@ -224,28 +292,32 @@ class BulkServer:
         if first == 0:
             return False  # the node closed the connection between requests
         tls.settimeout(self.options.io_timeout)
-        _recv_exact(tls, memoryview(head)[first:])
+        deadline = time.monotonic() + self.options.io_timeout
+        _recv_exact(tls, memoryview(head)[first:], deadline)
         magic, op, header_len = _REQUEST.unpack(head)
         try:
             if magic != MAGIC or op not in (GET, PUT) or header_len > self.options.max_header_bytes:
                 self.handler.refused("bulk_malformed")
                 raise WireError(f"not a bulk-lane request (magic {bytes(magic)!r}, op {op!r}, header {header_len:,} bytes)")
             raw = bytearray(header_len)
-            _recv_exact(tls, memoryview(raw))
+            _recv_exact(tls, memoryview(raw), deadline)
             if op == GET:
                 request = _parse(pb.PayloadRequest, raw, self.handler)
                 payload = self.handler.pulled_payload(request.session, request.instruction_id, peer)
                 tls.sendall(_REPLY.pack(OK, len(payload)))
                 tls.sendall(payload)
-                self.transfers["get"] += 1
+                self._count("get")
                 return True
             header = _parse(pb.ResultHeader, raw, self.handler)
             if header.params_size > self.handler.max_payload_bytes:
                 self.handler.refused("payload_oversize")
                 raise PayloadError("oversize", f"payload of {header.params_size:,} bytes exceeds the limit of "
                                                f"{self.handler.max_payload_bytes:,} bytes")
+            self.handler.check_push(header, peer)  # refused before a byte of payload moves
+            tls.sendall(_REPLY.pack(CONTINUE, 0))
             try:
-                payload = _recv_payload(tls, header.params_size, header.params_blake3)
+                payload = _recv_payload(tls, header.params_size, header.params_blake3,
+                                        _payload_deadline(header.params_size, self.options.io_timeout))
             except PayloadError as exc:
                 self.handler.refused(f"payload_{exc.reason}")
                 raise
@@ -253,12 +325,22 @@ class BulkServer:
         except PotluckError as exc:
             body = details_of(exc).encode()
             tls.sendall(_REPLY.pack(ERROR, len(body)) + body)
-            # A refused push may still have payload bytes on their way, a malformed request
-            # leaves the stream out of step: close. A refused fetch leaves it in step.
-            return op == GET and not isinstance(exc, WireError)
-        self.transfers["put"] += 1  # before the reply: the node may act on it at once
+            # Refused before its payload or after all of it, the stream is in step; a
+            # malformed request, or a payload cut short, leaves it out of step: close.
+            return not isinstance(exc, WireError) and not (isinstance(exc, PayloadError) and exc.reason == "truncated")
+        self._count("put")  # before the reply: the node may act on it at once
         tls.sendall(_REPLY.pack(OK, 1) + (b"\x01" if duplicate else b"\x00"))
         return True
+
+
+def _shut(sock: socket.socket) -> None:
+    """Shut both directions at the descriptor. For a TLS socket this bypasses
+    SSLSocket.shutdown, which drops its TLS state first: a thread writing at that moment
+    would fall through to the plain socket."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass  # not connected, or already shut
 
 
 def _parse(cls: type, raw: bytearray, handler: BulkHandler):  # type: ignore[no-untyped-def]
@@ -270,73 +352,104 @@ def _parse(cls: type, raw: bytearray, handler: BulkHandler):  # type: ignore[no-
 
 
 class BulkClient:
-    """A node's connection to the lane, opened on first use and kept. Every failure to
-    reach or talk to it is a :class:`TransportError` (the caller falls back to gRPC);
-    the server's refusals come back as their own kinds, as on gRPC."""
+    """A node's connection to the lane, opened on first use and kept (closed after
+    CLIENT_IDLE unused). Every failure to reach or talk to it is a :class:`TransportError`
+    (the caller falls back to gRPC); the server's refusals come back as their own
+    kinds, as on gRPC. A kept connection that turns out dead is replaced once at once:
+    both requests can be repeated (a push repeated is acknowledged as a duplicate)."""
 
     def __init__(self, host: str, port: int, tls: PemBundle, *, timeout: float = 60.0) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self.context = client_context(tls)
         self._sock: ssl.SSLSocket | None = None
+        self._last_used = 0.0
 
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
 
-    def _connection(self) -> ssl.SSLSocket:
-        if self._sock is None:
-            # A short connect timeout: a firewall that drops packets must not hold a round up.
-            raw = socket.create_connection((self.host.strip("[]"), self.port), timeout=min(CONNECT_TIMEOUT, self.timeout))
-            raw.settimeout(self.timeout)
-            try:
-                self._sock = self.context.wrap_socket(raw, server_hostname=self.host.strip("[]"))
-            except BaseException:
-                raw.close()
-                raise
-        return self._sock
-
-    def _call(self, op: bytes, header: bytes, payload: bytes | memoryview | None,
-              receive: Callable[[ssl.SSLSocket, int], Any]) -> Any:
-        try:
-            sock = self._connection()
-            sock.sendall(_REQUEST.pack(MAGIC, op, len(header)) + header)
-            if payload is not None:
-                sock.sendall(payload)
-            reply = bytearray(_REPLY.size)
-            _recv_exact(sock, memoryview(reply))
-            status, length = _REPLY.unpack(reply)
-            if status != OK:
-                text = bytearray(min(length, 2**16))
-                _recv_exact(sock, memoryview(text))
-                self.close()  # the server may close after a refusal: start afresh next time
-                details = text.decode(errors="replace")
-                raise error_from_details(details) or TransportError(f"bulk lane refused: {details}")
-            return receive(sock, length)
-        except (OSError, EOFError, ssl.SSLError) as exc:
+    def _connection(self) -> tuple[ssl.SSLSocket, bool]:
+        """The connection, and whether it was opened just now."""
+        if self._sock is not None and time.monotonic() - self._last_used > CLIENT_IDLE:
             self.close()
-            raise TransportError(f"bulk lane {self.host}:{self.port} failed: {exc}") from exc
+        if self._sock is not None:
+            return self._sock, False
+        # A short connect timeout: a firewall that drops packets must not hold a round up.
+        raw = socket.create_connection((self.host.strip("[]"), self.port), timeout=min(CONNECT_TIMEOUT, self.timeout))
+        raw.settimeout(self.timeout)
+        try:
+            self._sock = self.context.wrap_socket(raw, server_hostname=self.host.strip("[]"))
+        except BaseException:
+            raw.close()
+            raise
+        return self._sock, True
+
+    def _reply(self, sock: ssl.SSLSocket) -> tuple[int, int]:
+        """(status, body length); the server's refusal raised as its own kind."""
+        reply = bytearray(_REPLY.size)
+        _recv_exact(sock, memoryview(reply))
+        status, length = _REPLY.unpack(reply)
+        if status == ERROR:
+            text = bytearray(min(length, 2**16))
+            _recv_exact(sock, memoryview(text))
+            self.close()  # the server may close after a refusal: start afresh next time
+            details = text.decode(errors="replace")
+            raise error_from_details(details) or TransportError(f"bulk lane refused: {details}")
+        return status, length
+
+    def _call(self, run: Callable[[ssl.SSLSocket], Any]) -> Any:
+        for attempt in (1, 2):
+            fresh = False
+            try:
+                sock, fresh = self._connection()
+                out = run(sock)
+                self._last_used = time.monotonic()
+                return out
+            except (OSError, EOFError, ssl.SSLError, _CutShort) as exc:
+                self.close()
+                if attempt == 1 and not fresh:
+                    continue  # a kept connection the server dropped meanwhile: once more on a new one
+                raise TransportError(f"bulk lane {self.host}:{self.port} failed: {exc}") from exc
+        raise AssertionError("unreachable")
 
     def get(self, session: str, instruction_id: str, size: int, digest: str) -> memoryview:
         """The payload of a pulled instruction announced as ``size`` bytes with ``digest``."""
-        def receive(sock: ssl.SSLSocket, length: int) -> memoryview:
-            if length != size:
-                self.close()
-                raise PayloadError("overrun" if length > size else "truncated",
-                                   f"bulk lane sends {length:,} bytes, the instruction announced {size:,}")
-            return _recv_payload(sock, size, digest)
-
         header = pb.PayloadRequest(session=session, instruction_id=instruction_id).SerializeToString()
-        return self._call(GET, header, None, receive)
+
+        def run(sock: ssl.SSLSocket) -> memoryview:
+            sock.sendall(_REQUEST.pack(MAGIC, GET, len(header)) + header)
+            status, length = self._reply(sock)
+            if status != OK or length != size:
+                raise _CutShort(f"the lane sends {length:,} bytes (status {status}), the instruction announced {size:,}")
+            try:
+                return _recv_payload(sock, size, digest, math.inf)  # the socket's timeout bounds each read
+            except PayloadError as exc:
+                if exc.reason == "truncated":  # a cut connection, not a bad payload
+                    raise _CutShort(str(exc)) from exc
+                raise
+
+        return self._call(run)  # type: ignore[no-any-return]
 
     def put(self, header: pb.ResultHeader, payload: bytes | memoryview) -> bool:
         """Push a result whose header announces ``payload``; True if it was a repeat."""
-        def receive(sock: ssl.SSLSocket, length: int) -> bytes:
-            if length != 1:
-                raise EOFError(f"bulk lane push reply of {length} bytes")
+        raw = header.SerializeToString()
+
+        def run(sock: ssl.SSLSocket) -> bool:
+            sock.sendall(_REQUEST.pack(MAGIC, PUT, len(raw)) + raw)
+            status, _ = self._reply(sock)  # go ahead, or the refusal
+            if status != CONTINUE:
+                raise _CutShort(f"the lane answered a push header with status {status}")
+            sock.sendall(payload)
+            status, length = self._reply(sock)
             flag = bytearray(1)
+            if status != OK or length != 1:
+                raise _CutShort(f"the lane answered a push with status {status} and {length} bytes")
             _recv_exact(sock, memoryview(flag))
-            return bytes(flag)
+            return flag == b"\x01"
 
-        return self._call(PUT, header.SerializeToString(), payload, receive) == b"\x01"
+        return self._call(run)  # type: ignore[no-any-return]
 
+
+class _CutShort(Exception):
+    """The lane's stream ended or went out of step: a transport failure."""

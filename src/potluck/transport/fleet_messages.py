@@ -114,7 +114,10 @@ class FleetHandler(Protocol):
 
     def next_instruction(self, session: str, wait: float, peer: str | None) -> OutgoingInstruction | None: ...
 
-    def pulled_payload(self, session: str, instruction_id: str, peer: str | None) -> bytes: ...
+    def pulled_payload(self, session: str, instruction_id: str, peer: str | None) -> bytes | memoryview: ...
+
+    def check_result(self, session: str, instruction_id: str, rnd: int, run_id: str, peer: str | None) -> None:
+        """Raise what :meth:`submit` would for a result with this header (before its payload moves)."""
 
     def submit(self, result: IncomingResult, peer: str | None) -> bool:
         """Accept a result; True if it had been accepted before (a duplicate)."""

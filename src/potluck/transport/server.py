@@ -97,8 +97,11 @@ class FleetServicer(pb_grpc.FleetServicer):
     def refused(self, reason: str) -> None:
         self.handler.refused(reason)
 
-    def pulled_payload(self, session: str, instruction_id: str, peer: str | None) -> bytes:
+    def pulled_payload(self, session: str, instruction_id: str, peer: str | None) -> bytes | memoryview:
         return self.handler.pulled_payload(session, instruction_id, peer)
+
+    def check_push(self, header: pb.ResultHeader, peer: str | None) -> None:
+        self.handler.check_result(header.session, header.instruction_id, header.round, header.run_id, peer)
 
     def push(self, header: pb.ResultHeader, payload: bytes | memoryview, peer: str | None) -> bool:
         """A result that came over the bulk lane: handled as a gRPC Push."""
@@ -364,8 +367,7 @@ def start_server(
     where = bulk_address_for(address, port, bulk)
     if tls is not None and where is not None:
         try:
-            lane = BulkServer(servicer, where, tls, BulkOptions(handshake_timeout=options.handshake_timeout,
-                                                                 max_connections=options.max_workers)).start()
+            lane = BulkServer(servicer, where, tls, BulkOptions(handshake_timeout=options.handshake_timeout)).start()
         except OSError as exc:
             if bulk != "auto":
                 server.stop(0)
