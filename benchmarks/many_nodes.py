@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import subprocess
 import sys
@@ -27,8 +26,12 @@ import psutil
 from _measure import median, table
 
 from potluck.core.params import Params, ParamsKind
+from potluck.runtime.signing import derived_key, public_bytes, settings_digest, update_statement
 from potluck.tasks.builtin import load_digits
+from potluck.transport import convert
 from potluck.transport.certs import init_ca, issue_node, issue_server, load_pem_bundle
+from potluck.transport.chunks import payload_digest
+from potluck.transport.fleet_messages import PROTOCOL
 from potluck.transport.v1 import fleet_pb2 as pb
 from potluck.transport.v1 import fleet_pb2_grpc as pb_grpc
 
@@ -36,12 +39,13 @@ from potluck.transport.v1 import fleet_pb2_grpc as pb_grpc
 async def node(address: str, tls: Path, node_id: str, stop: asyncio.Event) -> int:
     bundle = load_pem_bundle(tls, "node", node_id)
     creds = grpc.ssl_channel_credentials(bundle.ca, bundle.key, bundle.cert)
+    key = derived_key(0, node_id)  # updates are signed, as `potluck node` signs them
     answered = 0
     async with grpc.aio.secure_channel(address, creds) as channel:
         stub = pb_grpc.FleetStub(channel)
-        probe = await stub.Join(pb.JoinRequest(node_id=node_id, task_name="digits", num_examples=10, protocol="potluck.v1"))
+        probe = await stub.Join(pb.JoinRequest(node_id=node_id, task_name="digits", num_examples=10, protocol=PROTOCOL))
         welcome = await stub.Join(pb.JoinRequest(node_id=node_id, task_name="digits", schema_digest=probe.schema_digest,
-                                                 num_examples=10, protocol="potluck.v1"))
+                                                 num_examples=10, protocol=PROTOCOL, signing_key=public_bytes(key)))
         while not stop.is_set():
             parts = [p async for p in stub.Pull(pb.PullRequest(session=welcome.session, wait_seconds=2.0))]
             if not parts:
@@ -49,12 +53,15 @@ async def node(address: str, tls: Path, node_id: str, stop: asyncio.Event) -> in
                     break
                 continue
             header = parts[0].header
-            model = Params.decode(b"".join(p.chunk for p in parts[1:]))
+            model = Params.decode(b"".join(p.chunk.data for p in parts[1:]))
             update = Params.from_arrays({k: np.full_like(v, 1e-3) for k, v in model.items()}, ParamsKind.DELTA).encode()
+            digest = payload_digest(update)
+            statement = update_statement(header.run_id, header.round, digest, 10,
+                                         settings_digest(convert.config_from_proto(header.config)))
             result = pb.ResultHeader(session=welcome.session, instruction_id=header.instruction_id, round=header.round,
-                                     num_examples=10, params_size=len(update),
-                                     params_sha256=hashlib.sha256(update).hexdigest())
-            await stub.Push(iter([pb.ResultPart(header=result), pb.ResultPart(chunk=update)]))
+                                     num_examples=10, params_size=len(update), params_blake3=digest,
+                                     run_id=header.run_id, signature=key.sign(statement))
+            await stub.Push(iter([pb.ResultPart(header=result), pb.ResultPart(chunk=pb.Chunk(offset=0, data=update))]))
             answered += 1
     return answered
 
