@@ -133,7 +133,33 @@ class Settings:
 
 
 @dataclass(frozen=True)
-class SimulationConfig(Settings):
+class RunSettings(Settings):
+    """Settings ``potluck simulate`` and ``potluck server`` share: monitoring, and the
+    protections a run applies (compression, differential privacy, secure aggregation).
+    Each command checks them with the same rules (``_monitoring_rules`` and the others)."""
+
+    metrics_port: int | None = None  # serve Prometheus metrics on this port (0: any free one)
+    metrics_host: str = "127.0.0.1"
+    log_format: str = "text"
+    compression: str = "none"  # node→server update compression: none, quantize, topk, topk+quantize
+    compression_bits: int = 8  # bits per value when compression quantizes (1–8)
+    compression_ratio: float = 0.01  # fraction of entries topk sends
+    dp: str = "none"  # differential privacy: none, central, local, distributed (docs/privacy.md)
+    dp_noise_multiplier: float = 1.0  # σ: noise std is σ·C on the sum of a round's updates
+    dp_clip: float = 1.0  # C: L2 norm each update is clipped to (the initial C when adaptive)
+    dp_adaptive_clip: bool = False  # central only: move C toward dp_target_quantile of the norms
+    dp_target_quantile: float = 0.5
+    dp_delta: float = 1e-5  # δ at which ε is reported; must be below 1 / nodes
+    dp_epsilon_budget: float = 0.0  # stop before ε would exceed this (0: no budget)
+    secagg: bool = False  # secure aggregation: the server learns only the sum (docs/secure-aggregation.md)
+    secagg_neighbours: int = 0  # k: neighbours each node masks with (even; 0: 2·⌈log2 n⌉)
+    secagg_threshold: int = 0  # t: shares that rebuild a node's masks, > k/2 (0: ⌊k/2⌋ + 1)
+    secagg_clip: float = 1.0  # c: each value is clipped to [−c, c] before quantising
+    secagg_bits: int = 16  # b: bits per value; nodes per round · (2^b − 1) must stay below 2^32
+
+
+@dataclass(frozen=True)
+class SimulationConfig(RunSettings):
     """All settings of ``potluck simulate`` (see ``potluck simulate --help``)."""
 
     task: str = "digits"
@@ -160,24 +186,6 @@ class SimulationConfig(Settings):
     attack: str = "none"
     attack_fraction: float = 0.0
     run_dir: str | None = None
-    metrics_port: int | None = None  # serve Prometheus metrics on this port (0: any free one)
-    metrics_host: str = "127.0.0.1"
-    log_format: str = "text"
-    compression: str = "none"  # node→server update compression: none, quantize, topk, topk+quantize
-    compression_bits: int = 8  # bits per value when compression quantizes (1–8)
-    compression_ratio: float = 0.01  # fraction of entries topk sends
-    dp: str = "none"  # differential privacy: none, central, local, distributed (docs/privacy.md)
-    dp_noise_multiplier: float = 1.0  # σ: noise std is σ·C on the sum of a round's updates
-    dp_clip: float = 1.0  # C: L2 norm each update is clipped to (the initial C when adaptive)
-    dp_adaptive_clip: bool = False  # central only: move C toward dp_target_quantile of the norms
-    dp_target_quantile: float = 0.5
-    dp_delta: float = 1e-5  # δ at which ε is reported; must be below 1 / nodes
-    dp_epsilon_budget: float = 0.0  # stop before ε would exceed this (0: no budget)
-    secagg: bool = False  # secure aggregation: the server learns only the sum (docs/secure-aggregation.md)
-    secagg_neighbours: int = 0  # k: neighbours each node masks with (even; 0: 2·⌈log2 n⌉)
-    secagg_threshold: int = 0  # t: shares that rebuild a node's masks, > k/2 (0: ⌊k/2⌋ + 1)
-    secagg_clip: float = 1.0  # c: each value is clipped to [−c, c] before quantising
-    secagg_bits: int = 16  # b: bits per value; nodes per round · (2^b − 1) must stay below 2^32
     secagg_dropout: float = 0.0  # simulation: fraction of a round's nodes that drop out of secure aggregation
     secagg_dropout_at: str = "unmask"  # when they drop: masked-input (before sending it) or unmask (after)
 
@@ -392,7 +400,7 @@ def _toml_key(key: str) -> str:
 
 
 @dataclass(frozen=True)
-class ServerConfig(Settings):
+class ServerConfig(RunSettings):
     """All settings of ``potluck server`` (see ``potluck server --help``).
 
     ``data_path`` is held-out data the server evaluates on (and learns the model's input
@@ -424,25 +432,7 @@ class ServerConfig(Settings):
     max_payload_mb: float = 2048.0
     bulk: str = "auto"  # the bulk lane for payloads: auto (gRPC port + 1), off, or HOST:PORT
     federated_eval_every: int = 0
-    metrics_port: int | None = None  # serve Prometheus metrics on this port (0: any free one)
-    metrics_host: str = "127.0.0.1"
-    log_format: str = "text"
-    compression: str = "none"  # node→server update compression: none, quantize, topk, topk+quantize
-    compression_bits: int = 8  # bits per value when compression quantizes (1–8)
-    compression_ratio: float = 0.01  # fraction of entries topk sends
-    dp: str = "none"  # differential privacy: none, central, local, distributed (docs/privacy.md)
-    dp_noise_multiplier: float = 1.0  # σ: noise std is σ·C on the sum of a round's updates
-    dp_clip: float = 1.0  # C: L2 norm each update is clipped to (the initial C when adaptive)
-    dp_adaptive_clip: bool = False  # central only: move C toward dp_target_quantile of the norms
-    dp_target_quantile: float = 0.5
-    dp_delta: float = 1e-5  # δ at which ε is reported; must be below 1 / nodes
-    dp_epsilon_budget: float = 0.0  # stop before ε would exceed this (0: no budget)
     dp_nodes: int | None = None  # nodes in the federation, for DP accounting (default: min_nodes)
-    secagg: bool = False  # secure aggregation: the server learns only the sum (docs/secure-aggregation.md)
-    secagg_neighbours: int = 0  # k: neighbours each node masks with (even; 0: 2·⌈log2 n⌉)
-    secagg_threshold: int = 0  # t: shares that rebuild a node's masks, > k/2 (0: ⌊k/2⌋ + 1)
-    secagg_clip: float = 1.0  # c: each value is clipped to [−c, c] before quantising
-    secagg_bits: int = 16  # b: bits per value; nodes per round · (2^b − 1) must stay below 2^32
 
     def __post_init__(self) -> None:
         self._check_types()
