@@ -33,13 +33,13 @@ from pathlib import Path
 import numpy as np
 from _measure import median, table
 
-from potluck.apps.memory import reuse_freed_memory
+from potluck.apps.allocator import reuse_freed_memory
 from potluck.backends.fleet import FleetPool
+from potluck.core.digests import payload_digest, settings_digest, update_statement
 from potluck.core.messages import FitInstruction
 from potluck.core.params import Params, ParamsKind
-from potluck.runtime.signing import derived_key, public_bytes, settings_digest, update_statement
+from potluck.ledger.signing import derived_key, public_bytes
 from potluck.transport.certs import init_ca, issue_node, issue_server, load_pem_bundle
-from potluck.transport.chunks import payload_digest
 from potluck.transport.client import FleetClient
 from potluck.transport.fleet_messages import IncomingResult, JoinInfo
 from potluck.transport.server import ServerOptions, start_server

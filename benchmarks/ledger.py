@@ -31,11 +31,12 @@ from pathlib import Path
 import numpy as np
 from _measure import table
 
+from potluck.core.digests import settings_digest, update_statement
 from potluck.core.params import Params
-from potluck.runtime.ledger import Ledger, RunStart, canonical, contributions_problem, entry_hash, header_problem
-from potluck.runtime.records import Contribution, RoundProvenance, RoundRecord
+from potluck.core.records import Contribution, RoundProvenance, RoundRecord
+from potluck.ledger.chain import Ledger, RunStart, canonical, contributions_problem, entry_hash, header_problem
+from potluck.ledger.signing import derived_key, public_bytes, verify
 from potluck.runtime.rundir import RunDirectory
-from potluck.runtime.signing import derived_key, public_bytes, settings_digest, update_statement, verify
 
 SETTINGS = {"lr": 0.05, "epochs": 1}
 

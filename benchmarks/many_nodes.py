@@ -25,12 +25,12 @@ import numpy as np
 import psutil
 from _measure import median, table
 
+from potluck.core.digests import payload_digest, settings_digest, update_statement
 from potluck.core.params import Params, ParamsKind
-from potluck.runtime.signing import derived_key, public_bytes, settings_digest, update_statement
+from potluck.ledger.signing import derived_key, public_bytes
 from potluck.tasks.builtin import load_digits
 from potluck.transport import convert
 from potluck.transport.certs import init_ca, issue_node, issue_server, load_pem_bundle
-from potluck.transport.chunks import payload_digest
 from potluck.transport.fleet_messages import PROTOCOL
 from potluck.transport.v1 import fleet_pb2 as pb
 from potluck.transport.v1 import fleet_pb2_grpc as pb_grpc

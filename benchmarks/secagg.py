@@ -1,6 +1,6 @@
 """Secure aggregation cost: 100 nodes, 100,000 parameters, 0 % and 10 % dropout.
 
-Drives the protocol objects (``strategies/secagg/protocol.py``) exactly as the
+Drives the protocol objects (``updates/secagg/protocol.py``) exactly as the
 coordinator does, one node after another in this process, timing each node's work and
 the server's work separately, and counting every message's bytes (masked inputs as
 raw uint32, 4 bytes per value). Dropped nodes share keys, then never send their masked
@@ -30,14 +30,14 @@ from pathlib import Path
 import numpy as np
 from _measure import table
 
-from potluck.apps.memory import reuse_freed_memory
+from potluck.apps.allocator import reuse_freed_memory
 from potluck.apps.simulate import run_simulation
 from potluck.core.config import SimulationConfig
 from potluck.core.params import Params, ParamsKind
 from potluck.runtime.secure import resolve
 from potluck.strategies.aggregate import WeightedMean
-from potluck.strategies.secagg.masking import quantise
-from potluck.strategies.secagg.protocol import ServerSession, node_step
+from potluck.updates.secagg.masking import quantise
+from potluck.updates.secagg.protocol import ServerSession, node_step
 
 
 def secagg_round(nodes: int, values: int, dropout: float, bits: int = 16) -> dict[str, float]:

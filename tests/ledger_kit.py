@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from potluck.core.digests import settings_digest, update_digest
 from potluck.core.params import Params, ParamsKind
-from potluck.runtime.ledger import (
+from potluck.core.records import Contribution, RoundProvenance, RoundRecord
+from potluck.ledger.chain import (
     Entry,
     Ledger,
     RunStart,
@@ -18,9 +20,8 @@ from potluck.runtime.ledger import (
     entry_hash,
     signed_bytes,
 )
-from potluck.runtime.records import Contribution, RoundProvenance, RoundRecord
+from potluck.ledger.signing import derived_key, public_bytes, sign_update
 from potluck.runtime.rundir import RunDirectory
-from potluck.runtime.signing import derived_key, public_bytes, settings_digest, sign_update, update_digest
 
 RUN_ID = "run-1"
 CONFIG = 'task = "fake"\n'

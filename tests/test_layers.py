@@ -9,7 +9,8 @@ import potluck
 
 PACKAGE = Path(potluck.__file__).parent
 # Lower index = lower layer. A module may import its own layer and layers below it.
-LAYERS = ["core", "transport", "tasks", "strategies", "runtime", "observability", "backends", "apps", "cli"]
+LAYERS = ["core", "transport", "tasks", "strategies", "updates", "ledger", "runtime", "observability", "backends", "apps",
+          "cli"]
 # Layers that sit beside each other and must not know each other.
 INDEPENDENT = {("tasks", "strategies"), ("strategies", "tasks")}
 
@@ -50,7 +51,7 @@ def test_imports_point_downward():
 
 
 def test_core_needs_only_numpy_and_the_standard_library():
-    allowed = {"numpy", "safetensors", "tomli", "potluck"}
+    allowed = {"numpy", "safetensors", "tomli", "blake3", "potluck"}
     for path in (PACKAGE / "core").rglob("*.py"):
         for _, module in _imports(path):
             root = module.split(".")[0]

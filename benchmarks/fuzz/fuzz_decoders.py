@@ -55,10 +55,11 @@ with atheris.instrument_imports(include=["potluck", "tomllib"]):  # coverage fee
     import tomllib
 
     from potluck.core.config import ServerConfig, SimulationConfig
+    from potluck.core.digests import payload_digest
     from potluck.core.errors import PotluckError
     from potluck.core.params import Params, ParamsKind
     from potluck.transport import convert, frames
-    from potluck.transport.chunks import PayloadError, Reassembly, payload_digest
+    from potluck.transport.chunks import PayloadError, Reassembly
     from potluck.transport.v1 import fleet_pb2 as pb
 
 from google.protobuf.message import DecodeError

@@ -14,8 +14,8 @@ from potluck.apps.simulate import run_simulation
 from potluck.apps.up import server_command
 from potluck.core.config import ServerConfig, SimulationConfig
 from potluck.core.params import Params, ParamsKind
-from potluck.strategies.quantize import Quantize
-from potluck.strategies.topk import TopK
+from potluck.updates.quantize import Quantize
+from potluck.updates.topk import TopK
 
 DIGITS = {"1.weight": (64, 64), "1.bias": (64,), "3.weight": (10, 64), "3.bias": (10,)}
 

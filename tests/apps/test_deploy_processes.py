@@ -14,7 +14,7 @@ import pytest
 
 from potluck.apps.up import prepare
 from potluck.core.config import SimulationConfig
-from potluck.runtime.ledger_audit import audit_ledger
+from potluck.ledger.audit import audit_ledger
 
 POTLUCK = [sys.executable, "-m", "potluck.cli"]
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from potluck.core.config import ServerConfig, SimulationConfig
 from potluck.core.errors import ConfigError
 from potluck.strategies import make_strategy
 from potluck.strategies.central_dp import CentralDP
-from potluck.strategies.local_dp import GaussianDP
+from potluck.updates.local_dp import GaussianDP
 
 
 def library_epsilon(q: float, z: float, rounds: int, delta: float = 1e-5) -> float:

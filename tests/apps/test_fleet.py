@@ -16,11 +16,11 @@ from potluck.backends.fleet import FleetPool
 from potluck.core.config import ServerConfig
 from potluck.core.errors import AccessDenied, SchemaMismatch
 from potluck.core.seeds import derive_seed
+from potluck.ledger.audit import audit_ledger
+from potluck.ledger.chain import Ledger
+from potluck.ledger.signing import load_or_create_key
+from potluck.ledger.watch import LedgerMismatch
 from potluck.runtime.federation import stratified_split
-from potluck.runtime.ledger import Ledger
-from potluck.runtime.ledger_audit import audit_ledger
-from potluck.runtime.ledger_watch import LedgerMismatch
-from potluck.runtime.signing import load_or_create_key
 from potluck.tasks.builtin import load_digits
 from potluck.tasks.data.partition import iid
 from potluck.transport.certs import init_ca, issue_node, issue_server

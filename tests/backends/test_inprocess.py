@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from potluck.backends.inprocess import InProcessPool
-from potluck.backends.memory import FakeClock
 from potluck.core.errors import NodeFailed, NodeLeft, NodeTimedOut
 from potluck.core.messages import FitInstruction, FitResult
 from potluck.core.params import Params, ParamsKind
 from potluck.runtime.node import NodeData
 from potluck.tasks.data.dataset import Dataset
 from potluck.tasks.protocol import EvalOutput, FitOutput
+from potluck.testing import FakeClock
 
 
 class CountingTask:

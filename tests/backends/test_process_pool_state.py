@@ -14,9 +14,9 @@ from potluck.core.errors import NodeFailed
 from potluck.core.messages import FitInstruction
 from potluck.core.params import Params
 from potluck.runtime.node import NodeData, NodeRunner
-from potluck.strategies.topk import TopK
-from potluck.strategies.updates import UpdatePipeline
 from potluck.tasks.protocol import FitOutput
+from potluck.updates.pipeline import UpdatePipeline
+from potluck.updates.topk import TopK
 
 START = Params.from_arrays({"w": np.zeros(4, np.float32)})
 

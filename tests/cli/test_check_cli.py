@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from potluck.cli.main import app
 from potluck.core.params import Params
-from potluck.runtime.records import RoundRecord
+from potluck.core.records import RoundRecord
 from potluck.runtime.rundir import RunDirectory
 
 runner = CliRunner()

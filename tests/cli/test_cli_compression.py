@@ -13,7 +13,7 @@ from potluck.cli.simulate import bytes_up_row
 from potluck.core.config import ServerConfig, SimulationConfig
 from potluck.core.errors import ConfigError
 from potluck.core.params import Params
-from potluck.runtime.records import RoundRecord
+from potluck.core.records import RoundRecord
 
 runner = CliRunner()
 

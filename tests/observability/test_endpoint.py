@@ -9,9 +9,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from potluck.core.errors import ConfigError
+from potluck.core.records import RoundRecord
 from potluck.observability.endpoint import MetricsServer
 from potluck.observability.metrics import RunMetrics, RunMonitor
-from potluck.runtime.records import RoundRecord
 
 
 def record(rnd: int) -> RoundRecord:

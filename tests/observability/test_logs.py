@@ -12,9 +12,9 @@ import threading
 
 import pytest
 
+from potluck.core.records import RoundRecord
 from potluck.observability.logs import JsonFormatter, RoundLog, make_handler
 from potluck.runtime.logcontext import bind_log_fields, current_log_fields, log_fields, set_process_log_fields
-from potluck.runtime.records import RoundRecord
 
 POTLUCK = [sys.executable, "-m", "potluck.cli"]
 

@@ -10,15 +10,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from potluck.backends.fleet import FleetPool
-from potluck.backends.memory import ScriptedPool, zero_delta
 from potluck.core.errors import PotluckError
 from potluck.core.messages import FitInstruction, FitResult
 from potluck.core.params import Params
+from potluck.core.records import RoundRecord
 from potluck.observability.metrics import FleetMetrics, NodeMetrics, RunMetrics
 from potluck.runtime.coordinator import Coordinator, RoundPolicy
 from potluck.runtime.logcontext import current_log_fields
-from potluck.runtime.records import RoundRecord
 from potluck.strategies.registry import make_strategy
+from potluck.testing import ScriptedPool, zero_delta
 from potluck.transport.fleet_messages import IncomingResult, JoinInfo
 
 MODEL = Params.from_arrays({"w": np.zeros((4, 3), np.float32), "b": np.zeros(3, np.float32)})

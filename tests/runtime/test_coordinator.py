@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from potluck.backends.memory import FakeClock, ScriptedPool
 from potluck.core.errors import NodeLeft, RoundFailed
 from potluck.core.messages import FitInstruction, FitResult
 from potluck.core.params import Params, ParamsKind
 from potluck.runtime.coordinator import Coordinator, RoundPolicy
 from potluck.strategies import make_strategy
+from potluck.testing import FakeClock, ScriptedPool
 
 RNG = np.random.default_rng(7)
 DELTAS = {f"n{i}": RNG.normal(size=(3, 4)).astype(np.float32) for i in range(6)}

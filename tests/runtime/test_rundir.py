@@ -21,14 +21,16 @@ import pytest
 
 from potluck.apps.check import check_run_dir
 from potluck.apps.run import open_run
+from potluck.core import files
+from potluck.core.digests import settings_digest, update_digest
 from potluck.core.errors import RunDirError
 from potluck.core.params import Params, ParamsKind
-from potluck.runtime import files, rundir
-from potluck.runtime.ledger import Ledger, RunStart
-from potluck.runtime.ledger_audit import audit_ledger
-from potluck.runtime.records import Contribution, RoundProvenance, RoundRecord
+from potluck.core.records import Contribution, RoundProvenance, RoundRecord
+from potluck.ledger.audit import audit_ledger
+from potluck.ledger.chain import Ledger, RunStart
+from potluck.ledger.signing import derived_key, sign_update
+from potluck.runtime import rundir
 from potluck.runtime.rundir import RunDirectory
-from potluck.runtime.signing import derived_key, settings_digest, sign_update, update_digest
 
 ROUNDS = 3
 CONFIG = 'task = "fake"\nrounds = 3\n'
@@ -73,7 +75,7 @@ def with_ledger(run: RunDirectory) -> RunDirectory:
 
 
 class Killer:
-    """Counts file-system steps in potluck.runtime.files and raises Killed at step ``at``."""
+    """Counts file-system steps in potluck.core.files and raises Killed at step ``at``."""
 
     def __init__(self, at: int | None) -> None:
         self.at, self.steps = at, 0

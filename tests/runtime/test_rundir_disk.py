@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 
 from potluck.apps.check import check_run_dir
 from potluck.cli.main import app
+from potluck.core import files
 from potluck.core.errors import RunDirError
 from potluck.core.params import Params
-from potluck.runtime import files
-from potluck.runtime.records import RoundRecord
+from potluck.core.records import RoundRecord
 from potluck.runtime.rundir import RunDirectory
 
 runner = CliRunner()

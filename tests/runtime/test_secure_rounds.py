@@ -14,9 +14,9 @@ from potluck.runtime.coordinator import Coordinator, RoundPolicy
 from potluck.runtime.pool import ExchangeReply
 from potluck.runtime.secure import SecureAggregation
 from potluck.strategies import make_strategy
-from potluck.strategies.secagg.masking import dequantise_sum, quantise
-from potluck.strategies.secagg.protocol import node_step
-from potluck.strategies.updates import UpdatePipeline
+from potluck.updates.pipeline import UpdatePipeline
+from potluck.updates.secagg.masking import dequantise_sum, quantise
+from potluck.updates.secagg.protocol import node_step
 
 NODES = [f"n{i}" for i in range(10)]
 DELTAS = {v: np.random.default_rng(i).normal(0, 0.2, (40, 25)).astype(np.float32) for i, v in enumerate(NODES)}

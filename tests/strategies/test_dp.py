@@ -12,8 +12,8 @@ from potluck.core.params import Params, ParamsKind
 from potluck.core.seeds import rng_for
 from potluck.strategies import FedAvg, FedAvgM
 from potluck.strategies.central_dp import CentralDP, adaptive_clip, update_noise_multiplier
-from potluck.strategies.local_dp import GaussianDP
-from potluck.strategies.updates import UpdatePipeline
+from potluck.updates.local_dp import GaussianDP
+from potluck.updates.pipeline import UpdatePipeline
 
 GLOBAL = Params.from_arrays({"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32),
                              "steps": np.zeros((), np.int64)})

@@ -19,13 +19,14 @@ import pytest
 
 from fleet_kit import client
 from potluck.backends.fleet import FleetPool
+from potluck.core.digests import payload_digest
 from potluck.core.errors import AccessDenied, TransportError, UnknownId
 from potluck.core.messages import FitInstruction, FitResult
 from potluck.core.params import Params, ParamsKind
 from potluck.transport import bulk
 from potluck.transport.bulk import MIN_BULK_BYTES, BulkClient
 from potluck.transport.certs import load_pem_bundle
-from potluck.transport.chunks import PayloadError, payload_digest
+from potluck.transport.chunks import PayloadError
 from potluck.transport.fleet_messages import IncomingResult, JoinInfo
 from potluck.transport.server import ServerOptions, bulk_address_for, start_server
 from potluck.transport.v1 import fleet_pb2 as pb

@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from potluck.transport.chunks import PayloadError, Reassembly, payload_digest, split
+from potluck.core.digests import payload_digest
+from potluck.transport.chunks import PayloadError, Reassembly, split
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True)
 REASONS = {"oversize", "truncated", "overrun", "duplicate", "out_of_order", "digest"}

@@ -10,11 +10,12 @@ import pytest
 
 from fleet_kit import MODEL, client, delta, dispatch, join, well_behaved_round
 from potluck.backends.fleet import FleetPool
+from potluck.core.digests import payload_digest
 from potluck.core.errors import AccessDenied, NodeFailed, ResultRejected, SchemaMismatch, TransportError, UnknownId
 from potluck.core.messages import FitInstruction, FitResult
 from potluck.core.params import Params, ParamsKind
 from potluck.transport.certs import load_pem_bundle
-from potluck.transport.chunks import PayloadError, payload_digest
+from potluck.transport.chunks import PayloadError
 from potluck.transport.client import FleetClient
 from potluck.transport.fleet_messages import IncomingResult, JoinInfo
 from potluck.transport.server import ServerOptions, start_server

@@ -8,14 +8,15 @@ import math
 import pytest
 
 from fleet_kit import MODEL, client, delta, dispatch, serve_fleet
+from potluck.core.digests import settings_digest
 from potluck.core.errors import AccessDenied, LedgerError, NodeRejected, SignatureError
 from potluck.core.messages import FitResult
 from potluck.core.params import Params
+from potluck.core.records import RoundProvenance, RoundRecord
+from potluck.ledger.chain import Ledger, RunStart, entry_hash
+from potluck.ledger.merkle import verify_inclusion
+from potluck.ledger.signing import derived_key, public_bytes, sign_update
 from potluck.runtime.coordinator import _contribution
-from potluck.runtime.ledger import Ledger, RunStart, entry_hash
-from potluck.runtime.merkle import verify_inclusion
-from potluck.runtime.records import RoundProvenance, RoundRecord
-from potluck.runtime.signing import derived_key, public_bytes, settings_digest, sign_update
 from potluck.transport.fleet_messages import IncomingResult, JoinInfo
 
 KEY_A = derived_key(0, "a")

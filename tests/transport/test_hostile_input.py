@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from fleet_kit import MODEL, client, delta, dispatch, join, serve_fleet, well_behaved_round
+from potluck.core.digests import payload_digest
 from potluck.core.errors import NodeFailed, TransportError, UnknownId
 from potluck.core.params import Params, ParamsKind
 from potluck.transport import frames
 from potluck.transport.certs import issue_node, load_pem_bundle
-from potluck.transport.chunks import payload_digest
 from potluck.transport.client import FleetClient
 from potluck.transport.fleet_messages import IncomingResult, JoinInfo
 from potluck.transport.v1 import fleet_pb2 as pb

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from potluck.core.digests import payload_digest
 from potluck.core.errors import (
     AccessDenied,
     ConfigError,
@@ -19,7 +20,7 @@ from potluck.core.errors import (
     UnknownId,
 )
 from potluck.core.params import Params
-from potluck.transport.chunks import PayloadError, Reassembly, payload_digest, split
+from potluck.transport.chunks import PayloadError, Reassembly, split
 from potluck.transport.convert import WireError, config_from_proto, config_to_proto, scalar_from_proto
 from potluck.transport.v1 import fleet_pb2 as pb
 

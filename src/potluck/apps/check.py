@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from potluck.core.errors import ParamsError, RunDirError
+from potluck.core.files import is_temp_file, reason
 from potluck.core.params import Params
-from potluck.runtime.files import is_temp_file, reason
-from potluck.runtime.ledger import entry_hash, read_ledger_file
+from potluck.ledger.chain import entry_hash, read_ledger_file
 from potluck.runtime.rundir import RunDirectory
 
 Level = Literal["ok", "note", "broken"]

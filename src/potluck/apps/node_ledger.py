@@ -3,9 +3,9 @@
 :class:`NodeProvenance` is what :class:`~potluck.apps.node.NodeAgent` calls: the
 public key it registers at join, :meth:`~NodeProvenance.sign` for each update, and
 :meth:`~NodeProvenance.check` with every ledger head the server announces (see
-:mod:`potluck.runtime.ledger_watch` for what is checked). A mismatch is logged at
+:mod:`potluck.ledger.watch` for what is checked). A mismatch is logged at
 ERROR with the details; with ``leave_on_mismatch`` the node then leaves the run and
-:class:`~potluck.runtime.ledger_watch.LedgerMismatch` ends it.
+:class:`~potluck.ledger.watch.LedgerMismatch` ends it.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import logging
 from collections.abc import Sequence
 
 from potluck.apps.provenance import node_key_dir
+from potluck.core.digests import payload_digest, settings_digest, update_statement
 from potluck.core.errors import PotluckError, TransportError, UnknownId
 from potluck.core.messages import FitResult
 from potluck.core.params import ParamsKind
-from potluck.runtime.ledger import InclusionProof
-from potluck.runtime.ledger_watch import LedgerMismatch, LedgerWatch
-from potluck.runtime.signing import load_or_create_key, public_bytes, settings_digest, update_statement
-from potluck.transport.chunks import payload_digest
+from potluck.ledger.chain import InclusionProof
+from potluck.ledger.signing import load_or_create_key, public_bytes
+from potluck.ledger.watch import LedgerMismatch, LedgerWatch
 from potluck.transport.client import FleetClient
 from potluck.transport.fleet_messages import OutgoingInstruction, Welcome
 
@@ -48,7 +48,7 @@ class NodeProvenance:
         """The update's wire bytes (its canonical DELTA encoding), their signature and digest."""
         update = out.params if out.params.kind is ParamsKind.DELTA else out.params.with_kind(ParamsKind.DELTA)
         payload = update.encode()
-        digest = payload_digest(payload)  # = signing.update_digest(update), without encoding twice
+        digest = payload_digest(payload)  # = digests.update_digest(update), without encoding twice
         statement = update_statement(ins.run_id, ins.round, digest, out.num_examples, settings_digest(ins.config))
         self.watch.sent(ins.round, digest)
         return payload, self.key.sign(statement), digest

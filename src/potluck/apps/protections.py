@@ -1,7 +1,7 @@
 """A run's optional protections, built from its settings the same way for every command.
 
 Node-side update stages (clipping, noise, compression, masking; see
-``strategies/updates.py``) and round guards (budgets that end a run cleanly; see
+``updates/pipeline.py``) and round guards (budgets that end a run cleanly; see
 ``runtime/coordinator.RoundGuard``). ``potluck simulate`` and ``potluck server`` both
 build theirs here, so a setting means the same thing in simulation and deployment.
 Each kind of protection contributes through its own function below.
@@ -18,11 +18,11 @@ from potluck.runtime.secure import SecureAggregation
 from potluck.strategies.accountant import PrivacyAccountant
 from potluck.strategies.base import Strategy
 from potluck.strategies.central_dp import CentralDP
-from potluck.strategies.local_dp import GaussianDP
-from potluck.strategies.quantize import Quantize
 from potluck.strategies.robust import ROBUST_STRATEGIES
-from potluck.strategies.topk import TopK
-from potluck.strategies.updates import UpdatePipeline, UpdateStage
+from potluck.updates.local_dp import GaussianDP
+from potluck.updates.pipeline import UpdatePipeline, UpdateStage
+from potluck.updates.quantize import Quantize
+from potluck.updates.topk import TopK
 
 
 def update_pipeline(config: Any) -> UpdatePipeline:

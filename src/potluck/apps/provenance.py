@@ -8,7 +8,7 @@ node signing key           ``<key-dir>/<node-id>.signing.key``; ``--key-dir`` de
 node's ledger state        ``<key-dir>/<node-id>.ledger-state.json`` (the last head
                            it verified, the updates it sent)
 server's node registry     ``<run-dir>/node-keys.json`` (node id → key, certificate)
-simulation keys            derived from the seed (:func:`potluck.runtime.signing.derived_key`)
+simulation keys            derived from the seed (:func:`potluck.ledger.signing.derived_key`)
 =========================  ==========================================================
 """
 
@@ -20,12 +20,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from potluck.core.files import atomic_write
 from potluck.core.params import Params
-from potluck.runtime.files import atomic_write
-from potluck.runtime.ledger import Ledger, RunStart
+from potluck.ledger.chain import Ledger, RunStart
+from potluck.ledger.signing import derived_key, load_or_create_key
 from potluck.runtime.rundir import RunDirectory
-from potluck.runtime.signing import derived_key, load_or_create_key
-from potluck.strategies.updates import UpdatePipeline
+from potluck.updates.pipeline import UpdatePipeline
 
 SERVER_KEY_NAME = "ledger-server.key"
 REGISTRY_NAME = "node-keys.json"

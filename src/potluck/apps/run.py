@@ -6,7 +6,7 @@ import math
 
 from potluck.core.errors import RunDirError
 from potluck.core.params import Params
-from potluck.runtime.records import RoundRecord
+from potluck.core.records import RoundRecord
 from potluck.runtime.rundir import RunDirectory
 from potluck.strategies.base import Strategy
 

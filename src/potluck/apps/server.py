@@ -21,14 +21,14 @@ from potluck.backends.fleet import FleetPool
 from potluck.core.config import ServerConfig
 from potluck.core.errors import RoundFailed, RunDirError
 from potluck.core.params import Params
+from potluck.core.records import RoundRecord
 from potluck.core.seeds import derive_seed
+from potluck.ledger.signing import NodeKeys
 from potluck.observability.report import write_report
 from potluck.runtime.coordinator import Coordinator, RoundHook, RoundPolicy
 from potluck.runtime.federation import stratified_split
 from potluck.runtime.logcontext import set_process_log_fields
-from potluck.runtime.records import RoundRecord
 from potluck.runtime.rundir import RunDirectory
-from potluck.runtime.signing import NodeKeys
 from potluck.strategies.registry import make_strategy
 from potluck.tasks.builtin import resolve_task
 from potluck.tasks.protocol import DataInfo

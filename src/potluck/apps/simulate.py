@@ -20,12 +20,12 @@ from potluck.backends.signed import SignedPool
 from potluck.core.config import SimulationConfig
 from potluck.core.errors import ConfigError, RunDirError
 from potluck.core.params import Params
+from potluck.core.records import RoundRecord
 from potluck.observability.report import write_report
 from potluck.runtime.coordinator import Coordinator, RoundHook, RoundPolicy
 from potluck.runtime.federation import Federation, FederationSpec, build_federation
 from potluck.runtime.logcontext import set_process_log_fields
 from potluck.runtime.pool import NodePool
-from potluck.runtime.records import RoundRecord
 from potluck.runtime.rundir import RunDirectory
 from potluck.strategies.registry import make_strategy
 

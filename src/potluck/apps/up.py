@@ -27,8 +27,8 @@ import numpy as np
 from potluck.apps.simulate import federation_spec
 from potluck.core.config import SimulationConfig
 from potluck.core.errors import ConfigError, PotluckError, RoundFailed
+from potluck.core.records import RoundRecord
 from potluck.runtime.federation import build_federation
-from potluck.runtime.records import RoundRecord
 from potluck.runtime.rundir import RunDirectory
 from potluck.transport.certs import init_ca, issue_node, issue_server
 

@@ -8,12 +8,12 @@ reported as ``NodeFailed`` as soon as that is noticed, not only at the deadline.
 Every result is checked before it counts: the session and certificate identity, that
 the instruction was given to this node, for this round, and is still open; then the
 payload's schema and finiteness, then the node's signature over the update (with the
-key it registered at join, see :class:`~potluck.runtime.signing.NodeKeys`). A repeated
+key it registered at join, see :class:`~potluck.ledger.signing.NodeKeys`). A repeated
 push of an accepted result is acknowledged and ignored. Refusals are counted by reason
 in :attr:`FleetPool.rejections`.
 
 The pool also answers the nodes' ledger queries (it is a ``LedgerHandler``) from the
-run's :class:`~potluck.runtime.ledger.Ledger`, set as :attr:`FleetPool.ledger`: the
+run's :class:`~potluck.ledger.chain.Ledger`, set as :attr:`FleetPool.ledger`: the
 head every instruction and heartbeat carries, the headers since a node's last head,
 and a node's own inclusion proofs.
 """
@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from potluck.core.digests import payload_digest, settings_digest, update_digest, update_statement
 from potluck.core.errors import (
     AccessDenied,
     LedgerError,
@@ -46,10 +47,10 @@ from potluck.core.errors import (
 )
 from potluck.core.messages import EvaluateInstruction, EvaluateResult, FitInstruction, FitResult
 from potluck.core.params import Params, ParamsKind, SchemaEntry, schema_digest
-from potluck.runtime.ledger import Ledger, canonical
+from potluck.ledger.chain import Ledger, canonical
+from potluck.ledger.signing import NodeKeys, check_signature
 from potluck.runtime.pool import EvaluateOutcome, ExchangeOutcome, ExchangeReply, FitOutcome
-from potluck.runtime.signing import NodeKeys, check_signature, settings_digest, update_digest, update_statement
-from potluck.transport.chunks import DEFAULT_MAX_PAYLOAD_BYTES, payload_digest
+from potluck.transport.chunks import DEFAULT_MAX_PAYLOAD_BYTES
 from potluck.transport.fleet_messages import (
     HeartbeatInfo,
     IncomingResult,
@@ -104,7 +105,7 @@ class FleetPool:
     ) -> None:
         self.run_id, self.model_id, self.schema = run_id, model_id, schema
         # what a result's payload must look like: the model's schema, or the run's
-        # compressed form (the coordinator decodes it; see strategies/updates.py)
+        # compressed form (the coordinator decodes it; see updates/pipeline.py)
         self.update_schema = update_schema if update_schema is not None else schema
         self.schema_digest = schema_digest(schema)
         self.data_info_json = data_info_json

@@ -3,7 +3,7 @@
 A real node signs with its own key before its update leaves the machine. A virtual
 node has no machine and no secret: :class:`SignedPool` signs each result as it leaves
 the pool behind it, with a key derived from the run seed
-(:func:`potluck.runtime.signing.derived_key`). The ledger then has the same shape in
+(:func:`potluck.ledger.signing.derived_key`). The ledger then has the same shape in
 simulation and deployment, and ``potluck ledger verify`` checks it the same way; but
 anyone who knows the seed can make such signatures, so they prove nothing about who
 trained.
@@ -15,8 +15,8 @@ import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 
 from potluck.core.messages import EvaluateInstruction, FitInstruction, FitResult
+from potluck.ledger.signing import SigningKey, derived_key, sign_update
 from potluck.runtime.pool import EvaluateOutcome, FitOutcome, NodePool
-from potluck.runtime.signing import SigningKey, derived_key, sign_update
 
 
 class SignedPool:

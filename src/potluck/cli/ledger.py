@@ -49,7 +49,7 @@ def verify(
     Names the first entry that fails and why. Exit status: 0 when the ledger verifies, 1 when it does not, 2 when RUN_DIR is not a run directory.
     """
     with failures_as_exit_codes(_err):
-        from potluck.apps.ledger import audit_ledger
+        from potluck.ledger.queries import audit_ledger
 
         try:
             audit = audit_ledger(run_dir, server_key=server_key)
@@ -77,7 +77,7 @@ def show(
 ) -> None:
     """The run's history: how it started, then per round the participants, model and ε."""
     with failures_as_exit_codes(_err):
-        from potluck.apps.ledger import history, read_entries
+        from potluck.ledger.queries import history, read_entries
 
         entries = read_entries(run_dir)
         rows = history(entries)
@@ -113,7 +113,7 @@ def contributions(
     with failures_as_exit_codes(_err):
         if fmt not in ("table", "csv", "json"):
             raise ConfigError(f"--format must be table, csv or json, got {fmt!r}")
-        from potluck.apps.ledger import accounts, read_entries
+        from potluck.ledger.queries import accounts, read_entries
 
         rows = accounts(read_entries(run_dir))
         columns = ["node", "rounds", "examples", "rejected", "failed", "timed_out", "left", "discarded",
@@ -146,7 +146,7 @@ def proof(
     The document holds the round's signed header, the contribution (the leaf) and the Merkle path; check it with `potluck ledger check-proof`, without the run directory.
     """
     with failures_as_exit_codes(_err):
-        from potluck.apps.ledger import export_proof, read_entries
+        from potluck.ledger.queries import export_proof, read_entries
 
         text = json.dumps(export_proof(read_entries(run_dir), node, rnd), indent=2) + "\n"
         if output is None:
@@ -167,7 +167,7 @@ def check_proof(
     Checks the header's hash and the server's signature, the Merkle path to the round's root, and the node's signature. Pass what you know independently (--server-key, --entry, --root) to check against it rather than the document's own values. Exit status 0 when the proof holds, 1 when it does not.
     """
     with failures_as_exit_codes(_err):
-        from potluck.apps.ledger import check_proof as check
+        from potluck.ledger.queries import check_proof as check
 
         raw = typer.get_text_stream("stdin").read() if str(proof_file) == "-" else proof_file.read_text()
         try:

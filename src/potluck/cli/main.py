@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from potluck.apps.memory import reuse_freed_memory
+from potluck.apps.allocator import reuse_freed_memory
 from potluck.cli import certs, check, ledger, node, server, simulate, up
 
 app = typer.Typer(

@@ -15,8 +15,8 @@ from potluck.cli.common import failures_as_exit_codes, parse_assignments
 from potluck.cli.output import CommandOutput, metrics_url
 from potluck.core.config import SimulationConfig
 from potluck.core.params import Params, ParamsKind
+from potluck.core.records import RoundRecord
 from potluck.observability.logs import RoundLog
-from potluck.runtime.records import RoundRecord
 
 HELP = """Simulate a federation of virtual nodes on this machine.
 

@@ -35,7 +35,7 @@ class FitInstruction:
 @dataclass(frozen=True)
 class UpdateSignature:
     """A node's Ed25519 signature over its update (the statement is built by
-    ``potluck.runtime.signing.update_statement``) and the raw 32-byte public key it
+    ``potluck.core.digests.update_statement``) and the raw 32-byte public key it
     verifies with. The ledger records both with the update's digest."""
 
     public_key: bytes

@@ -22,8 +22,8 @@ import time
 from typing import Any, TextIO
 
 from potluck.core.config import LOG_FORMATS
+from potluck.core.records import RoundRecord
 from potluck.runtime.logcontext import FIELDS, current_log_fields
-from potluck.runtime.records import RoundRecord
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.

@@ -31,8 +31,8 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from potluck.core.records import RoundRecord
 from potluck.observability.endpoint import MetricsServer, final_scrape, serve_metrics
-from potluck.runtime.records import RoundRecord
 from potluck.transport.fleet_messages import HeartbeatInfo, IncomingResult, JoinInfo, OutgoingInstruction, Welcome
 
 # Seconds. Rounds run from tens of milliseconds (small simulations) to many minutes.

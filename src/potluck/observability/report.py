@@ -7,8 +7,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from potluck.runtime.files import atomic_write
-from potluck.runtime.records import RoundRecord
+from potluck.core.files import atomic_write
+from potluck.core.records import RoundRecord
 
 
 def write_report(records: Sequence[RoundRecord], path: Path, title: str = "potluck run") -> None:

@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from potluck.core.config import check_rules
+from potluck.core.digests import settings_digest, update_digest
 from potluck.core.errors import (
     BudgetExhausted,
     NodeError,
@@ -27,15 +28,14 @@ from potluck.core.errors import (
 )
 from potluck.core.messages import EvaluateInstruction, FitInstruction, FitResult
 from potluck.core.params import Params
+from potluck.core.records import Contribution, RoundProvenance, RoundRecord
 from potluck.core.seeds import derive_seed, rng_for
 from potluck.runtime.logcontext import log_fields
 from potluck.runtime.pool import NodePool
-from potluck.runtime.records import Contribution, RoundProvenance, RoundRecord
 from potluck.runtime.secure import SecureAggregation, absence
-from potluck.runtime.signing import settings_digest, update_digest
 from potluck.strategies.base import Strategy
-from potluck.strategies.updates import UpdatePipeline
 from potluck.tasks.protocol import EvalOutput
+from potluck.updates.pipeline import UpdatePipeline
 
 Evaluator = Callable[[Params], EvalOutput]
 log = logging.getLogger(__name__)

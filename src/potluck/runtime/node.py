@@ -15,9 +15,9 @@ from potluck.core.errors import NodeFailed, NodeLeft, PotluckError
 from potluck.core.messages import EvaluateInstruction, EvaluateResult, FitInstruction, FitResult
 from potluck.core.params import Params, ParamsKind
 from potluck.runtime.attacks import Attack
-from potluck.strategies.updates import UpdatePipeline
 from potluck.tasks.data.dataset import Dataset
 from potluck.tasks.protocol import Task
+from potluck.updates.pipeline import UpdatePipeline
 
 
 @dataclass(frozen=True)
@@ -75,13 +75,13 @@ class NodeRunner:
 
     def exchange(self, node_id: str, step: str, payload: bytes) -> bytes:
         """One step of a multi-message protocol for ``node_id`` (``secagg/<step>``: secure
-        aggregation, ``strategies/secagg/protocol.py``); its state lives in the node's
+        aggregation, ``updates/secagg/protocol.py``); its state lives in the node's
         update state, where the update stage that masks the fit finds it."""
         self._node(node_id)
         kind, _, sub = step.partition("/")
         if kind != "secagg":
             raise NodeFailed(node_id, f"unknown exchange step {step!r}")
-        from potluck.strategies.secagg.protocol import node_step  # loads `cryptography`: only when used
+        from potluck.updates.secagg.protocol import node_step  # loads `cryptography`: only when used
 
         state = self.update_state.setdefault(node_id, {}).setdefault("secagg", {})
         try:

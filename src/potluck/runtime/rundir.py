@@ -12,10 +12,10 @@ Layout::
     report.png                           accuracy and loss per round
 
 Commit of round k: the model, then the strategy state, each written with
-:func:`~potluck.runtime.files.atomic_write` (temp file, fsync, rename, fsync of the
+:func:`~potluck.core.files.atomic_write` (temp file, fsync, rename, fsync of the
 folder); then the mark ``round-k.json``, which holds the round's record, the SHA-256
 of both files and, when the run keeps a ledger, ledger entry k (sealed by
-:class:`~potluck.runtime.ledger.Ledger`), written the same way. Round k is committed iff
+:class:`~potluck.ledger.chain.Ledger`), written the same way. Round k is committed iff
 its mark exists. The entry is then appended to ``ledger.jsonl`` (fsynced), and the
 record to ``metrics.jsonl``.
 
@@ -67,7 +67,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,16 +74,13 @@ from typing import Any
 import numpy as np
 
 from potluck.core.errors import LedgerError, ParamsError, RunDirError
+from potluck.core.files import append_line, atomic_write, fsync_dir, is_temp_file, reason, remove
+from potluck.core.layout import RunLayout
 from potluck.core.params import Params
-from potluck.runtime import ledger as ledger_format
-from potluck.runtime.files import append_line, atomic_write, fsync_dir, is_temp_file, reason, remove
-from potluck.runtime.ledger import Entry, Ledger
-from potluck.runtime.records import RoundRecord
+from potluck.core.records import RoundRecord
+from potluck.ledger import chain as ledger_format
+from potluck.ledger.chain import Entry, Ledger
 from potluck.strategies.base import Strategy
-
-_MARK = re.compile(r"^round-(\d{4,})\.json$")
-_ROUND_FILE = re.compile(r"^round-(\d{4,})\.")
-_MARK_KEYS = ("record", "model_sha256", "strategy_sha256")
 
 
 @dataclass(frozen=True)
@@ -97,10 +93,11 @@ class CommittedRound:
     record: RoundRecord
 
 
-class RunDirectory:
+class RunDirectory(RunLayout):
+    """A run directory's commit protocol and resume (its file layout: :class:`RunLayout`)."""
+
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.checkpoints = self.path / "checkpoints"
+        super().__init__(path)
         self.ledger: Ledger | None = None  # set with attach_ledger: every commit then seals an entry
 
     def attach_ledger(self, ledger: Ledger) -> None:
@@ -108,33 +105,6 @@ class RunDirectory:
         entries back from the marks."""
         self.ledger = ledger
         ledger.loader = self.ledger_entry
-
-    # -- paths --------------------------------------------------------------------
-
-    def model_path(self, rnd: int) -> Path:
-        return self.checkpoints / f"round-{rnd:04d}.safetensors"
-
-    def strategy_path(self, rnd: int) -> Path:
-        return self.checkpoints / f"round-{rnd:04d}.strategy.safetensors"
-
-    def mark_path(self, rnd: int) -> Path:
-        return self.checkpoints / f"round-{rnd:04d}.json"
-
-    @property
-    def config_file(self) -> Path:
-        return self.path / "config.toml"
-
-    @property
-    def metrics_file(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def model_file(self) -> Path:
-        return self.path / "model.safetensors"
-
-    @property
-    def ledger_file(self) -> Path:
-        return self.path / ledger_format.FILE_NAME
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -220,27 +190,6 @@ class RunDirectory:
 
     # -- reading back -------------------------------------------------------------
 
-    def committed_rounds(self) -> list[int]:
-        """Rounds that have a commit mark, ascending (contiguity is not checked here)."""
-        if not self.checkpoints.is_dir():
-            return []
-        return sorted(int(m.group(1)) for f in self.checkpoints.iterdir() if (m := _MARK.match(f.name)))
-
-    def read_mark(self, rnd: int) -> dict[str, Any]:
-        """The commit mark of round ``rnd``; :class:`RunDirError` if unreadable or malformed."""
-        path = self.mark_path(rnd)
-        try:
-            mark = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise RunDirError(f"cannot read {path}: {reason(exc)}") from exc
-        except ValueError as exc:
-            raise RunDirError(f"{path} is not a valid commit mark: {exc}") from exc
-        if not isinstance(mark, dict) or any(k not in mark for k in _MARK_KEYS) or not isinstance(mark["record"], dict):
-            raise RunDirError(f"{path} is not a valid commit mark: it needs {', '.join(_MARK_KEYS)}")
-        if mark["record"].get("round") != rnd:
-            raise RunDirError(f"{path} is not a valid commit mark: its record is for round {mark['record'].get('round')}")
-        return mark
-
     def ledger_entry(self, rnd: int) -> Entry:
         """Ledger entry ``rnd`` from its commit mark; :class:`LedgerError` if it has none."""
         entry = self.read_mark(rnd).get("ledger")
@@ -267,18 +216,6 @@ class RunDirectory:
         except ParamsError as exc:
             raise RunDirError(f"round {rnd} in {self.path}: {exc}") from exc
         return CommittedRound(rnd, params, state, RoundRecord.from_json(mark["record"]))
-
-    def leftovers(self, last: int) -> list[Path]:
-        """Files no committed round owns: temp files, and files of rounds after ``last``."""
-        found: list[Path] = []
-        for folder in (self.path, self.checkpoints):
-            if not folder.is_dir():
-                continue
-            for f in sorted(folder.iterdir()):
-                m = _ROUND_FILE.match(f.name) if folder == self.checkpoints else None
-                if is_temp_file(f.name) or (m is not None and int(m.group(1)) > last):
-                    found.append(f)
-        return found
 
     def prepare_resume(self) -> CommittedRound:
         """The last committed round, with the folder brought back to exactly that state.

@@ -4,7 +4,7 @@ A round with secure aggregation runs, over the pool's ``exchange`` capability
 (``runtime/pool.ExchangePool``):
 
 1. ``secagg/advertise``, ``secagg/share``, ``secagg/deliver`` with the sampled nodes:
-   key agreement and encrypted Shamir shares, relayed (``strategies/secagg/protocol.py``);
+   key agreement and encrypted Shamir shares, relayed (``updates/secagg/protocol.py``);
 2. the fit, whose last update stage (``secagg``) clips, quantises and masks, so each
    result is a uint32 ring vector; the masked vectors are summed mod 2^32 as they come
    (the sum is exact, so arrival order cannot change it);
@@ -29,10 +29,10 @@ from potluck.core.messages import FitResult, Scalar
 from potluck.core.params import Params, ParamsKind, SchemaEntry
 from potluck.core.seeds import derive_seed
 from potluck.runtime.pool import ExchangeReply, NodePool
-from potluck.strategies.secagg.graph import default_degree
-from potluck.strategies.secagg.masking import check_no_wrap, dequantise_sum
-from potluck.strategies.secagg.protocol import ServerSession
-from potluck.strategies.secagg.stage import SecureMask
+from potluck.updates.secagg.graph import default_degree
+from potluck.updates.secagg.masking import check_no_wrap, dequantise_sum
+from potluck.updates.secagg.protocol import ServerSession
+from potluck.updates.secagg.stage import SecureMask
 
 Schema = tuple[SchemaEntry, ...]
 

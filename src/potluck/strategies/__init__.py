@@ -6,20 +6,17 @@ mean becomes the next global model. Pick one by name with :func:`make_strategy`.
 Byzantine-robust strategies (median, trimmed mean, Krum, Multi-Krum, norm bounding)
 are in ``robust.py``, their rules in ``robust_rules.py``.
 
-Update stages that nodes apply to their deltas (``updates.py``) live here too:
-quantisation (``quantize.py``) and top-k sparsification with error feedback (``topk.py``).
-Differential privacy: node-side clipping and noise (``local_dp.py``), server-side
-DP-FedAvg (``central_dp.py``) and the ε accountant (``accountant.py``).
+Server-side differential privacy lives here too: DP-FedAvg (``central_dp.py``) and the
+ε accountant (``accountant.py``). What nodes do to their updates before they travel
+(quantisation, top-k, local noise, masking) is the ``potluck.updates`` package.
 """
 
-from potluck.strategies import local_dp, quantize, topk  # noqa: F401  (registers the "dp", "quantize" and "topk" update stages)
 from potluck.strategies.aggregate import WeightedMean, weighted_mean
 from potluck.strategies.base import Aggregator, Strategy
 from potluck.strategies.fedavg import FedAvg, FedAvgM, FedProx
 from potluck.strategies.fedopt import FedAdagrad, FedAdam, FedYogi
 from potluck.strategies.registry import STRATEGIES, make_strategy, strategy_options
 from potluck.strategies.robust import Krum, Median, MultiKrum, NormBound, TrimmedMean
-from potluck.strategies.secagg import stage as _secagg_stage  # noqa: F401  (registers "secagg"; secure aggregation)
 
 __all__ = [
     "STRATEGIES", "Aggregator", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedProx",

@@ -18,16 +18,6 @@ DEFAULT_CHUNK_BYTES = 2 * 2**20
 DEFAULT_MAX_PAYLOAD_BYTES = 2 * 2**30
 
 
-PARALLEL_HASH_BYTES = 8 * 2**20  # above this, BLAKE3 hashes on every core
-
-
-def payload_digest(data: bytes) -> str:
-    """Hex BLAKE3 of a payload: checked end to end on top of TLS, and faster than
-    SHA-256 here, which matters when every byte is hashed on both sides. A model-sized
-    payload is hashed on all cores (BLAKE3's tree allows it; the digest is the same)."""
-    threads = blake3.blake3.AUTO if len(data) >= PARALLEL_HASH_BYTES else 1
-    return blake3.blake3(data, max_threads=threads).hexdigest()
-
 
 class PayloadError(ParamsError):
     """A chunk stream is oversized, truncated, too long or corrupted."""

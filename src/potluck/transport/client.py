@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from potluck.core.digests import payload_digest
 from potluck.core.errors import TransportError
 from potluck.transport import convert, frames
 from potluck.transport.bulk import MIN_BULK_BYTES, BulkClient
@@ -22,7 +23,6 @@ from potluck.transport.chunks import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     PayloadError,
     Reassembly,
-    payload_digest,
     split,
 )
 from potluck.transport.convert import WireError

@@ -52,7 +52,7 @@ class OutgoingInstruction:
     config: Mapping[str, Scalar]
     seed: int
     payload: bytes | memoryview  # read-only bytes-like (the bulk lane's payloads are memoryviews)
-    payload_digest: str  # BLAKE3, see chunks.payload_digest
+    payload_digest: str  # BLAKE3, see core.digests.payload_digest
     ledger_head: str = ""  # hash of the ledger's latest entry ("" : the server keeps none)
     ledger_round: int = 0
 

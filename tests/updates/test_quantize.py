@@ -10,9 +10,9 @@ import pytest
 
 from potluck.core.errors import ConfigError, ParamsError, SchemaMismatch
 from potluck.core.params import Params, ParamsKind
-from potluck.strategies import quantize
-from potluck.strategies.quantize import CODES, RANGES, Quantize, pack, unpack
-from potluck.strategies.updates import UpdatePipeline
+from potluck.updates import quantize
+from potluck.updates.pipeline import UpdatePipeline
+from potluck.updates.quantize import CODES, RANGES, Quantize, pack, unpack
 
 
 def delta(**arrays) -> Params:

@@ -19,7 +19,7 @@ part of any update is lost, only delayed. The residual lives in the node's updat
 ``state`` (one per node, see ``runtime/node.py``); a node that restarts starts again from
 zero, and a sent update the server then refuses (late, rejected) is not fed back.
 
-With ``bits`` (1–8) the sent values are quantised by ``strategies/quantize.py``'s
+With ``bits`` (1–8) the sent values are quantised by ``updates/quantize.py``'s
 stochastic rounding over their own range, and the quantisation error joins the residual.
 
 Wire format, ``k`` fixed per run by ``ratio`` and the model's schema:
@@ -53,7 +53,8 @@ import numpy as np
 from potluck.core.errors import ConfigError, ParamsError
 from potluck.core.messages import Scalar
 from potluck.core.params import Params, ParamsKind
-from potluck.strategies.quantize import (
+from potluck.updates.pipeline import Schema, UpdateStage, register
+from potluck.updates.quantize import (
     check_bits,
     check_range,
     dequantize,
@@ -65,7 +66,6 @@ from potluck.strategies.quantize import (
     stochastic_codes,
     unpack,
 )
-from potluck.strategies.updates import Schema, UpdateStage, register
 
 INDICES = "topk:indices"
 VALUES = "topk:values"

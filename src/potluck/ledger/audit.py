@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from potluck.core.errors import RunDirError
-from potluck.runtime.files import reason
-from potluck.runtime.ledger import (
+from potluck.core.files import reason
+from potluck.core.layout import RunLayout
+from potluck.ledger.chain import (
     ZERO_HASH,
     Entry,
     contributions_problem,
@@ -29,7 +30,6 @@ from potluck.runtime.ledger import (
     header_problem,
     read_ledger_file,
 )
-from potluck.runtime.rundir import RunDirectory
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def audit_ledger(path: Path, *, server_key: str | None = None) -> LedgerAudit:
     ``server_key`` (hex) pins the key entry 0 must name. Raises :class:`RunDirError`
     when ``path`` is not a run directory that keeps a ledger.
     """
-    run = RunDirectory(Path(path))
+    run = RunLayout(Path(path))
     marked = run.committed_rounds()
     if not run.ledger_file.exists() and not marked:
         raise RunDirError(f"{run.path} is not a run directory (no ledger.jsonl, no checkpoints/round-*.json)")
@@ -117,7 +117,7 @@ def audit_ledger(path: Path, *, server_key: str | None = None) -> LedgerAudit:
     return audit
 
 
-def _genesis(run: RunDirectory, entry: Entry, pinned: str | None, audit: LedgerAudit) -> tuple[bytes, str]:
+def _genesis(run: RunLayout, entry: Entry, pinned: str | None, audit: LedgerAudit) -> tuple[bytes, str]:
     """The server key and run id every later entry is checked with."""
     key_hex = str(entry.get("server_key", ""))
     if pinned is not None and key_hex != pinned.lower():
@@ -149,7 +149,7 @@ def _note_key_changes(entry: Entry, known: dict[str, str], audit: LedgerAudit) -
         known[str(node)] = str(key)
 
 
-def _check_against_disk(run: RunDirectory, index: int, entry: Entry, marked: list[int], audit: LedgerAudit) -> None:
+def _check_against_disk(run: RunLayout, index: int, entry: Entry, marked: list[int], audit: LedgerAudit) -> None:
     if index not in marked:
         audit.fail(index, f"round {index} is not committed (no {run.mark_path(index).name}), yet the ledger "
                           "has its entry")

@@ -10,7 +10,7 @@ import pytest
 
 PROBE = """
 import os, sys
-from potluck.apps.memory import reuse_freed_memory
+from potluck.apps.allocator import reuse_freed_memory
 applied = reuse_freed_memory() if sys.argv[1] == "tuned" else False
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -6,8 +6,8 @@ import pytest
 
 from ledger_kit import SERVER_KEY, make_run
 from potluck.apps.check import check_run_dir
-from potluck.runtime.ledger_audit import audit_ledger
-from potluck.runtime.signing import public_bytes
+from potluck.ledger.audit import audit_ledger
+from potluck.ledger.signing import public_bytes
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def test_a_changed_byte_in_a_contribution_fails_at_that_entry(run):
 def test_a_forged_node_signature_fails_even_with_the_root_recomputed(run):
     import json
 
-    from potluck.runtime.ledger import canonical, contributions_root, signed_bytes
+    from potluck.ledger.chain import canonical, contributions_root, signed_bytes
 
     data = lines(run)
     entry = json.loads(data[2])

@@ -23,7 +23,7 @@ import numpy as np
 from potluck.core.errors import ConfigError, ParamsError, StrategyError
 from potluck.core.messages import Scalar
 from potluck.core.params import Params, ParamsKind, SchemaEntry
-from potluck.strategies.updates import UpdateStage, register
+from potluck.updates.pipeline import UpdateStage, register
 
 Schema = tuple[SchemaEntry, ...]
 
@@ -62,8 +62,8 @@ class SecureMask(UpdateStage):
 
     def encode(self, update: Params, state: dict[str, Any], rng: np.random.Generator) -> Params:
         # imported here: registering the stage must not load `cryptography` in runs without it
-        from potluck.strategies.secagg.masking import quantise
-        from potluck.strategies.secagg.protocol import NodeSession
+        from potluck.updates.secagg.masking import quantise
+        from potluck.updates.secagg.protocol import NodeSession
 
         session = state.get("session")
         if not isinstance(session, NodeSession) or (self.session and session.session != self.session):

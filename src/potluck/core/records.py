@@ -76,7 +76,7 @@ class RoundRecord:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RoundRecord:
-        known = {k: (math.nan if v is None else v) for k, v in data.items() if k in cls.__dataclass_fields__}
+        known: dict[str, Any] = {k: (math.nan if v is None else v) for k, v in data.items() if k in cls.__dataclass_fields__}
         known["failures"] = dict(data.get("failures") or {})
         known["extras"] = {k: (math.nan if v is None else v) for k, v in (data.get("extras") or {}).items()}
         return cls(**known)

@@ -40,9 +40,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from potluck.core.errors import StrategyError
-from potluck.strategies.secagg import shamir
-from potluck.strategies.secagg.graph import neighbourhoods
-from potluck.strategies.secagg.masking import MASK_INFO, Keystream, adds_pairwise, agree_all
+from potluck.updates.secagg import shamir
+from potluck.updates.secagg.graph import neighbourhoods
+from potluck.updates.secagg.masking import MASK_INFO, Keystream, adds_pairwise, agree_all
 
 SHARE_INFO = b"potluck/secagg/v1/share"
 STEPS = ("advertise", "share", "deliver", "unmask")

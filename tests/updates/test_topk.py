@@ -9,9 +9,9 @@ import pytest
 
 from potluck.core.errors import ConfigError, ParamsError, SchemaMismatch
 from potluck.core.params import Params, ParamsKind
-from potluck.strategies import topk
-from potluck.strategies.topk import CODES, INDICES, RANGE, VALUES, TopK, index_dtype, keep_count
-from potluck.strategies.updates import UpdatePipeline
+from potluck.updates import topk
+from potluck.updates.pipeline import UpdatePipeline
+from potluck.updates.topk import CODES, INDICES, RANGE, VALUES, TopK, index_dtype, keep_count
 
 DIGITS = {"1.weight": (64, 64), "1.bias": (64,), "3.weight": (10, 64), "3.bias": (10,)}  # the default task's MLP
 

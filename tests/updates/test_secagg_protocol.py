@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from potluck.core.errors import StrategyError
-from potluck.strategies.secagg.protocol import NodeSession, ServerSession, node_step, pack
+from potluck.updates.secagg.protocol import NodeSession, ServerSession, node_step, pack
 
 SIZE = 500
 

@@ -6,7 +6,7 @@
 - :func:`export_proof` / :func:`check_proof`: a self-contained inclusion proof a node
   (or anyone) can check against a round's root without the run directory.
 
-``potluck ledger verify`` is :func:`potluck.runtime.ledger_audit.audit_ledger`.
+``potluck ledger verify`` is :func:`potluck.ledger.audit.audit_ledger`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from potluck.core.errors import LedgerError, RunDirError
-from potluck.runtime import merkle
-from potluck.runtime.files import reason
-from potluck.runtime.ledger import (
+from potluck.core.files import reason
+from potluck.ledger import merkle
+from potluck.ledger.audit import audit_ledger
+from potluck.ledger.chain import (
     Entry,
     canonical,
     contribution_statement,
@@ -28,8 +29,7 @@ from potluck.runtime.ledger import (
     read_ledger_file,
     signed_bytes,
 )
-from potluck.runtime.ledger_audit import audit_ledger
-from potluck.runtime.signing import verify
+from potluck.ledger.signing import verify
 
 __all__ = ["accounts", "audit_ledger", "check_proof", "export_proof", "history", "read_entries"]
 

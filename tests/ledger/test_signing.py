@@ -11,7 +11,7 @@ import pytest
 
 from potluck.core.errors import AccessDenied, ConfigError, SignatureError
 from potluck.core.params import Params, ParamsKind
-from potluck.runtime.signing import (
+from potluck.ledger.signing import (
     NodeKeys,
     derived_key,
     load_or_create_key,

@@ -16,14 +16,14 @@ An entry is a *header* plus the list of ``contributions``::
 
 - ``prev`` is the hash of the previous entry (64 zeros for entry 0), and an entry's hash
   is the SHA-256 of its canonical header. The header binds the contributions through
-  their Merkle root (:mod:`potluck.runtime.merkle`, one leaf per contribution's
+  their Merkle root (:mod:`potluck.ledger.merkle`, one leaf per contribution's
   canonical JSON) and count, so nodes can follow the chain from headers alone and check
   their own contribution with an inclusion proof, without seeing the others'.
 - ``signature`` is the server's Ed25519 signature over ``potluck.ledger.v1\\n`` and the
   canonical header without it; ``server_key`` (entry 0) is the key that verifies every
   entry of the run.
 - Each contribution carries the node's signature over the statement of
-  :func:`potluck.runtime.signing.update_statement`, with the round's
+  :func:`potluck.core.digests.update_statement`, with the round's
   ``settings_digest``; ``absent`` lists the nodes asked whose update is not in the round
   and why, ``failures`` counts them by reason, ``privacy`` holds the ε (and δ) spent so
   far when the run accounts for it.
@@ -43,16 +43,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from potluck.core.digests import update_statement
 from potluck.core.errors import LedgerError
+from potluck.core.layout import LEDGER_FILE_NAME
 from potluck.core.messages import Scalar
-from potluck.runtime import merkle
-from potluck.runtime.records import RoundRecord
-from potluck.runtime.signing import SigningKey, public_bytes, update_statement, verify
+from potluck.core.records import RoundRecord
+from potluck.ledger import merkle
+from potluck.ledger.signing import SigningKey, public_bytes, verify
 
 VERSION = 1
 ZERO_HASH = "0" * 64
 ENTRY_TAG = b"potluck.ledger.v1\n"
-FILE_NAME = "ledger.jsonl"
+FILE_NAME = LEDGER_FILE_NAME
 
 Entry = dict[str, Any]
 _Known = tuple[Entry, merkle.MerkleTree, dict[str, int]]  # an entry, its tree, node -> leaf index

@@ -10,7 +10,7 @@ What a node signs for each update (:func:`update_statement`), as compact JSON::
     ["potluck.update.v1", run id, round, update digest, examples, settings digest]
 
 The update digest is the BLAKE3 of the update's canonical encoding as a DELTA — the
-bytes the node pushes, so it equals the transport digest (``chunks.payload_digest``):
+bytes the node pushes, so it equals the transport digest (``core.digests.payload_digest``):
 one fast hash on each side instead of two (SHA-256 runs at a third of BLAKE3's speed
 here). The settings digest is the SHA-256 of the instruction's
 configuration (:func:`settings_digest`). So a signature pins who sent which update,
@@ -35,15 +35,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from potluck.core.digests import settings_digest, update_digest, update_statement
 from potluck.core.errors import AccessDenied, ConfigError, SignatureError
+from potluck.core.files import atomic_write, reason
 from potluck.core.messages import ConfigDict, UpdateSignature
-from potluck.core.params import Params, ParamsKind
-from potluck.runtime.files import atomic_write, reason
-from potluck.transport.chunks import payload_digest
+from potluck.core.params import Params
 
 log = logging.getLogger(__name__)
 
-STATEMENT_TAG = "potluck.update.v1"
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 
@@ -127,22 +126,6 @@ def verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
 
 
 # -- what a node signs ----------------------------------------------------------------
-
-def settings_digest(config: ConfigDict) -> str:
-    """SHA-256 of the instruction's configuration as sorted, compact JSON."""
-    text = json.dumps(dict(config), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def update_digest(update: Params) -> str:
-    """The digest a node signs: BLAKE3 of the update's canonical encoding as a DELTA."""
-    delta = update if update.kind is ParamsKind.DELTA else update.with_kind(ParamsKind.DELTA)
-    return payload_digest(delta.encode())  # no copy when the update was decoded from those bytes
-
-
-def update_statement(run_id: str, rnd: int, digest: str, num_examples: int, settings: str) -> bytes:
-    return json.dumps([STATEMENT_TAG, run_id, rnd, digest, num_examples, settings], separators=(",", ":")).encode()
-
 
 def check_signature(node_id: str, key: bytes | None, signature: bytes, statement: bytes) -> UpdateSignature:
     """``node_id``'s signature over an update statement, checked with the ``key`` it

@@ -35,7 +35,7 @@ from potluck.core.errors import ConfigError
 from potluck.core.messages import Scalar
 from potluck.core.params import Params
 from potluck.strategies.robust_rules import clip_to_norm
-from potluck.strategies.updates import UpdateStage, register
+from potluck.updates.pipeline import UpdateStage, register
 
 MODES = ("local", "distributed")
 

@@ -7,7 +7,7 @@ import hashlib
 
 import pytest
 
-from potluck.runtime.merkle import (
+from potluck.ledger.merkle import (
     EMPTY_ROOT,
     MerkleTree,
     inclusion_path,

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from potluck.core.errors import LedgerError, PotluckError
-from potluck.runtime.files import atomic_write
-from potluck.runtime.ledger import ZERO_HASH, InclusionProof, entry_hash, header_problem
+from potluck.core.files import atomic_write
+from potluck.ledger.chain import ZERO_HASH, InclusionProof, entry_hash, header_problem
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from potluck.core.errors import StrategyError
-from potluck.strategies.secagg import shamir
+from potluck.updates.secagg import shamir
 
 
 def test_hand_computed_vector_in_a_small_field():

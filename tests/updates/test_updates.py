@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from potluck.backends.memory import ScriptedPool
 from potluck.core.errors import BudgetExhausted, ConfigError, ParamsError
 from potluck.core.messages import FitInstruction, FitResult
 from potluck.core.params import Params, ParamsKind
 from potluck.runtime.coordinator import Coordinator, RoundPolicy
 from potluck.runtime.node import NodeData, NodeRunner
 from potluck.strategies import make_strategy
-from potluck.strategies.updates import STAGES, UpdatePipeline, UpdateStage, register
+from potluck.testing import ScriptedPool
+from potluck.updates.pipeline import STAGES, UpdatePipeline, UpdateStage, register
 
 
 @register

@@ -18,11 +18,12 @@ from ledger_kit import (
     serving,
     update_for,
 )
+from potluck.core.digests import update_digest
 from potluck.core.errors import LedgerError, RunDirError
-from potluck.runtime.ledger import ZERO_HASH, canonical, entry_hash, header_problem
-from potluck.runtime.ledger_watch import LedgerMismatch, LedgerWatch
+from potluck.ledger.chain import ZERO_HASH, canonical, entry_hash, header_problem
+from potluck.ledger.signing import derived_key
+from potluck.ledger.watch import LedgerMismatch, LedgerWatch
 from potluck.runtime.rundir import RunDirectory
-from potluck.runtime.signing import derived_key, update_digest
 
 
 def test_entries_chain_carry_the_round_and_are_committed_in_the_marks(tmp_path):

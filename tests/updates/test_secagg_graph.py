@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from potluck.core.errors import ConfigError
-from potluck.strategies.secagg.graph import default_degree, neighbourhoods
+from potluck.updates.secagg.graph import default_degree, neighbourhoods
 
 NODES = [f"n{i:02d}" for i in range(30)]
 

@@ -50,7 +50,7 @@ import numpy as np
 from potluck.core.errors import ConfigError, ParamsError
 from potluck.core.messages import Scalar
 from potluck.core.params import Params, ParamsKind
-from potluck.strategies.updates import Schema, UpdateStage, register
+from potluck.updates.pipeline import Schema, UpdateStage, register
 
 CODES = "quantize:codes"
 RANGES = "quantize:ranges"

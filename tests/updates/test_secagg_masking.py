@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from potluck.core.errors import ConfigError
-from potluck.strategies.secagg.masking import (
+from potluck.updates.secagg.masking import (
     MASK_INFO,
     Keystream,
     agree,

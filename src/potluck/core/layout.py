@@ -1,0 +1,94 @@
+"""Where a run directory keeps each file, and how a commit mark is read back.
+
+The commit protocol (``runtime/rundir.py``), the ledger audit (``ledger/audit.py``) and
+``potluck check`` all read the same layout; it is declared here once::
+
+    config.toml                          the resolved settings
+    metrics.jsonl                        one record per committed round
+    ledger.jsonl                         the provenance ledger: entry k per committed round k
+    model.safetensors                    the final model
+    checkpoints/round-NNNN.safetensors   model after round N
+    checkpoints/round-NNNN.strategy.safetensors
+    checkpoints/round-NNNN.json          the commit mark: record, both digests, ledger entry
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from potluck.core.errors import RunDirError
+from potluck.core.files import is_temp_file, reason
+
+LEDGER_FILE_NAME = "ledger.jsonl"
+MARK_KEYS = ("record", "model_sha256", "strategy_sha256")
+_MARK = re.compile(r"^round-(\d{4,})\.json$")
+_ROUND_FILE = re.compile(r"^round-(\d{4,})\.")
+
+
+class RunLayout:
+    """The paths of one run directory, and reading its commit marks; writes nothing."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+
+    def model_path(self, rnd: int) -> Path:
+        return self.checkpoints / f"round-{rnd:04d}.safetensors"
+
+    def strategy_path(self, rnd: int) -> Path:
+        return self.checkpoints / f"round-{rnd:04d}.strategy.safetensors"
+
+    def mark_path(self, rnd: int) -> Path:
+        return self.checkpoints / f"round-{rnd:04d}.json"
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.toml"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / "model.safetensors"
+
+    @property
+    def ledger_file(self) -> Path:
+        return self.path / LEDGER_FILE_NAME
+
+    def committed_rounds(self) -> list[int]:
+        """Rounds that have a commit mark, ascending (contiguity is not checked here)."""
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(int(m.group(1)) for f in self.checkpoints.iterdir() if (m := _MARK.match(f.name)))
+
+    def read_mark(self, rnd: int) -> dict[str, Any]:
+        """The commit mark of round ``rnd``; :class:`RunDirError` if unreadable or malformed."""
+        path = self.mark_path(rnd)
+        try:
+            mark = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise RunDirError(f"cannot read {path}: {reason(exc)}") from exc
+        except ValueError as exc:
+            raise RunDirError(f"{path} is not a valid commit mark: {exc}") from exc
+        if not isinstance(mark, dict) or any(k not in mark for k in MARK_KEYS) or not isinstance(mark["record"], dict):
+            raise RunDirError(f"{path} is not a valid commit mark: it needs {', '.join(MARK_KEYS)}")
+        if mark["record"].get("round") != rnd:
+            raise RunDirError(f"{path} is not a valid commit mark: its record is for round {mark['record'].get('round')}")
+        return mark
+
+    def leftovers(self, last: int) -> list[Path]:
+        """Files no committed round owns: temp files, and files of rounds after ``last``."""
+        found: list[Path] = []
+        for folder in (self.path, self.checkpoints):
+            if not folder.is_dir():
+                continue
+            for f in sorted(folder.iterdir()):
+                m = _ROUND_FILE.match(f.name) if folder == self.checkpoints else None
+                if is_temp_file(f.name) or (m is not None and int(m.group(1)) > last):
+                    found.append(f)
+        return found
