@@ -199,7 +199,7 @@ def test_secure_aggregation_runs_over_the_deployed_fleet(deployment):
 
 def test_a_node_whose_result_is_refused_keeps_serving(deployment):
     """A late (refused) result is the server's to count; the node logs it and goes on."""
-    from potluck.core.errors import ResultRejected
+    from potluck.core.errors import UnexpectedResult
 
     fleet = Fleet(deployment, run="refused-run", rounds=2, round_timeout=5.0).start()
     agents = [fleet.node(node) for node in ("n0", "n1", "n2")]
@@ -208,7 +208,7 @@ def test_a_node_whose_result_is_refused_keeps_serving(deployment):
     def refuse_first(result):
         calls.append(result.round)
         if len(calls) == 1:
-            raise ResultRejected("instruction x no longer takes results: the round deadline passed")
+            raise UnexpectedResult("instruction x no longer takes results: the round deadline passed")
         return real_push(result)
 
     agents[0].client.push = refuse_first

@@ -1,4 +1,4 @@
-"""The bulk lane (transport/bulk.py): payloads over a second mutual-TLS port.
+"""The bulk lane (transport/bulk/): payloads over a second mutual-TLS port.
 
 Each refusal is checked for its specific error on the node's side and its counter on
 the server's, then a good round over the lane shows the server still serves. The
@@ -23,8 +23,7 @@ from potluck.core.digests import payload_digest
 from potluck.core.errors import AccessDenied, TransportError, UnknownId
 from potluck.core.messages import FitInstruction, FitResult
 from potluck.core.params import Params, ParamsKind
-from potluck.transport import bulk
-from potluck.transport.bulk import MIN_BULK_BYTES, BulkClient
+from potluck.transport.bulk import MIN_BULK_BYTES, BulkClient, wire
 from potluck.transport.certs import load_pem_bundle
 from potluck.transport.chunks import PayloadError
 from potluck.transport.fleet_messages import IncomingResult, JoinInfo
@@ -188,8 +187,8 @@ def test_bad_pushes_over_the_lane_are_refused_with_their_reason(tls, case):
         else:
             raw = _raw_connection(tls, server)
             body = header.SerializeToString()
-            raw.sendall(struct.pack(">4scI", bulk.MAGIC, bulk.PUT, len(body)) + body)
-            assert struct.unpack(">BQ", raw.recv(9)) == (bulk.CONTINUE, 0)  # the header passed its checks
+            raw.sendall(struct.pack(">4scI", wire.MAGIC, wire.PUT, len(body)) + body)
+            assert struct.unpack(">BQ", raw.recv(9)) == (wire.CONTINUE, 0)  # the header passed its checks
             raw.sendall(payload[:1000])
             raw.close()  # the node dies mid-payload
             deadline = time.monotonic() + 5
@@ -205,7 +204,7 @@ def test_bad_pushes_over_the_lane_are_refused_with_their_reason(tls, case):
 
 
 def _raw_connection(tls, server, node="a") -> ssl.SSLSocket:
-    return bulk.client_context(load_pem_bundle(tls / "tls", "node", node)).wrap_socket(
+    return wire.client_context(load_pem_bundle(tls / "tls", "node", node)).wrap_socket(
         socket.create_connection(("127.0.0.1", server.bulk_port), timeout=5), server_hostname="127.0.0.1")
 
 
@@ -221,12 +220,12 @@ def test_garbage_on_the_lane_is_refused_and_the_connection_closed(tls):
         raw = _raw_connection(tls, server)
         raw.sendall(b"GET / HTTP/1.1\r\n\r\n")
         status, length = struct.unpack(">BQ", raw.recv(9))
-        assert status == bulk.ERROR and b"not a bulk-lane request" in raw.recv(length)
+        assert status == wire.ERROR and b"not a bulk-lane request" in raw.recv(length)
         assert _closed_by_server(raw)
         raw = _raw_connection(tls, server)
-        raw.sendall(struct.pack(">4scI", bulk.MAGIC, bulk.GET, 5) + b"\xff\xff\xff\xff\xff")  # not protobuf
+        raw.sendall(struct.pack(">4scI", wire.MAGIC, wire.GET, 5) + b"\xff\xff\xff\xff\xff")  # not protobuf
         status, length = struct.unpack(">BQ", raw.recv(9))
-        assert status == bulk.ERROR and b"malformed PayloadRequest" in raw.recv(length)
+        assert status == wire.ERROR and b"malformed PayloadRequest" in raw.recv(length)
         assert _closed_by_server(raw)
         assert pool.rejections["bulk_malformed"] == 1 and pool.rejections["malformed"] == 1
         good_round(pool, server, tls, address)
@@ -277,9 +276,9 @@ def test_a_push_for_the_wrong_round_is_refused_before_its_payload_moves(tls):
                                  params_size=len(payload), params_blake3=payload_digest(payload))
         raw = _raw_connection(tls, server)
         body = header.SerializeToString()
-        raw.sendall(struct.pack(">4scI", bulk.MAGIC, bulk.PUT, len(body)) + body)  # no payload follows
+        raw.sendall(struct.pack(">4scI", wire.MAGIC, wire.PUT, len(body)) + body)  # no payload follows
         status, length = struct.unpack(">BQ", raw.recv(9))
-        assert status == bulk.ERROR and b"ResultRejected: result says round 7" in raw.recv(length)
+        assert status == wire.ERROR and b"UnexpectedResult: result says round 7" in raw.recv(length)
         assert pool.rejections["wrong_round"] == 1 and "put" not in server.bulk.transfers
         lane = _lane(tls, server)
         header.round = 1  # the same connection's stream is still in step: the right push lands on a new one
@@ -300,20 +299,20 @@ def test_a_fetch_cut_short_is_a_transport_failure_and_a_dropped_connection_is_re
         with server.bulk._lock:
             kept = list(server.bulk._open)
         for conn in kept:
-            bulk._shut(conn)  # the server drops it (an idle timeout, a restart of the lane)
+            wire.shut(conn)  # the server drops it (an idle timeout, a restart of the lane)
         assert c.push(IncomingResult(session, ins.instruction_id, 1, 5, payload=update())) is False
         t.join(5)
         assert isinstance(outcomes[0], FitResult) and server.bulk.transfers == {"get": 1, "put": 1}  # not gRPC
         assert c._lane() is not None  # and the lane was not marked down
     # A lane that sends fewer bytes than announced, then closes: a transport failure, not a bad payload.
     listener = socket.create_server(("127.0.0.1", 0))
-    context = bulk.server_context(load_pem_bundle(tls / "tls", "server"))
+    context = wire.server_context(load_pem_bundle(tls / "tls", "server"))
 
     def short_server() -> None:
         conn, _ = listener.accept()
         with context.wrap_socket(conn, server_side=True) as s:
             s.recv(4096)
-            s.sendall(struct.pack(">BQ", bulk.OK, 1000) + b"x" * 10)
+            s.sendall(struct.pack(">BQ", wire.OK, 1000) + b"x" * 10)
 
     th = threading.Thread(target=short_server, daemon=True)
     th.start()

@@ -11,7 +11,7 @@ import pytest
 from fleet_kit import MODEL, client, delta, dispatch, join, well_behaved_round
 from potluck.backends.fleet import FleetPool
 from potluck.core.digests import payload_digest
-from potluck.core.errors import AccessDenied, NodeFailed, ResultRejected, SchemaMismatch, TransportError, UnknownId
+from potluck.core.errors import AccessDenied, NodeFailed, SchemaMismatch, TransportError, UnexpectedResult, UnknownId
 from potluck.core.messages import FitInstruction, FitResult
 from potluck.core.params import Params, ParamsKind
 from potluck.transport.certs import load_pem_bundle
@@ -99,9 +99,9 @@ def test_wrong_round_other_nodes_instruction_unknown_id_and_late(fleet, tls):
     sa, sb = join(ca, "a"), join(cb, "b")
     t, outcomes = dispatch(pool, ["a"], rnd=4, timeout=2)
     ins = ca.pull(sa, 5)
-    with pytest.raises(ResultRejected, match="result says round 3, its instruction was for round 4"):
+    with pytest.raises(UnexpectedResult, match="result says round 3, its instruction was for round 4"):
         ca.push(IncomingResult(sa, ins.instruction_id, 3, 10, payload=delta()))
-    with pytest.raises(ResultRejected, match="was given to node 'a', not 'b'"):
+    with pytest.raises(UnexpectedResult, match="was given to node 'a', not 'b'"):
         cb.push(IncomingResult(sb, ins.instruction_id, 4, 10, payload=delta()))
     with pytest.raises(UnknownId, match="no instruction"):
         ca.push(IncomingResult(sa, "deadbeef", 4, 10, payload=delta()))
@@ -109,7 +109,7 @@ def test_wrong_round_other_nodes_instruction_unknown_id_and_late(fleet, tls):
         ca.push(IncomingResult("nosuchsession", ins.instruction_id, 4, 10, payload=delta()))
     t.join(5)  # the deadline passes
     assert type(outcomes[0]).__name__ == "NodeTimedOut"
-    with pytest.raises(ResultRejected, match="round deadline passed"):
+    with pytest.raises(UnexpectedResult, match="round deadline passed"):
         ca.push(IncomingResult(sa, ins.instruction_id, 4, 10, payload=delta()))
     assert pool.rejections["late"] == 1 and pool.rejections["wrong_round"] == 1
     well_behaved_round(pool, tls, address)
@@ -144,7 +144,7 @@ def test_oversized_stream_nan_update_and_wrong_shape(fleet, tls):
 @pytest.mark.parametrize("bulk", ["off", "127.0.0.1:0"])
 def test_model_larger_than_the_message_limit_transfers(tls, bulk):
     """A 64 MiB model through an 8 MiB gRPC message limit, both directions: as gRPC
-    chunks, and over the bulk lane (transport/bulk.py)."""
+    chunks, and over the bulk lane (transport/bulk/)."""
     model = Params.from_arrays({"w": np.arange(16 * 2**20, dtype=np.float32)})
     pool = FleetPool(run_id="r", model_id="m", schema=model.schema, data_info_json=b"{}", heartbeat_seconds=1.0,
                      require_signatures=False)

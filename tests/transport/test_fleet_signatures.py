@@ -9,7 +9,7 @@ import pytest
 
 from fleet_kit import MODEL, client, delta, dispatch, serve_fleet
 from potluck.core.digests import settings_digest
-from potluck.core.errors import AccessDenied, LedgerError, NodeRejected, SignatureError
+from potluck.core.errors import AccessDenied, LedgerError, NodeResultInvalid, SignatureError
 from potluck.core.messages import FitResult
 from potluck.core.params import Params
 from potluck.core.records import RoundProvenance, RoundRecord
@@ -68,7 +68,7 @@ def test_a_bad_signature_is_refused_at_the_wire_and_counted(signed_fleet, tls, t
         c.push(IncomingResult(session, ins.instruction_id, ins.round, examples, payload=update.encode(),
                               run_id=ins.run_id, signature=signed.signature))
     t.join(5)
-    assert isinstance(outcomes[0], NodeRejected) and pool.rejections[reason] == 1  # counted "rejected" in the round
+    assert isinstance(outcomes[0], NodeResultInvalid) and pool.rejections[reason] == 1  # counted "rejected" in the round
 
 
 def test_unsigned_updates_and_keyless_nodes_are_refused(signed_fleet, tls):

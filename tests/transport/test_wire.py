@@ -8,17 +8,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from potluck.core.digests import payload_digest
-from potluck.core.errors import (
-    AccessDenied,
-    ConfigError,
-    LedgerError,
-    NonFiniteError,
-    ParamsError,
-    ResultRejected,
-    SchemaMismatch,
-    SignatureError,
-    UnknownId,
-)
 from potluck.core.params import Params
 from potluck.transport.chunks import PayloadError, Reassembly, split
 from potluck.transport.convert import WireError, config_from_proto, config_to_proto, scalar_from_proto
@@ -86,54 +75,3 @@ def test_oversize_announcement_is_refused_before_any_byte():
     with pytest.raises(PayloadError, match="exceeds the limit of 1,024 bytes") as info:
         Reassembly(10_000, "0" * 64, max_bytes=1024)
     assert info.value.reason == "oversize"
-
-
-@pytest.mark.parametrize(
-    "error",
-    [
-        AccessDenied("not on the allow-list"),
-        UnknownId("no such session"),
-        SchemaMismatch("'w' has shape (2,)"),
-        ResultRejected("late"),
-        NonFiniteError("'w' holds NaN"),
-        ParamsError("cannot decode"),
-        ConfigError("bad option"),
-        PayloadError("oversize", "too big"),
-        PayloadError("digest", "does not match"),
-        SignatureError("the signature of node 'a' does not verify"),
-        LedgerError("ledger head 00ff… is not an entry of run r1's ledger"),
-    ],
-)
-def test_every_error_survives_the_wire_with_its_kind_and_message(error):
-    import grpc
-
-    from potluck.transport.status import details_of, error_from_rpc, status_of
-
-    class Failed(grpc.RpcError):
-        def code(self):
-            return status_of(error)
-
-        def details(self):
-            return details_of(error)
-
-    back = error_from_rpc(Failed())
-    assert type(back) is type(error) and str(back) == str(error)
-    assert status_of(error) != grpc.StatusCode.INTERNAL
-    if isinstance(error, PayloadError):
-        assert back.reason == error.reason
-
-
-def test_grpc_own_resource_exhausted_is_a_retryable_transport_error():
-    import grpc
-
-    from potluck.core.errors import TransportError
-    from potluck.transport.status import error_from_rpc
-
-    class Busy(grpc.RpcError):
-        def code(self):
-            return grpc.StatusCode.RESOURCE_EXHAUSTED
-
-        def details(self):
-            return "Concurrent RPC limit exceeded!"
-
-    assert isinstance(error_from_rpc(Busy()), TransportError)

@@ -26,9 +26,9 @@ from potluck.core.errors import (
     NodeError,
     ParamsError,
     PotluckError,
-    ResultRejected,
     SchemaMismatch,
     TransportError,
+    UnexpectedResult,
     UnknownId,
 )
 from potluck.core.messages import EvaluateInstruction, FitInstruction
@@ -206,7 +206,7 @@ class NodeAgent:
                 continue
             try:
                 self.client.push(result)
-            except (ResultRejected, ParamsError) as exc:  # late, or refused: the server counted it; go on
+            except (UnexpectedResult, ParamsError) as exc:  # late, or refused: the server counted it; go on
                 log.warning("node %s: round %d %s result refused: %s", self.config.node_id, ins.round, ins.kind, exc)
                 if self.metrics is not None:
                     self.metrics.instruction(ins.kind, ins.round, ok=False)

@@ -36,13 +36,13 @@ from potluck.core.errors import (
     NodeError,
     NodeFailed,
     NodeLeft,
-    NodeRejected,
+    NodeResultInvalid,
     NodeTimedOut,
     ParamsError,
     PotluckError,
-    ResultRejected,
     SchemaMismatch,
     SignatureError,
+    UnexpectedResult,
     UnknownId,
 )
 from potluck.core.messages import EvaluateInstruction, EvaluateResult, FitInstruction, FitResult
@@ -232,17 +232,17 @@ class FleetPool:
         why = self._closed.get(instruction_id)
         if why is not None:
             self.rejections["late"] += 1
-            raise ResultRejected(f"instruction {instruction_id} no longer takes results: {why}")
+            raise UnexpectedResult(f"instruction {instruction_id} no longer takes results: {why}")
         ins = self._open.get(instruction_id)
         if ins is None:
             self.rejections["unknown_instruction"] += 1
             raise UnknownId(f"no instruction {instruction_id!r} was given in this run")
         if ins.node_id != node_id:
             self.rejections["wrong_node"] += 1
-            raise ResultRejected(f"instruction {instruction_id} was given to node {ins.node_id!r}, not {node_id!r}")
+            raise UnexpectedResult(f"instruction {instruction_id} was given to node {ins.node_id!r}, not {node_id!r}")
         if rnd != ins.round:
             self.rejections["wrong_round"] += 1
-            raise ResultRejected(f"result says round {rnd}, its instruction was for round {ins.round}")
+            raise UnexpectedResult(f"result says round {rnd}, its instruction was for round {ins.round}")
         return node_id, ins
 
     def check_result(self, session: str, instruction_id: str, rnd: int, run_id: str, peer: str | None) -> None:
@@ -279,19 +279,19 @@ class FleetPool:
         if ins.kind == "evaluate":  # 0 examples: the node has no validation split
             return EvaluateResult(ins.round, node_id, result.loss, result.num_examples, dict(result.metrics))
         if result.num_examples <= 0:
-            return self._refuse(node_id, "bad_examples", ParamsError(f"result reports {result.num_examples} examples"))
+            return self._invalid_result(node_id, "bad_examples", ParamsError(f"result reports {result.num_examples} examples"))
         try:
             params = Params.decode(result.payload)
         except ParamsError as exc:
-            return self._refuse(node_id, "undecodable", exc)
+            return self._invalid_result(node_id, "undecodable", exc)
         try:
             params.check_schema(self.update_schema, what=f"update from {node_id}")
         except ParamsError as exc:
-            return self._refuse(node_id, "result_schema", exc)
+            return self._invalid_result(node_id, "result_schema", exc)
         try:
             params.check_finite(what=f"update from {node_id}")
         except ParamsError as exc:
-            return self._refuse(node_id, "non_finite", exc)
+            return self._invalid_result(node_id, "non_finite", exc)
         update = params.with_kind(ParamsKind.DELTA)
         signature = None
         if result.signature or self.require_signatures:
@@ -304,16 +304,16 @@ class FleetPool:
             try:
                 signature = check_signature(node_id, key, result.signature, statement)
             except SignatureError as exc:
-                return self._refuse(node_id, "bad_signature" if result.signature and key else "unsigned", exc)
+                return self._invalid_result(node_id, "bad_signature" if result.signature and key else "unsigned", exc)
         return FitResult(ins.round, node_id, update, result.num_examples, dict(result.metrics), signature)
 
-    def _refuse(self, node_id: str, reason: str, exc: PotluckError) -> NodeError:
+    def _invalid_result(self, node_id: str, reason: str, exc: PotluckError) -> NodeError:
         self.rejections[reason] += 1
-        error = NodeRejected(node_id, f"result refused: {exc}")
+        error = NodeResultInvalid(node_id, f"result refused: {exc}")
         error.__cause__ = exc
         return error
 
-    def refused(self, reason: str) -> None:
+    def count_refusal(self, reason: str) -> None:
         with self._cond:
             self.rejections[reason] += 1
 

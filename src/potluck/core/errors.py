@@ -1,37 +1,53 @@
 """The one exception tree of potluck.
 
 Every error potluck raises on purpose derives from :class:`PotluckError`, so a caller
-can catch the project's own failures without swallowing programming errors::
+can catch the project's own failures without swallowing programming errors. Classes
+defined beside the code that raises them are drawn here too, with their module::
 
     PotluckError
-    ├── ConfigError          an option, a TOML value or a name (strategy, task) is invalid
-    ├── DataError            a data file is missing, malformed or cannot be partitioned
-    ├── TaskError            user Task code failed or a Task spec cannot be resolved
-    ├── ParamsError          parameters cannot be decoded or do not fit
-    │   ├── SchemaMismatch   names, shapes or dtypes differ from the expected schema
-    │   └── NonFiniteError   an array holds NaN or Inf
-    ├── StrategyError        an aggregation rule was misused (e.g. nothing to aggregate)
-    ├── NodeError            a node did not deliver a result for an instruction
-    │   ├── NodeFailed       it broke: raised, crashed, or sent something unusable
-    │   │   └── NodeRejected its result arrived and was refused (unsigned or badly
-    │   │                    signed, undecodable, wrong schema, NaN/Inf)
-    │   ├── NodeTimedOut     it missed the round deadline
-    │   └── NodeLeft         it left on purpose (clean shutdown), not a fault
-    ├── RoundFailed          a round could not commit (quorum not met after retries)
-    ├── RunDirError          a run directory is missing, inconsistent or not writable
-    ├── AccessDenied         a peer is not allowed: certificate identity, allow-list
-    ├── UnknownId            a run, session or instruction id is unknown (or expired)
-    ├── ResultRejected       a result was refused: another round, another node's
-    │                        instruction, or after the deadline
-    ├── SignatureError       a signature does not verify, is missing, or was made with
-    │                        another key than the one registered for its signer
-    ├── LedgerError          a ledger entry does not verify (broken chain, signature,
-    │                        Merkle root, checkpoint digest), or a ledger was forked
-    │                        or rewritten
-    └── TransportError       the other side cannot be reached or the connection broke
+    ├── ConfigError            an option, a TOML value, an address or a name (strategy,
+    │                          task) is invalid
+    ├── DataError              a data file is missing, malformed or cannot be partitioned
+    ├── TaskError              user Task code failed or a Task spec cannot be resolved
+    ├── ParamsError            parameters or a message's content cannot be decoded or do
+    │   │                      not fit
+    │   ├── SchemaMismatch     names, shapes or dtypes differ from the expected schema
+    │   ├── NonFiniteError     an array holds NaN or Inf
+    │   ├── WireError          (transport.convert) a well-formed message whose content the
+    │   │                      wire cannot carry or that makes no sense
+    │   └── PayloadError       (transport.chunks) a payload stream is oversized, truncated,
+    │                          overrun, out of order or fails its digest
+    ├── StrategyError          an aggregation rule was misused (e.g. nothing to aggregate)
+    ├── NodeError              a node did not deliver a result for an instruction
+    │   ├── NodeFailed         it broke: raised, crashed, or sent something unusable
+    │   │   └── NodeResultInvalid  its result arrived and its content was refused
+    │   │                      (unsigned or badly signed, undecodable, wrong schema,
+    │   │                      NaN/Inf): counted ``rejected``, not ``failed``
+    │   ├── NodeTimedOut       it missed the round deadline
+    │   └── NodeLeft           it left on purpose (a clean shutdown): not a fault, unlike
+    │                          NodeFailed, which means it broke
+    ├── RoundFailed            a round could not commit (quorum not met after retries)
+    ├── BudgetExhausted        the next round would exceed a budget (e.g. privacy ε)
+    ├── RunDirError            a run directory is missing, inconsistent or not writable
+    ├── AccessDenied           a peer is not allowed: certificate identity, allow-list
+    ├── CertificateError       (transport.certs) TLS material is missing, unreadable, would
+    │                          be overwritten, or does not verify
+    ├── UnknownId              a run, session or instruction id is unknown (or expired)
+    ├── UnexpectedResult       a result the server does not wait for: another round,
+    │                          another node's instruction, or after the deadline (its
+    │                          content is never looked at; the node skips it, goes on)
+    ├── SignatureError         a signature does not verify, is missing, or was made with
+    │                          another key than the one registered for its signer
+    ├── LedgerError            a ledger entry does not verify (broken chain, signature,
+    │   │                      Merkle root, checkpoint digest)
+    │   └── LedgerMismatch     (ledger.watch) the server's ledger was forked or rewritten
+    │                          under a node that checks it
+    └── TransportError         the other side cannot be reached, the connection broke, or
+                               an address cannot be bound
 
 Messages name the file, option or node concerned, because they are shown to people
-as the one-line reason a command failed.
+as the one-line reason a command failed. How each class travels over gRPC (its status
+code, and back) is decided in one place: ``potluck.transport.status``.
 """
 
 from __future__ import annotations
@@ -86,9 +102,10 @@ class NodeFailed(NodeError):
     """The node broke: its code raised, its process died, or its result was unusable."""
 
 
-class NodeRejected(NodeFailed):
-    """The node's result arrived but was refused: unsigned or badly signed, undecodable,
-    of the wrong schema, or holding NaN/Inf. Counted as ``rejected``, not ``failed``."""
+class NodeResultInvalid(NodeFailed):
+    """The node's result arrived but its content was refused: unsigned or badly signed,
+    undecodable, of the wrong schema, or holding NaN/Inf. Counted as ``rejected``, not
+    ``failed``. Contrast :class:`UnexpectedResult`, refused for when or where it came."""
 
 
 class NodeTimedOut(NodeError):
@@ -96,7 +113,8 @@ class NodeTimedOut(NodeError):
 
 
 class NodeLeft(NodeError):
-    """The node left the run on purpose; not counted as a fault."""
+    """The node left the run on purpose (a clean shutdown); not counted as a fault.
+    Deliberately not a :class:`NodeFailed`: leaving is not breaking."""
 
 
 class RoundFailed(PotluckError):
@@ -120,8 +138,10 @@ class UnknownId(PotluckError):
     """A run, session or instruction id is not known here, or no longer valid."""
 
 
-class ResultRejected(PotluckError):
-    """A result was refused: for another round or node, or after its deadline."""
+class UnexpectedResult(PotluckError):
+    """A result the server is not waiting for: for another round, another node's
+    instruction, or after its deadline. Its content is not looked at; the node drops
+    it and goes on. Contrast :class:`NodeResultInvalid`, refused for its content."""
 
 
 class SignatureError(PotluckError):
@@ -135,4 +155,5 @@ class LedgerError(PotluckError):
 
 
 class TransportError(PotluckError):
-    """The other side cannot be reached, or the connection broke mid-call."""
+    """The other side cannot be reached, the connection broke mid-call, or an address
+    cannot be bound. A node answers it by backing off and rejoining."""

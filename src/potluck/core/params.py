@@ -84,7 +84,7 @@ class Params(Mapping[str, np.ndarray]):
         Raises :class:`ParamsError` with the reason when the bytes are not valid. The
         arrays are read-only views into ``data`` (no copy) when it is ``bytes``, or a
         memoryview of a read-only numpy byte array that owns its memory
-        (``transport/bulk.py`` receives payloads that way, to skip a model-sized copy).
+        (``transport/bulk/`` receives payloads that way, to skip a model-sized copy).
         """
         raw: bytes | memoryview = data if isinstance(data, bytes) or _immutable_bytes(data) else bytes(data)  # fixed memory
         try:

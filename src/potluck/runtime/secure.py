@@ -24,7 +24,15 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from potluck.core.errors import ConfigError, NodeError, NodeLeft, NodeRejected, NodeTimedOut, ParamsError, StrategyError
+from potluck.core.errors import (
+    ConfigError,
+    NodeError,
+    NodeLeft,
+    NodeResultInvalid,
+    NodeTimedOut,
+    ParamsError,
+    StrategyError,
+)
 from potluck.core.messages import FitResult, Scalar
 from potluck.core.params import Params, ParamsKind, SchemaEntry
 from potluck.core.seeds import derive_seed
@@ -39,7 +47,7 @@ Schema = tuple[SchemaEntry, ...]
 
 def absence(error: NodeError) -> str:
     """The failure bucket of a node error, as the coordinator counts them."""
-    if isinstance(error, NodeRejected):
+    if isinstance(error, NodeResultInvalid):
         return "rejected"  # its result came and was refused (a bad signature, NaN/Inf): as the coordinator's own refusals
     return "left" if isinstance(error, NodeLeft) else "timed_out" if isinstance(error, NodeTimedOut) else "failed"
 

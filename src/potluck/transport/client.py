@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import grpc
 
-from potluck.core.digests import payload_digest
 from potluck.core.errors import TransportError
 from potluck.transport import convert, frames
+from potluck.transport.addresses import split_address
 from potluck.transport.bulk import MIN_BULK_BYTES, BulkClient
 from potluck.transport.certs import PemBundle
 from potluck.transport.chunks import (
@@ -25,12 +27,9 @@ from potluck.transport.chunks import (
     Reassembly,
     split,
 )
-from potluck.transport.convert import WireError
 from potluck.transport.fleet_messages import (
-    PROTOCOL,
     HeartbeatInfo,
     IncomingResult,
-    InstructionKind,
     JoinInfo,
     LedgerHeaders,
     OutgoingInstruction,
@@ -42,18 +41,12 @@ from potluck.transport.v1 import fleet_pb2 as pb
 from potluck.transport.v1 import fleet_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
-_KIND = {pb.FIT: "fit", pb.EVALUATE: "evaluate", pb.EXCHANGE: "exchange"}
 LANE_RETRY_SECONDS = 60.0  # after the bulk lane failed, payloads go over gRPC this long
-
-
-def _kind_of(kind: int) -> InstructionKind:
-    if kind not in _KIND:
-        raise WireError(f"instruction kind {kind} is unknown to this node; upgrade potluck")
-    return _KIND[kind]  # type: ignore[return-value]
 
 
 class FleetClient:
     """``tls=None`` connects in plaintext (only for servers started with --insecure).
+    ``address`` is HOST:PORT (ConfigError otherwise).
 
     Large payloads go over the server's bulk lane (``bulk.py``) when it announces one at
     join and ``bulk`` is on; if the lane fails, over gRPC chunks for a while.
@@ -70,6 +63,7 @@ class FleetClient:
         call_timeout: float = 60.0,
         bulk: bool = True,
     ) -> None:
+        self.host = split_address(address, "server address")[0]
         opts = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -96,8 +90,10 @@ class FleetClient:
         self.address, self.tls, self.use_bulk = address, tls, bulk and tls is not None
         self.lane: BulkClient | None = None
         self._lane_down_until = 0.0
+        self._closed = False
 
     def close(self) -> None:
+        self._closed = True
         if self.lane is not None:
             self.lane.close()
         self.channel.close()
@@ -109,9 +105,8 @@ class FleetClient:
             self.lane.close()
         self.lane = None
         if self.use_bulk and port and self.tls is not None:
-            host = self.address.rpartition(":")[0]
             # No progress for 30 s on the lane is a dead link (gRPC's keepalive finds one in 15 s).
-            self.lane = BulkClient(host, port, self.tls, timeout=min(self.call_timeout, 30.0))
+            self.lane = BulkClient(self.host, port, self.tls, timeout=min(self.call_timeout, 30.0))
 
     def _lane(self) -> BulkClient | None:
         """The bulk lane, unless there is none or it failed within LANE_RETRY_SECONDS."""
@@ -123,27 +118,32 @@ class FleetClient:
                     exc, LANE_RETRY_SECONDS)
         self._lane_down_until = time.monotonic() + LANE_RETRY_SECONDS
 
-    def join(self, info: JoinInfo) -> Welcome:
-        request = pb.JoinRequest(
-            node_id=info.node_id, task_name=info.task_name, task_version=info.task_version,
-            schema_digest=info.schema_digest, num_examples=info.num_examples, protocol=PROTOCOL,
-            resources=pb.Resources(cpus=info.cpus, memory_bytes=info.memory_bytes, gpus=info.gpus),
-            signing_key=info.public_key,
-        )
+    @contextmanager
+    def _calling(self) -> Iterator[None]:
+        """A refused call as its potluck error (status.py); a call after :meth:`close` as
+        a TransportError, not grpc's ValueError."""
         try:
-            r = self.stub.Join(request, timeout=self.call_timeout)
+            yield
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
+        except ValueError as exc:
+            if self._closed:
+                raise TransportError(f"the connection to {self.address} was closed by this node") from exc
+            raise
+
+    def join(self, info: JoinInfo) -> Welcome:
+        with self._calling():
+            r = self.stub.Join(convert.join_to_proto(info), timeout=self.call_timeout)
         self._open_lane(r.bulk_port)
-        return Welcome(r.run_id, r.model_id, r.schema_digest, r.current_round, r.session, r.heartbeat_seconds,
-                       r.data_info_json)
+        return convert.welcome_from_proto(r)
 
     def pull(self, session: str, wait: float) -> OutgoingInstruction | None:
         """The next instruction, or ``None`` if none came within ``wait`` seconds."""
-        try:
+        with self._calling():
             deadline = wait + min(self.call_timeout, 10.0)  # a long-poll that overruns this is a dead link
             lane = self._lane()
-            request = pb.PullRequest(session=session, wait_seconds=wait, bulk=lane is not None)
+            request = convert.build_message(pb.PullRequest, "pull request", session=session, wait_seconds=wait,
+                                            bulk=lane is not None)
             parts = self._pull(request, timeout=deadline)
             first = next(parts, None)
             if first is None:
@@ -154,40 +154,33 @@ class FleetClient:
             if h.params_size > self.max_payload_bytes:
                 raise PayloadError("oversize", f"payload of {h.params_size:,} bytes exceeds the limit of "
                                                f"{self.max_payload_bytes:,} bytes")
-            if h.params_via_bulk:
-                if lane is None:
-                    raise PayloadError("truncated", "the server sent a payload over a bulk lane this node did not ask for")
-                if next(parts, None) is not None:
-                    raise PayloadError("overrun", "chunks after a header that sends its payload over the bulk lane")
-                try:
-                    payload = lane.get(session, h.instruction_id, h.params_size, h.params_blake3)
-                except TransportError as exc:
-                    self._lane_failed(exc)
-                    raise  # the node rejoins; the server hands the instruction out again, then over gRPC
-            else:
-                assembly = Reassembly(h.params_size, h.params_blake3, self.max_payload_bytes)
-                for part in parts:
-                    chunk = frames.chunk_of(part)
-                    if chunk is None:
-                        raise PayloadError("overrun", "a second header inside one instruction")
-                    assembly.add(chunk.data, chunk.offset)
-                payload = assembly.finish()
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from exc
-        return OutgoingInstruction(
-            h.instruction_id, h.run_id, h.round, _kind_of(h.kind),
-            convert.config_from_proto(h.config), h.seed, payload, h.params_blake3, h.ledger_head, h.ledger_round,
-        )
+            payload = self._lane_payload(session, h, parts, lane) if h.params_via_bulk else self._chunks(h, parts)
+        return convert.instruction_from_proto(h, payload)
+
+    def _lane_payload(self, session: str, h: pb.InstructionHeader, parts: Iterator[Any],
+                      lane: BulkClient | None) -> memoryview:
+        if lane is None:
+            raise PayloadError("truncated", "the server sent a payload over a bulk lane this node did not ask for")
+        if next(parts, None) is not None:
+            raise PayloadError("overrun", "chunks after a header that sends its payload over the bulk lane")
+        try:
+            return lane.get(session, h.instruction_id, h.params_size, h.params_blake3)
+        except TransportError as exc:
+            self._lane_failed(exc)
+            raise  # the node rejoins; the server hands the instruction out again, then over gRPC
+
+    def _chunks(self, h: pb.InstructionHeader, parts: Iterator[Any]) -> bytes:
+        assembly = Reassembly(h.params_size, h.params_blake3, self.max_payload_bytes)
+        for part in parts:
+            chunk = frames.chunk_of(part)
+            if chunk is None:
+                raise PayloadError("overrun", "a second header inside one instruction")
+            assembly.add(chunk.data, chunk.offset)
+        return assembly.finish()
 
     def push(self, result: IncomingResult) -> bool:
         """Send a result; returns True if the server had it already (a repeat)."""
-        header = pb.ResultHeader(
-            session=result.session, instruction_id=result.instruction_id, round=result.round,
-            num_examples=result.num_examples, loss=result.loss, metrics=convert.metrics_to_proto(result.metrics),
-            run_id=result.run_id,
-            params_size=len(result.payload), params_blake3=result.payload_digest or payload_digest(result.payload),
-            signature=result.signature,
-        )
+        header = convert.result_to_proto(result)
         lane = self._lane() if len(result.payload) >= MIN_BULK_BYTES else None
         if lane is not None:
             try:
@@ -200,40 +193,33 @@ class FleetClient:
             for offset, piece in split(result.payload, self.chunk_bytes):
                 yield frames.ChunkFrame(offset, piece)
 
-        try:
+        with self._calling():
             reply = self._push(parts(), timeout=self.call_timeout + len(result.payload) / 1e6)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from exc
         return bool(reply.duplicate)
 
     def heartbeat(self, session: str, ledger_head: str = "") -> HeartbeatInfo:
         """``ledger_head``: the last ledger head this node verified, if it checks the ledger."""
-        try:
-            r = self.stub.Heartbeat(pb.HeartbeatRequest(session=session, ledger_head=ledger_head),
-                                    timeout=self.call_timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from exc
-        return HeartbeatInfo(r.current_round, r.run_finished, r.ledger_head, r.ledger_round)
+        request = convert.build_message(pb.HeartbeatRequest, "heartbeat", session=session, ledger_head=ledger_head)
+        with self._calling():
+            r = self.stub.Heartbeat(request, timeout=self.call_timeout)
+        return convert.heartbeat_from_proto(r)
 
     def ledger_since(self, session: str, head: str, max_entries: int = 0) -> LedgerHeaders:
         """Ledger headers after ``head`` ("" : from entry 0); LedgerError if the server's
         ledger holds no entry ``head``."""
-        try:
-            r = self.stub.LedgerSince(pb.LedgerSinceRequest(session=session, head=head, max_entries=max_entries),
-                                      timeout=self.call_timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from exc
-        return LedgerHeaders(tuple(r.headers), r.more)
+        request = convert.build_message(pb.LedgerSinceRequest, "ledger request", session=session, head=head,
+                                        max_entries=max_entries)
+        with self._calling():
+            r = self.stub.LedgerSince(request, timeout=self.call_timeout)
+        return convert.ledger_headers_from_proto(r)
 
     def inclusion_proof(self, session: str, rnd: int) -> ProofInfo:
-        try:
-            r = self.stub.InclusionProof(pb.InclusionProofRequest(session=session, round=rnd), timeout=self.call_timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from exc
-        return ProofInfo(r.included, r.contribution, r.index, r.tree_size, tuple(r.path))
+        request = convert.build_message(pb.InclusionProofRequest, "proof request", session=session, round=rnd)
+        with self._calling():
+            r = self.stub.InclusionProof(request, timeout=self.call_timeout)
+        return convert.proof_from_proto(r)
 
     def leave(self, session: str, reason: str) -> None:
-        try:
-            self.stub.Leave(pb.LeaveRequest(session=session, reason=reason), timeout=5.0)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from exc
+        request = convert.build_message(pb.LeaveRequest, "leave request", session=session, reason=reason)
+        with self._calling():
+            self.stub.Leave(request, timeout=5.0)

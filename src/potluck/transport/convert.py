@@ -1,7 +1,9 @@
-"""Domain ↔ wire, in symmetric ``to_proto`` / ``from_proto`` pairs (only place with protobuf).
+"""Domain ↔ wire, in symmetric ``to_proto`` / ``from_proto`` pairs: the one place that
+turns protobuf messages into potluck's types (``fleet_messages.py``) and back.
 
 Parameters are not converted here: they travel as safetensors chunks (``chunks.py``)
-after a header made by these functions.
+or over the bulk lane (``bulk/``) after a header made by these functions. Requests
+that carry only a session and a number are built where they are sent.
 
 Every function raises :class:`WireError` (a :class:`~potluck.core.errors.ParamsError`)
 for content the wire cannot carry or that makes no sense, never protobuf's own
@@ -16,11 +18,26 @@ metric names           1–128 characters
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
+from potluck.core.digests import payload_digest
 from potluck.core.errors import ParamsError
 from potluck.core.messages import ConfigDict, Scalar
+from potluck.transport.fleet_messages import (
+    PROTOCOL,
+    HeartbeatInfo,
+    IncomingResult,
+    InstructionKind,
+    JoinInfo,
+    LedgerHeaders,
+    OutgoingInstruction,
+    ProofInfo,
+    Welcome,
+)
 from potluck.transport.v1 import fleet_pb2 as pb
+
+M = TypeVar("M")
 
 SINT64_MIN, SINT64_MAX = -(2**63), 2**63 - 1
 MAX_METRIC_NAME = 128
@@ -106,3 +123,107 @@ def metrics_to_proto(metrics: Mapping[str, float]) -> dict[str, float]:
 def metrics_from_proto(metrics: Mapping[str, float]) -> dict[str, float]:
     """Metrics as floats; NaN/Inf metrics are kept (a loss may be NaN), names must be sane."""
     return {_metric_name(name): float(value) for name, value in metrics.items()}
+
+
+# --- fleet messages: a pair per domain type (payloads travel apart, see chunks.py) ---
+
+_KIND_TO_PROTO = {"fit": pb.FIT, "evaluate": pb.EVALUATE, "exchange": pb.EXCHANGE}
+_KIND_FROM_PROTO: dict[int, InstructionKind] = {v: k for k, v in _KIND_TO_PROTO.items()}  # type: ignore[misc]
+
+
+def build_message(cls: Callable[..., M], what: str, **fields: Any) -> M:
+    """``cls(**fields)``; protobuf's ValueError/TypeError (an int out of its field's range,
+    a lone surrogate, a wrong type) as a WireError naming ``what``."""
+    try:
+        return cls(**fields)
+    except (ValueError, TypeError) as exc:
+        raise WireError(f"{what} cannot be sent: {exc}") from None
+
+
+def join_to_proto(info: JoinInfo) -> pb.JoinRequest:
+    """The node's join request; ``certificate_sha256`` is never sent (the server reads it)."""
+    resources = build_message(pb.Resources, "join resources", cpus=info.cpus, memory_bytes=info.memory_bytes, gpus=info.gpus)
+    return build_message(pb.JoinRequest, f"join of node {info.node_id[:40]!r}", node_id=info.node_id,
+                  task_name=info.task_name, task_version=info.task_version, schema_digest=info.schema_digest,
+                  num_examples=info.num_examples, protocol=PROTOCOL, resources=resources,
+                  signing_key=info.public_key)
+
+
+def join_from_proto(request: pb.JoinRequest, certificate_sha256: str = "") -> JoinInfo:
+    """``certificate_sha256``: of the certificate the node presented (the servicer's, never the node's word)."""
+    r = request.resources
+    return JoinInfo(node_id=request.node_id, task_name=request.task_name, schema_digest=request.schema_digest,
+                    num_examples=request.num_examples, task_version=request.task_version, cpus=r.cpus,
+                    memory_bytes=r.memory_bytes, gpus=r.gpus, public_key=request.signing_key,
+                    certificate_sha256=certificate_sha256)
+
+
+def welcome_to_proto(w: Welcome, bulk_port: int = 0) -> pb.JoinReply:
+    return build_message(pb.JoinReply, "join reply", run_id=w.run_id, model_id=w.model_id, schema_digest=w.schema_digest,
+                  current_round=w.current_round, session=w.session, heartbeat_seconds=w.heartbeat_seconds,
+                  data_info_json=w.data_info_json, bulk_port=bulk_port)
+
+
+def welcome_from_proto(r: pb.JoinReply) -> Welcome:
+    return Welcome(r.run_id, r.model_id, r.schema_digest, r.current_round, r.session, r.heartbeat_seconds,
+                   r.data_info_json)
+
+
+def instruction_to_proto(ins: OutgoingInstruction) -> pb.InstructionHeader:
+    """The header announcing ``ins``'s payload (its size and digest); the payload follows apart."""
+    return build_message(pb.InstructionHeader, f"instruction {ins.instruction_id}", instruction_id=ins.instruction_id,
+                  run_id=ins.run_id, round=ins.round, kind=_KIND_TO_PROTO[ins.kind], config=config_to_proto(ins.config),
+                  seed=ins.seed, params_size=len(ins.payload), params_blake3=ins.payload_digest,
+                  ledger_head=ins.ledger_head, ledger_round=ins.ledger_round)
+
+
+def instruction_from_proto(h: pb.InstructionHeader, payload: bytes | memoryview) -> OutgoingInstruction:
+    """The instruction ``h`` announced, with the ``payload`` received (and checked) for it."""
+    if h.kind not in _KIND_FROM_PROTO:
+        raise WireError(f"instruction kind {h.kind} is unknown to this node; upgrade potluck")
+    return OutgoingInstruction(h.instruction_id, h.run_id, h.round, _KIND_FROM_PROTO[h.kind],
+                               config_from_proto(h.config), h.seed, payload, h.params_blake3, h.ledger_head,
+                               h.ledger_round)
+
+
+def result_to_proto(result: IncomingResult) -> pb.ResultHeader:
+    """The header announcing ``result``'s payload; its BLAKE3 is hashed here unless known."""
+    digest = result.payload_digest or payload_digest(result.payload)
+    return build_message(pb.ResultHeader, f"result for {result.instruction_id}", session=result.session,
+                  instruction_id=result.instruction_id, round=result.round, num_examples=result.num_examples,
+                  loss=result.loss, metrics=metrics_to_proto(result.metrics), run_id=result.run_id,
+                  params_size=len(result.payload), params_blake3=digest, signature=result.signature)
+
+
+def result_from_proto(h: pb.ResultHeader, payload: bytes | memoryview) -> IncomingResult:
+    """The result ``h`` announced with its ``payload``, whose digest the receiver checked on arrival."""
+    return IncomingResult(session=h.session, instruction_id=h.instruction_id, round=h.round,
+                          num_examples=h.num_examples, loss=h.loss, metrics=metrics_from_proto(h.metrics),
+                          payload=payload, run_id=h.run_id, signature=h.signature,
+                          payload_digest=h.params_blake3 if payload else "")
+
+
+def heartbeat_to_proto(info: HeartbeatInfo) -> pb.HeartbeatReply:
+    return build_message(pb.HeartbeatReply, "heartbeat reply", current_round=info.current_round,
+                  run_finished=info.run_finished, ledger_head=info.ledger_head, ledger_round=info.ledger_round)
+
+
+def heartbeat_from_proto(r: pb.HeartbeatReply) -> HeartbeatInfo:
+    return HeartbeatInfo(r.current_round, r.run_finished, r.ledger_head, r.ledger_round)
+
+
+def ledger_headers_to_proto(found: LedgerHeaders) -> pb.LedgerSinceReply:
+    return build_message(pb.LedgerSinceReply, "ledger headers", headers=list(found.headers), more=found.more)
+
+
+def ledger_headers_from_proto(r: pb.LedgerSinceReply) -> LedgerHeaders:
+    return LedgerHeaders(tuple(r.headers), r.more)
+
+
+def proof_to_proto(proof: ProofInfo) -> pb.InclusionProofReply:
+    return build_message(pb.InclusionProofReply, "inclusion proof", included=proof.included, contribution=proof.contribution,
+                  index=proof.index, tree_size=proof.tree_size, path=list(proof.path))
+
+
+def proof_from_proto(r: pb.InclusionProofReply) -> ProofInfo:
+    return ProofInfo(r.included, r.contribution, r.index, r.tree_size, tuple(r.path))

@@ -127,7 +127,7 @@ class FleetHandler(Protocol):
 
     def leave(self, session: str, reason: str, peer: str | None) -> None: ...
 
-    def refused(self, reason: str) -> None:
+    def count_refusal(self, reason: str) -> None:
         """Count a message the servicer refused before it reached the handler."""
         ...
 

@@ -10,28 +10,31 @@ never what it claims.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
+import functools
+import inspect
 import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from potluck.core.errors import AccessDenied, LedgerError, PotluckError
+from potluck.core.errors import AccessDenied, LedgerError, PotluckError, TransportError
 from potluck.transport import convert, frames
+from potluck.transport.addresses import split_address
 from potluck.transport.bulk import MIN_BULK_BYTES, BulkOptions, BulkServer
 from potluck.transport.certs import CertificateError, PemBundle, certificate_sha256
 from potluck.transport.chunks import DEFAULT_CHUNK_BYTES, PayloadError, Reassembly, split
 from potluck.transport.convert import WireError
-from potluck.transport.fleet_messages import PROTOCOL, FleetHandler, IncomingResult, JoinInfo, LedgerHandler
+from potluck.transport.fleet_messages import PROTOCOL, FleetHandler, LedgerHandler
 from potluck.transport.status import details_of, status_of
 from potluck.transport.v1 import fleet_pb2 as pb
 from potluck.transport.v1 import fleet_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
-_KIND = {"fit": pb.FIT, "evaluate": pb.EVALUATE, "exchange": pb.EXCHANGE}
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,37 @@ def _peer_certificate(context: grpc.ServicerContext) -> str:
         return ""
 
 
+def _refusing(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A servicer call whose PotluckError aborts it with its status code and details
+    (status.py), and whose request that did not parse is refused as a WireError."""
+
+    def refuse(context: grpc.ServicerContext, exc: PotluckError) -> NoReturn:
+        log.info("refused %s: %s", context.peer(), exc)
+        context.abort(status_of(exc), details_of(exc))
+        raise AssertionError("unreachable: context.abort raises") from exc
+
+    if inspect.isgeneratorfunction(method):  # a reply stream: errors arise while it is read
+        @functools.wraps(method)
+        def stream(self: FleetServicer, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                self.check_parsed(request)
+                yield from method(self, request, context)
+            except PotluckError as exc:
+                refuse(context, exc)
+
+        return stream
+
+    @functools.wraps(method)
+    def call(self: FleetServicer, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            self.check_parsed(request)
+            return method(self, request, context)
+        except PotluckError as exc:
+            refuse(context, exc)
+
+    return call
+
+
 class FleetServicer(pb_grpc.FleetServicer):
     """The gRPC calls, and what the bulk lane asks of the server (``bulk.BulkHandler``)."""
 
@@ -94,8 +128,8 @@ class FleetServicer(pb_grpc.FleetServicer):
     def max_payload_bytes(self) -> int:
         return self.handler.max_payload_bytes
 
-    def refused(self, reason: str) -> None:
-        self.handler.refused(reason)
+    def count_refusal(self, reason: str) -> None:
+        self.handler.count_refusal(reason)
 
     def pulled_payload(self, session: str, instruction_id: str, peer: str | None) -> bytes | memoryview:
         return self.handler.pulled_payload(session, instruction_id, peer)
@@ -113,62 +147,32 @@ class FleetServicer(pb_grpc.FleetServicer):
             raise AccessDenied("no client certificate: nodes must present one issued by the project CA")
         return peer
 
-    def _abort(self, context: grpc.ServicerContext, error: PotluckError) -> None:
-        log.info("refused %s: %s", context.peer(), error)
-        context.abort(status_of(error), details_of(error))
-
-    def _check_parsed(self, message: object) -> None:
+    def check_parsed(self, message: object) -> None:
         if isinstance(message, Malformed):
-            self.handler.refused("malformed")
+            self.handler.count_refusal("malformed")
             raise WireError(f"malformed {message.what}: {message.reason}")
 
+    @_refusing
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:  # noqa: N802
-        try:
-            self._check_parsed(request)
-            peer = self._identity(context)
-            if request.protocol and request.protocol != PROTOCOL:
-                self.handler.refused("protocol")
-                raise AccessDenied(f"protocol {request.protocol!r} is not supported; this server speaks {PROTOCOL}")
-            if peer is not None and request.node_id != peer:
-                self.handler.refused("identity")
-                raise AccessDenied(f"node id {request.node_id!r} does not match its certificate ({peer!r})")
-            info = JoinInfo(
-                node_id=request.node_id, task_name=request.task_name, schema_digest=request.schema_digest,
-                num_examples=request.num_examples, task_version=request.task_version,
-                cpus=request.resources.cpus, memory_bytes=request.resources.memory_bytes, gpus=request.resources.gpus,
-                public_key=request.signing_key, certificate_sha256=_peer_certificate(context) if peer else "",
-            )
-            w = self.handler.join(info, peer)
-        except PotluckError as exc:
-            self._abort(context, exc)
-            raise AssertionError("unreachable") from exc  # context.abort raises
-        return pb.JoinReply(
-            run_id=w.run_id, model_id=w.model_id, schema_digest=w.schema_digest, current_round=w.current_round,
-            session=w.session, heartbeat_seconds=w.heartbeat_seconds, data_info_json=w.data_info_json,
-            bulk_port=self.bulk_port,
-        )
+        peer = self._identity(context)
+        if request.protocol and request.protocol != PROTOCOL:
+            self.handler.count_refusal("protocol")
+            raise AccessDenied(f"protocol {request.protocol!r} is not supported; this server speaks {PROTOCOL}")
+        if peer is not None and request.node_id != peer:
+            self.handler.count_refusal("identity")
+            raise AccessDenied(f"node id {request.node_id!r} does not match its certificate ({peer!r})")
+        info = convert.join_from_proto(request, _peer_certificate(context) if peer else "")
+        return convert.welcome_to_proto(self.handler.join(info, peer), self.bulk_port)
 
+    @_refusing
     def Pull(  # noqa: N802
         self, request: pb.PullRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.InstructionPart | frames.ChunkFrame]:
-        try:
-            self._check_parsed(request)
-            wait = min(max(request.wait_seconds, 0.0), self.options.max_pull_wait)
-            ins = self.handler.next_instruction(request.session, wait, self._identity(context))
-            if ins is None:
-                return
-            try:
-                header = pb.InstructionHeader(
-                    instruction_id=ins.instruction_id, run_id=ins.run_id, round=ins.round, kind=_KIND[ins.kind],
-                    config=convert.config_to_proto(ins.config), seed=ins.seed,
-                    params_size=len(ins.payload), params_blake3=ins.payload_digest,
-                    ledger_head=ins.ledger_head, ledger_round=ins.ledger_round,
-                )
-            except ValueError as exc:  # a round or seed beyond the wire's integer range
-                raise WireError(f"instruction {ins.instruction_id} cannot be sent: {exc}") from exc
-        except PotluckError as exc:
-            self._abort(context, exc)
+        wait = min(max(request.wait_seconds, 0.0), self.options.max_pull_wait)
+        ins = self.handler.next_instruction(request.session, wait, self._identity(context))
+        if ins is None:
             return
+        header = convert.instruction_to_proto(ins)
         if request.bulk and self.bulk_port and len(ins.payload) >= MIN_BULK_BYTES:
             header.params_via_bulk = True  # the node fetches it from the lane
             yield pb.InstructionPart(header=header)
@@ -177,36 +181,27 @@ class FleetServicer(pb_grpc.FleetServicer):
         for offset, piece in split(ins.payload, self.options.chunk_bytes):
             yield frames.ChunkFrame(offset, piece)
 
+    @_refusing
     def Push(  # noqa: N802
         self, request_iterator: Iterator[pb.ResultPart | frames.ChunkFrame], context: grpc.ServicerContext
     ) -> pb.PushReply:
-        try:
-            peer = self._identity(context)
-            h, payload = self._receive(request_iterator)
-            duplicate = self._submit(h, payload, peer)
-        except PotluckError as exc:
-            self._abort(context, exc)
-            raise AssertionError("unreachable") from exc
-        return pb.PushReply(accepted=True, duplicate=duplicate)
+        peer = self._identity(context)
+        h, payload = self._receive(request_iterator)
+        return pb.PushReply(accepted=True, duplicate=self._submit(h, payload, peer))
 
     def _submit(self, h: pb.ResultHeader, payload: bytes | memoryview, peer: str | None) -> bool:
         try:
-            metrics = convert.metrics_from_proto(h.metrics)
+            result = convert.result_from_proto(h, payload)
         except WireError:
-            self.handler.refused("malformed")
+            self.handler.count_refusal("malformed")
             raise
-        result = IncomingResult(
-            session=h.session, instruction_id=h.instruction_id, round=h.round, num_examples=h.num_examples,
-            loss=h.loss, metrics=metrics, payload=payload, run_id=h.run_id, signature=h.signature,
-            payload_digest=h.params_blake3 if payload else "",  # checked on arrival
-        )
         return self.handler.submit(result, peer)
 
     def _receive(self, parts: Iterator[pb.ResultPart | frames.ChunkFrame | Malformed]) -> tuple[pb.ResultHeader, bytes]:
         """The header and the checked payload of a push (payload errors counted by reason)."""
         try:
             first = next(parts, None)
-            self._check_parsed(first)
+            self.check_parsed(first)
             if first is None or frames.chunk_of(first) is not None:
                 raise PayloadError("truncated", "a push must start with a result header")
             header: pb.ResultHeader = first.header  # type: ignore[union-attr]
@@ -214,65 +209,48 @@ class FleetServicer(pb_grpc.FleetServicer):
                 return header, b""
             assembly = Reassembly(header.params_size, header.params_blake3, self.handler.max_payload_bytes)
             for part in parts:
-                self._check_parsed(part)
+                self.check_parsed(part)
                 chunk = frames.chunk_of(part)
                 if chunk is None:
                     raise PayloadError("overrun", "a second header inside one push")
                 assembly.add(chunk.data, chunk.offset)
             return header, assembly.finish()
         except PayloadError as exc:
-            self.handler.refused(f"payload_{exc.reason}")
+            self.handler.count_refusal(f"payload_{exc.reason}")
             raise
 
+    @_refusing
     def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatReply:  # noqa: N802
-        try:
-            self._check_parsed(request)
-            peer = self._identity(context)
-            if self.ledger is not None and request.ledger_head:
-                self.ledger.ledger_seen(request.session, request.ledger_head, peer)  # before: it may end the run
-            info = self.handler.heartbeat(request.session, peer)
-            head = self.ledger.ledger_head() if self.ledger is not None else None
-        except PotluckError as exc:
-            self._abort(context, exc)
-            raise AssertionError("unreachable") from exc
-        return pb.HeartbeatReply(current_round=info.current_round, run_finished=info.run_finished,
-                                 ledger_head=head[1] if head else "", ledger_round=head[0] if head else 0)
+        peer = self._identity(context)
+        if self.ledger is not None and request.ledger_head:
+            self.ledger.ledger_seen(request.session, request.ledger_head, peer)  # before: it may end the run
+        info = self.handler.heartbeat(request.session, peer)
+        head = self.ledger.ledger_head() if self.ledger is not None else None
+        info = dataclasses.replace(info, ledger_round=head[0] if head else 0, ledger_head=head[1] if head else "")
+        return convert.heartbeat_to_proto(info)
 
+    @_refusing
     def Leave(self, request: pb.LeaveRequest, context: grpc.ServicerContext) -> pb.LeaveReply:  # noqa: N802
-        try:
-            self._check_parsed(request)
-            self.handler.leave(request.session, request.reason, self._identity(context))
-        except PotluckError as exc:
-            self._abort(context, exc)
+        self.handler.leave(request.session, request.reason, self._identity(context))
         return pb.LeaveReply()
-
 
     def _ledger_handler(self) -> LedgerHandler:
         if self.ledger is None:
             raise LedgerError("this server keeps no ledger")
         return self.ledger
 
+    @_refusing
     def LedgerSince(self, request: pb.LedgerSinceRequest, context: grpc.ServicerContext) -> pb.LedgerSinceReply:  # noqa: N802
-        try:
-            self._check_parsed(request)
-            peer = self._identity(context)
-            limit = min(request.max_entries or self.options.max_ledger_entries, self.options.max_ledger_entries)
-            found = self._ledger_handler().ledger_since(request.session, request.head, limit, peer)
-        except PotluckError as exc:
-            self._abort(context, exc)
-            raise AssertionError("unreachable") from exc
-        return pb.LedgerSinceReply(headers=list(found.headers), more=found.more)
+        peer = self._identity(context)
+        limit = min(request.max_entries or self.options.max_ledger_entries, self.options.max_ledger_entries)
+        return convert.ledger_headers_to_proto(self._ledger_handler().ledger_since(request.session, request.head,
+                                                                                   limit, peer))
 
+    @_refusing
     def InclusionProof(self, request: pb.InclusionProofRequest,  # noqa: N802
                        context: grpc.ServicerContext) -> pb.InclusionProofReply:
-        try:
-            self._check_parsed(request)
-            proof = self._ledger_handler().ledger_proof(request.session, request.round, self._identity(context))
-        except PotluckError as exc:
-            self._abort(context, exc)
-            raise AssertionError("unreachable") from exc
-        return pb.InclusionProofReply(included=proof.included, contribution=proof.contribution, index=proof.index,
-                                      tree_size=proof.tree_size, path=list(proof.path))
+        proof = self._ledger_handler().ledger_proof(request.session, request.round, self._identity(context))
+        return convert.proof_to_proto(proof)
 
 
 def _handlers(servicer: FleetServicer) -> grpc.GenericRpcHandler:
@@ -321,25 +299,19 @@ class FleetServer:
 
 def bulk_address_for(bind: str, port: int, setting: str) -> str | None:
     """Where the bulk lane listens: ``setting`` "off" → nowhere; "auto" → the gRPC host,
-    port + 1 (any free port when the gRPC port was chosen by the system); else HOST:PORT."""
+    port + 1 (any free port when the gRPC port was chosen by the system); else HOST:PORT
+    (ConfigError if it is not one)."""
     if setting == "off":
         return None
     if setting != "auto":
+        split_address(setting, "bulk lane address")
         return setting
-    host, _, asked = bind.rpartition(":")
-    return f"{host}:{0 if asked in ('', '0') else port + 1}"
+    host, asked = split_address(bind, "bind address")
+    return f"{host}:{0 if asked == 0 else port + 1}"
 
 
-def start_server(
-    handler: FleetHandler, address: str, tls: PemBundle | None, options: ServerOptions | None = None,
-    *, ledger: LedgerHandler | None = None, bulk: str = "auto",
-) -> tuple[FleetServer, int]:
-    """Serve ``handler`` on ``address`` (``host:port``; port 0 picks one). Returns the
-    started server and the bound port. ``tls=None`` serves plaintext (--insecure).
-    ``ledger`` answers the ledger calls (``None``: they are refused with LedgerError).
-    ``bulk`` places the bulk lane (:func:`bulk_address_for`; never without TLS)."""
-    options = options or ServerOptions()
-    server = grpc.server(
+def _grpc_server(options: ServerOptions) -> grpc.Server:
+    return grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="potluck-rpc"),
         options=[
             ("grpc.max_receive_message_length", options.max_message_bytes),
@@ -352,29 +324,62 @@ def start_server(
         ],
         maximum_concurrent_rpcs=options.max_workers,
     )
+
+
+def _bind(server: grpc.Server, address: str, tls: PemBundle | None) -> int:
+    """The port ``server`` listens on at ``address``; TransportError when it cannot."""
+    try:
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            credentials = grpc.ssl_server_credentials([(tls.key, tls.cert)], root_certificates=tls.ca,
+                                                      require_client_auth=True)
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as exc:  # newer grpc raises where older ones returned 0
+        raise TransportError(f"cannot listen at {address}: {exc} (in use, or not an address of this machine?)") from exc
+    if port == 0:
+        raise TransportError(f"cannot listen at {address} (in use, or not an address of this machine?)")
+    return int(port)
+
+
+def _start_lane(servicer: FleetServicer, where: str, tls: PemBundle, options: ServerOptions,
+                required: bool) -> BulkServer | None:
+    """The bulk lane at ``where``; without one (a warning) if it cannot listen and is not ``required``."""
+    try:
+        lane = BulkServer(servicer, where, tls, BulkOptions(handshake_timeout=options.handshake_timeout)).start()
+    except TransportError as exc:
+        if required:
+            raise
+        log.warning("no bulk lane (%s): payloads travel as gRPC chunks", exc)
+        return None
+    servicer.bulk_port = lane.port
+    log.info("bulk lane for payloads on port %d", lane.port)
+    return lane
+
+
+def start_server(
+    handler: FleetHandler, address: str, tls: PemBundle | None, options: ServerOptions | None = None,
+    *, ledger: LedgerHandler | None = None, bulk: str = "auto",
+) -> tuple[FleetServer, int]:
+    """Serve ``handler`` on ``address`` (``host:port``; port 0 picks one). Returns the
+    started server and the bound port. ``tls=None`` serves plaintext (--insecure).
+    ``ledger`` answers the ledger calls (``None``: they are refused with LedgerError).
+    ``bulk`` places the bulk lane (:func:`bulk_address_for`; never without TLS).
+    ConfigError for an address that is not HOST:PORT, TransportError for one that
+    cannot be listened at."""
+    options = options or ServerOptions()
+    split_address(address, "bind address")
+    server = _grpc_server(options)
     servicer = FleetServicer(handler, options, secure=tls is not None, ledger=ledger)
     server.add_generic_rpc_handlers((_handlers(servicer),))
-    if tls is None:
-        port = server.add_insecure_port(address)
-    else:
-        credentials = grpc.ssl_server_credentials(
-            [(tls.key, tls.cert)], root_certificates=tls.ca, require_client_auth=True
-        )
-        port = server.add_secure_port(address, credentials)
-    if port == 0:
-        raise OSError(f"cannot bind {address}")
-    lane = None
+    port = _bind(server, address, tls)
     where = bulk_address_for(address, port, bulk)
+    lane = None
     if tls is not None and where is not None:
         try:
-            lane = BulkServer(servicer, where, tls, BulkOptions(handshake_timeout=options.handshake_timeout)).start()
-        except OSError as exc:
-            if bulk != "auto":
-                server.stop(0)
-                raise OSError(f"cannot bind the bulk lane at {where}: {exc}") from exc
-            log.warning("no bulk lane (%s: %s): payloads travel as gRPC chunks", where, exc)
-        else:
-            servicer.bulk_port = lane.port
-            log.info("bulk lane for payloads on port %d", lane.port)
+            lane = _start_lane(servicer, where, tls, options, required=bulk != "auto")
+        except TransportError:
+            server.stop(0)
+            raise
     server.start()
     return FleetServer(server, lane), port
