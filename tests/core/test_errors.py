@@ -35,7 +35,7 @@ def test_the_walk_finds_the_classes_defined_outside_core():
     modules = {cls.__name__: cls.__module__ for cls in CLASSES}
     assert modules["WireError"] == "potluck.transport.convert"
     assert modules["LedgerMismatch"] == "potluck.ledger.watch"
-    assert modules["CertificateError"] == "potluck.transport.certs"
+    assert modules["CertificateError"] == "potluck.transport.tls_files"
 
 
 def test_the_drawing_is_read_as_a_tree():

@@ -19,7 +19,7 @@ import pytest
 from cryptography import x509
 
 from potluck.core.errors import ConfigError
-from potluck.transport import certs
+from potluck.transport import certs, tls_files
 from potluck.transport.certs import CertificateError
 
 NOW = datetime.now(timezone.utc)
@@ -75,7 +75,7 @@ def test_keys_are_created_private_never_widened(tls: Path, monkeypatch: pytest.M
         opened.append((str(path), mode))
         return real_open(path, flags, mode, *args, **kwargs)
 
-    monkeypatch.setattr(certs.os, "open", spy)
+    monkeypatch.setattr(tls_files.os, "open", spy)
     (tls / "nodes" / "node-1.key").chmod(0o644)
     certs.issue_node(tls, "node-1")
     key_opens = [m for p, m in opened if p.endswith(f".key.{os.getpid()}.tmp")]
@@ -216,6 +216,35 @@ def test_load_pem_bundle_checks_before_the_handshake(tls: Path, other_ca: Path) 
     shutil.copy(other_ca / "nodes" / "node-1.crt", tls / "nodes" / "node-1.crt")
     with pytest.raises(CertificateError, match="not signed by this CA"):
         certs.load_pem_bundle(tls, "node", "node-1")
+
+
+def test_a_missing_certificate_file_is_named_with_its_fix(tls: Path) -> None:
+    (tls / "nodes" / "node-1.crt").unlink()
+    with pytest.raises(CertificateError, match=r"missing TLS files for the node: .*node-1.crt \(make it with"):
+        certs.load_pem_bundle(tls, "node", "node-1")
+
+
+def test_file_system_failures_are_certificate_errors_naming_the_file(tls: Path) -> None:
+    (tls / "odd.crt").mkdir()  # a directory where a certificate should be
+    with pytest.raises(CertificateError, match=r"cannot read .*odd.crt: Is a directory"):
+        certs.describe(tls / "odd.crt")
+    blocker = tls.parent / "blocker"
+    blocker.write_text("a file, not a directory")
+    with pytest.raises(CertificateError, match=r"cannot create the TLS directory .*blocker/tls: Not a directory"):
+        certs.init_ca(blocker / "tls")
+    (tls / "ca.key").write_text("not a key")
+    with pytest.raises(CertificateError, match=r"ca.key is not an ECDSA key"):
+        certs.issue_node(tls, "node-2")
+
+
+def test_tls_material_ssl_cannot_use_is_a_certificate_error(tls: Path) -> None:
+    from potluck.transport.bulk import wire
+
+    bundle = certs.load_pem_bundle(tls, "server")
+    with pytest.raises(CertificateError, match="the bulk lane cannot use this TLS material"):
+        wire.server_context(certs.PemBundle(b"-----BEGIN CERTIFICATE-----\nnot base64\n", bundle.cert, bundle.key))
+    with pytest.raises(CertificateError, match="the bulk lane cannot use this TLS material"):
+        wire.client_context(certs.PemBundle(bundle.ca, bundle.cert, b"not a key"))
 
 
 # --- independent oracles --------------------------------------------------------------

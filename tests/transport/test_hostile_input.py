@@ -3,6 +3,7 @@ and the server completes a round with a well-behaved node afterwards."""
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import threading
@@ -14,12 +15,22 @@ import pytest
 
 from fleet_kit import MODEL, client, delta, dispatch, join, serve_fleet, well_behaved_round
 from potluck.core.digests import payload_digest
-from potluck.core.errors import NodeFailed, TransportError, UnknownId
+from potluck.core.errors import (
+    NodeResultInvalid,
+    NodeTimedOut,
+    NonFiniteError,
+    ParamsError,
+    SchemaMismatch,
+    TransportError,
+    UnknownId,
+)
 from potluck.core.params import Params, ParamsKind
 from potluck.transport import frames
 from potluck.transport.certs import issue_node, load_pem_bundle
 from potluck.transport.client import FleetClient
+from potluck.transport.convert import WireError
 from potluck.transport.fleet_messages import IncomingResult, JoinInfo
+from potluck.transport.status import error_from_rpc
 from potluck.transport.v1 import fleet_pb2 as pb
 
 
@@ -68,7 +79,7 @@ def test_bad_chunk_streams(fleet, tls, case):
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and message in error.details()
     assert pool.rejections[counter] == 1
     t.join(5)  # the deadline passes: the node is dropped for the round, not the run
-    assert isinstance(outcomes[0], NodeFailed | type(outcomes[0])) and outcomes[0].node_id == "a"
+    assert type(outcomes[0]) is NodeTimedOut and outcomes[0].node_id == "a"  # its result never arrived whole
     well_behaved_round(pool, tls, address)
 
 
@@ -90,27 +101,46 @@ def test_malformed_protobuf_is_refused_as_malformed(fleet, tls):
     well_behaved_round(pool, tls, address)
 
 
+def test_a_result_the_wire_refuses_is_a_wire_error_on_the_node_so_it_skips_not_rejoins(fleet, tls):
+    pool, address = fleet
+    c = client(tls, address)
+    session = join(c)
+    t, outcomes = dispatch(pool, ["a"], timeout=2)
+    ins = c.pull(session, 5)
+    error = raw_push(c, [header(session, ins, b"", metrics={"": 1.0})])  # a metric without a name
+    back = error_from_rpc(error)
+    assert type(back) is WireError and "metric name '' must be 1–128 characters" in str(back)
+    assert not isinstance(back, TransportError) and pool.rejections["malformed"] == 1
+    t.join(5)
+    well_behaved_round(pool, tls, address)
+
+
 @pytest.mark.parametrize(
-    ("update", "error", "counter"),
+    ("update", "kind", "error", "counter"),
     [
-        ({"v": np.zeros((4, 3), np.float32), "b": np.zeros(3, np.float32)}, "missing arrays ['w']", "result_schema"),
-        ({"w": np.zeros((3, 4), np.float32), "b": np.zeros(3, np.float32)}, "'w' has shape (3, 4)", "result_schema"),
-        ({"w": np.zeros((4, 3), np.float64), "b": np.zeros(3, np.float32)}, "'w' has dtype float64", "result_schema"),
-        ({"w": np.full((4, 3), np.inf, np.float32), "b": np.zeros(3, np.float32)}, "holds 12 NaN/Inf", "non_finite"),
+        ({"v": np.zeros((4, 3), np.float32), "b": np.zeros(3, np.float32)}, SchemaMismatch, "missing arrays ['w']",
+         "result_schema"),
+        ({"w": np.zeros((3, 4), np.float32), "b": np.zeros(3, np.float32)}, SchemaMismatch, "'w' has shape (3, 4)",
+         "result_schema"),
+        ({"w": np.zeros((4, 3), np.float64), "b": np.zeros(3, np.float32)}, SchemaMismatch, "'w' has dtype float64",
+         "result_schema"),
+        ({"w": np.full((4, 3), np.inf, np.float32), "b": np.zeros(3, np.float32)}, NonFiniteError, "holds 12 NaN/Inf",
+         "non_finite"),
     ],
     ids=["names", "shape", "dtype", "inf"],
 )
-def test_wrong_tensors_and_non_finite_values(fleet, tls, update, error, counter):
+def test_wrong_tensors_and_non_finite_values(fleet, tls, update, kind, error, counter):
     pool, address = fleet
     c = client(tls, address)
     session = join(c)
     t, outcomes = dispatch(pool, ["a"], timeout=3)
     ins = c.pull(session, 5)
     payload = Params.from_arrays(update, ParamsKind.DELTA).encode()
-    with pytest.raises(Exception, match=error.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+    with pytest.raises(kind, match=re.escape(error)) as refused:
         c.push(IncomingResult(session, ins.instruction_id, 1, 10, payload=payload))
+    assert type(refused.value) is kind  # the exact class crossed the wire, not a parent
     t.join(5)
-    assert isinstance(outcomes[0], NodeFailed) and pool.rejections[counter] == 1
+    assert type(outcomes[0]) is NodeResultInvalid and pool.rejections[counter] == 1
     well_behaved_round(pool, tls, address)
 
 
@@ -120,10 +150,10 @@ def test_undecodable_payload(fleet, tls):
     session = join(c)
     t, outcomes = dispatch(pool, ["a"], timeout=3)
     ins = c.pull(session, 5)
-    with pytest.raises(Exception, match="cannot decode parameters"):
+    with pytest.raises(ParamsError, match="cannot decode parameters"):
         c.push(IncomingResult(session, ins.instruction_id, 1, 10, payload=b"\x08" + bytes(40)))
     t.join(5)
-    assert pool.rejections["undecodable"] == 1
+    assert type(outcomes[0]) is NodeResultInvalid and pool.rejections["undecodable"] == 1
     well_behaved_round(pool, tls, address)
 
 

@@ -30,7 +30,7 @@ defined beside the code that raises them are drawn here too, with their module::
     ├── BudgetExhausted        the next round would exceed a budget (e.g. privacy ε)
     ├── RunDirError            a run directory is missing, inconsistent or not writable
     ├── AccessDenied           a peer is not allowed: certificate identity, allow-list
-    ├── CertificateError       (transport.certs) TLS material is missing, unreadable, would
+    ├── CertificateError       (transport.tls_files) TLS material is missing, unreadable, would
     │                          be overwritten, or does not verify
     ├── UnknownId              a run, session or instruction id is unknown (or expired)
     ├── UnexpectedResult       a result the server does not wait for: another round,

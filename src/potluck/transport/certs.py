@@ -22,7 +22,6 @@ Example::
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +35,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from potluck.core.errors import ConfigError, PotluckError
+from potluck.core.errors import ConfigError
+from potluck.transport.tls_files import CertificateError, make_private_dir, read_file, write_atomically
 
 Role = Literal["server", "node"]
 
@@ -44,15 +44,6 @@ NODE_ID_RULE = "1-64 characters of A-Z a-z 0-9 . _ -, not starting with '.' or '
 _NODE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 _CLOCK_SKEW = timedelta(minutes=5)  # certificates start this much in the past
-
-
-class CertificateError(PotluckError):
-    """TLS material is missing, would be overwritten, or does not verify.
-
-    The message names the file or certificate (by subject) and, where one exists, the
-    ``potluck certs`` command that fixes it. Invalid arguments (a bad node id or host,
-    days < 1) raise :class:`~potluck.core.errors.ConfigError` instead.
-    """
 
 
 @dataclass(frozen=True)
@@ -103,9 +94,9 @@ def init_ca(tls_dir: Path, *, name: str = "potluck project CA", days: int = 3650
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    tls_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write(key_path, _key_pem(key), 0o600)
-    _write(crt, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    make_private_dir(tls_dir)
+    write_atomically(key_path, _key_pem(key), 0o600)
+    write_atomically(crt, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return _info(cert, crt)
 
 
@@ -163,11 +154,7 @@ def certificate_sha256(pem: bytes) -> str:
 
 def describe(cert_path: Path) -> CertInfo:
     """Read a PEM certificate file; CertificateError if missing or not a certificate."""
-    try:
-        pem = cert_path.read_bytes()
-    except OSError as exc:
-        raise CertificateError(f"cannot read {cert_path}: {exc.strerror}") from None
-    return _info(_parse(pem, str(cert_path)), cert_path)
+    return _info(_parse(read_file(cert_path), str(cert_path)), cert_path)
 
 
 def find_certificates(tls_dir: Path) -> list[Path]:
@@ -242,7 +229,7 @@ def load_pem_bundle(tls_dir: Path, role: Role, node_id: str | None = None, *, no
     ``ca.crt`` or is out of its validity window, or the key does not belong to it.
     """
     ca_path, crt_path, key_path = tls_paths(tls_dir, role, node_id)
-    bundle = PemBundle(ca_path.read_bytes(), crt_path.read_bytes(), key_path.read_bytes())
+    bundle = PemBundle(read_file(ca_path), read_file(crt_path), read_file(key_path))
     verify_chain(bundle.cert, bundle.ca, now=now)
     try:
         key = serialization.load_pem_private_key(bundle.key, password=None)
@@ -286,9 +273,9 @@ def _issue(
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
     crt_path, key_path = _cert_key_paths(tls_dir, role, common_name)
-    crt_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write(key_path, _key_pem(key), 0o600)
-    _write(crt_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    make_private_dir(crt_path.parent)
+    write_atomically(key_path, _key_pem(key), 0o600)
+    write_atomically(crt_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return _info(cert, crt_path)
 
 
@@ -299,10 +286,13 @@ def _load_ca(tls_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKe
         raise CertificateError(
             f"no CA in {tls_dir} ({', '.join(missing)} missing): run `potluck certs init --tls-dir {tls_dir}` first"
         )
-    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    try:
+        key = serialization.load_pem_private_key(read_file(key_path), password=None)
+    except (ValueError, TypeError):
+        key = None  # not a PEM key, or one with a password: said below
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise CertificateError(f"{key_path} is not an ECDSA key; recreate the CA with `potluck certs init --force`")
-    return _parse(crt.read_bytes(), str(crt)), key
+    return _parse(read_file(crt), str(crt)), key
 
 
 def _cert_key_paths(tls_dir: Path, role: Role, node_id: str | None) -> tuple[Path, Path]:
@@ -372,18 +362,3 @@ def _san_text(name: x509.GeneralName) -> str:
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write atomically; the temp file is created with *mode*, so a key is never exposed."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
