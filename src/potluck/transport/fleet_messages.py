@@ -1,7 +1,7 @@
 """What the fleet protocol carries, as plain dataclasses on both sides of the wire.
 
-The servicer and the client convert these to and from protobuf; the server-side
-handler (a NodePool) and the node loop only ever see these.
+``convert.py`` turns these into protobuf and back (and nothing else does); the
+server-side handler (a NodePool) and the node loop only ever see these.
 """
 
 from __future__ import annotations
@@ -128,7 +128,8 @@ class FleetHandler(Protocol):
     def leave(self, session: str, reason: str, peer: str | None) -> None: ...
 
     def count_refusal(self, reason: str) -> None:
-        """Count a message the servicer refused before it reached the handler."""
+        """Count a message the servicer refused before it reached the handler (malformed,
+        identity, payload_<reason>, bulk_*): a metric's label, nothing is raised."""
         ...
 
 

@@ -29,7 +29,7 @@ from potluck.transport.bulk import MIN_BULK_BYTES, BulkOptions, BulkServer
 from potluck.transport.certs import CertificateError, PemBundle, certificate_sha256
 from potluck.transport.chunks import DEFAULT_CHUNK_BYTES, PayloadError, Reassembly, split
 from potluck.transport.convert import WireError
-from potluck.transport.fleet_messages import PROTOCOL, FleetHandler, LedgerHandler
+from potluck.transport.fleet_messages import PROTOCOL, FleetHandler, IncomingResult, LedgerHandler
 from potluck.transport.status import details_of, status_of
 from potluck.transport.v1 import fleet_pb2 as pb
 from potluck.transport.v1 import fleet_pb2_grpc as pb_grpc
@@ -135,7 +135,8 @@ class FleetServicer(pb_grpc.FleetServicer):
         return self.handler.pulled_payload(session, instruction_id, peer)
 
     def check_push(self, header: pb.ResultHeader, peer: str | None) -> None:
-        self.handler.check_result(header.session, header.instruction_id, header.round, header.run_id, peer)
+        r = self._result(header, b"")  # a header the wire refuses is refused before its payload moves
+        self.handler.check_result(r.session, r.instruction_id, r.round, r.run_id, peer)
 
     def push(self, header: pb.ResultHeader, payload: bytes | memoryview, peer: str | None) -> bool:
         """A result that came over the bulk lane: handled as a gRPC Push."""
@@ -190,12 +191,14 @@ class FleetServicer(pb_grpc.FleetServicer):
         return pb.PushReply(accepted=True, duplicate=self._submit(h, payload, peer))
 
     def _submit(self, h: pb.ResultHeader, payload: bytes | memoryview, peer: str | None) -> bool:
+        return self.handler.submit(self._result(h, payload), peer)
+
+    def _result(self, h: pb.ResultHeader, payload: bytes | memoryview) -> IncomingResult:
         try:
-            result = convert.result_from_proto(h, payload)
+            return convert.result_from_proto(h, payload)
         except WireError:
             self.handler.count_refusal("malformed")
             raise
-        return self.handler.submit(result, peer)
 
     def _receive(self, parts: Iterator[pb.ResultPart | frames.ChunkFrame | Malformed]) -> tuple[pb.ResultHeader, bytes]:
         """The header and the checked payload of a push (payload errors counted by reason)."""
