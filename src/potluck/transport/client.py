@@ -2,7 +2,9 @@
 
 Every failed call raises a potluck error (via :func:`~potluck.transport.status.error_from_rpc`):
 the server's own refusal with its specific kind, or :class:`TransportError` when the
-server cannot be reached, which the node loop answers with backoff and a rejoin.
+server cannot be reached or failed, which the node loop answers with backoff and a
+rejoin. A refused result (``UnexpectedResult``, a ``ParamsError`` such as ``WireError``)
+is skipped, not retried.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class FleetClient:
     """``tls=None`` connects in plaintext (only for servers started with --insecure).
     ``address`` is HOST:PORT (ConfigError otherwise).
 
-    Large payloads go over the server's bulk lane (``bulk.py``) when it announces one at
+    Large payloads go over the server's bulk lane (``bulk/``) when it announces one at
     join and ``bulk`` is on; if the lane fails, over gRPC chunks for a while.
     """
 

@@ -10,7 +10,9 @@ for content the wire cannot carry or that makes no sense, never protobuf's own
 ``ValueError`` or ``UnicodeEncodeError``:
 
 =====================  ==========================================================
-``int`` values         must fit the wire's ``sint64``: −2⁶³ … 2⁶³ − 1
+config ``int`` values  must fit the wire's ``sint64``: −2⁶³ … 2⁶³ − 1
+rounds, ports, counts  must fit their field: ``uint32`` (rounds, cpus, gpus, ports)
+                       or ``uint64`` (sizes, seeds, examples, indexes), never < 0
 ``str`` values, names  must be encodable as UTF-8 (no lone surrogates)
 metric names           1–128 characters
 =====================  ==========================================================

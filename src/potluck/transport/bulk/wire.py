@@ -24,9 +24,7 @@ OK, ERROR, CONTINUE = 0, 1, 2
 REQUEST = struct.Struct(">4scI")  # magic, op, header length
 REPLY = struct.Struct(">BQ")  # status, body length
 MIN_BULK_BYTES = 2**20  # smaller payloads are not worth a second connection
-CONNECT_TIMEOUT = 5.0
 MIN_RATE = 64 * 2**10  # bytes/s: a payload slower than this on top of io_timeout is dropped
-CLIENT_IDLE = 240.0  # the node reconnects after this long unused, well before the server's idle_timeout
 HASH_SPAN = 2**20  # hash the received bytes in spans this long, not per TLS record
 
 
