@@ -19,6 +19,7 @@ before they travel (quantisation, top-k, local noise, masking) is ``potluck.upda
 from potluck.strategies.aggregate import WeightedMean, weighted_mean
 from potluck.strategies.base import AggregationRule, Aggregator, ServerStep, Strategy
 from potluck.strategies.fedopt import AdagradStep, AdamStep, YogiStep
+from potluck.strategies.options import Option
 from potluck.strategies.presets import (
     FedAdagrad,
     FedAdam,
@@ -34,6 +35,7 @@ from potluck.strategies.presets import (
 )
 from potluck.strategies.registry import SERVER_OPTS, SERVER_STEPS, STRATEGIES, make_strategy, strategy_options
 from potluck.strategies.rules import (
+    BufferedAggregator,
     KrumRule,
     MeanRule,
     MedianRule,
@@ -45,6 +47,7 @@ from potluck.strategies.steps import MomentumStep, PlainStep
 
 __all__ = [
     "SERVER_OPTS", "SERVER_STEPS", "STRATEGIES", "AdagradStep", "AdamStep", "AggregationRule", "Aggregator",
+    "BufferedAggregator", "Option",
     "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedProx", "FedYogi", "Krum", "KrumRule", "MeanRule", "Median",
     "MedianRule", "MomentumStep", "MultiKrum", "MultiKrumRule", "NormBound", "NormBoundRule", "PlainStep",
     "ServerStep", "Strategy", "TrimmedMean", "TrimmedMeanRule", "WeightedMean", "YogiStep", "make_strategy",
