@@ -128,3 +128,14 @@ def test_a_server_step_option_with_a_user_strategy_is_checked(workdir: Path) -> 
     (workdir / "my_strategy.py").write_text(docs_example(), encoding="utf-8")
     with pytest.raises(ConfigError, match=r"with server step fedavgm: option momentum must be in \[0, 1\)"):
         make_strategy("my_strategy:make", {"momentum": 2.0}, server_opt="fedavgm")
+
+
+def test_secure_aggregation_refuses_a_user_rule_that_must_see_each_update(workdir: Path) -> None:
+    from potluck.apps.protections import protect_strategy
+    from potluck.core.config import SimulationConfig
+
+    (workdir / "my_strategy.py").write_text(docs_example(), encoding="utf-8")
+    config = SimulationConfig(secagg=True, strategy="my_strategy:make")
+    with pytest.raises(ConfigError, match="strategy unweighted, whose rule unweighted-mean must inspect every update"):
+        protect_strategy(config, make_strategy(config.strategy))
+    assert protect_strategy(config, make_strategy("fedavg", server_opt="fedadam")).name == "fedavg+fedadam"

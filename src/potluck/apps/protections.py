@@ -63,6 +63,9 @@ def protect_strategy(config: Any, strategy: Strategy) -> Strategy:
     clip and noise, the server only sums over the same fixed denominator. The wrapped
     strategy's server step (FedAvgM's momentum, FedAdam's moments) still applies.
     """
+    if getattr(config, "secagg", False) and strategy.needs_each_update:  # module:attr ones too, not only by name
+        raise ConfigError(f"secagg = true hides each update from the server, so strategy {strategy.name}, whose rule "
+                          f"{strategy.rule.name} must inspect every update, cannot run")
     mode = getattr(config, "dp", "none")
     if mode not in ("central", "distributed"):
         return strategy
