@@ -10,7 +10,7 @@ import pytest
 from potluck.core.errors import ConfigError, NonFiniteError, SchemaMismatch, StrategyError
 from potluck.core.params import Params, ParamsKind
 from potluck.strategies import make_strategy, strategy_options, weighted_mean
-from potluck.strategies.robust import ROBUST_STRATEGIES
+from potluck.strategies.presets import ROBUST_STRATEGIES
 from potluck.strategies.robust_rules import (
     clip_to_norm,
     coordinate_median,
@@ -19,6 +19,7 @@ from potluck.strategies.robust_rules import (
     l2_norm,
     trimmed_mean,
 )
+from potluck.strategies.rules import MultiKrumRule
 
 SHAPES = {"fc.weight": (4, 3), "fc.bias": (3,), "gain": ()}
 NAMES = [cls.name for cls in ROBUST_STRATEGIES]
@@ -333,7 +334,9 @@ def test_registered_with_option_tables():
         "norm-bound": ["server_lr", "max_norm"],
     }
     s = make_strategy("multi-krum", {"byzantine": 4, "select": 10.0})
-    assert (s.byzantine, s.select) == (4, 10) and isinstance(s.byzantine, int)
+    assert s.settings == {"server_lr": 1.0, "byzantine": 4.0, "select": 10.0}
+    assert isinstance(s.rule, MultiKrumRule) and (s.rule.byzantine, s.rule.select) == (4, 10)
+    assert isinstance(s.rule.byzantine, int)
     assert make_strategy("median").state() == {}
     assert [make_strategy(name).min_updates for name in NAMES] == [1, 1, 5, 5, 1]  # byzantine = 1 by default
     assert make_strategy("multi-krum", {"byzantine": 2, "select": 10}).min_updates == 10

@@ -18,7 +18,7 @@ from potluck.runtime.secure import SecureAggregation
 from potluck.strategies.accountant import PrivacyAccountant
 from potluck.strategies.base import Strategy
 from potluck.strategies.central_dp import CentralDP
-from potluck.strategies.robust import ROBUST_STRATEGIES
+from potluck.strategies.presets import ROBUST_STRATEGIES
 from potluck.updates.local_dp import GaussianDP
 from potluck.updates.pipeline import UpdatePipeline, UpdateStage
 from potluck.updates.quantize import Quantize
@@ -63,10 +63,13 @@ def protect_strategy(config: Any, strategy: Strategy) -> Strategy:
     clip and noise, the server only sums over the same fixed denominator. The wrapped
     strategy's server step (FedAvgM's momentum, FedAdam's moments) still applies.
     """
+    if getattr(config, "secagg", False) and strategy.needs_each_update:  # module:attr ones too, not only by name
+        raise ConfigError(f"secagg = true hides each update from the server, so strategy {strategy.name}, whose rule "
+                          f"{strategy.rule.name} must inspect every update, cannot run")
     mode = getattr(config, "dp", "none")
     if mode not in ("central", "distributed"):
         return strategy
-    if strategy.name in {cls.name for cls in ROBUST_STRATEGIES}:
+    if strategy.needs_each_update:
         raise ConfigError(f"dp = {mode} averages clipped updates itself and cannot be combined with strategy "
                           f"{strategy.name}; use fedavg, fedavgm, fedprox, fedadam, fedyogi or fedadagrad")
     if mode == "distributed":

@@ -27,6 +27,7 @@ from potluck.runtime.federation import Federation, FederationSpec, build_federat
 from potluck.runtime.logcontext import set_process_log_fields
 from potluck.runtime.pool import NodePool
 from potluck.runtime.rundir import RunDirectory
+from potluck.strategies.base import Strategy
 from potluck.strategies.registry import make_strategy
 
 log = logging.getLogger(__name__)
@@ -141,9 +142,9 @@ def _monitor(config: SimulationConfig, run_id: str, first_round: int) -> Any:
                       host=config.metrics_host, port=config.metrics_port)
 
 
-def _check_round_size(config: SimulationConfig, strategy: Any) -> None:
+def _check_round_size(config: SimulationConfig, strategy: Strategy) -> None:
     """ConfigError when a round samples fewer nodes than the strategy needs (Krum: 2f + 3)."""
-    need = getattr(strategy, "min_updates", 1)
+    need = strategy.min_updates
     sampled = min(config.nodes, max(config.min_nodes, math.ceil(config.fraction * config.nodes)))
     if sampled < need:
         raise ConfigError(f"strategy {config.strategy} with options {config.strategy_options} needs at least {need} "

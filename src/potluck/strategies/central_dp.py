@@ -1,5 +1,8 @@
 """Server-side (central) differential privacy: DP-FedAvg around any averaging strategy.
 
+:class:`ClippedNoisyMean` is the aggregation rule; :class:`CentralDP` composes it with
+the server step of the strategy it wraps.
+
 DP-FedAvg (McMahan et al. 2018, "Learning Differentially Private Recurrent Language
 Models"): each node's delta is clipped to ‖dᵢ‖₂ ≤ C, the clipped deltas are summed
 without example weights, Gaussian noise N(0, (σ·C)²) is added to every value of the
@@ -47,7 +50,7 @@ from potluck.core.messages import Scalar
 from potluck.core.params import Params, ParamsKind, SchemaEntry
 from potluck.core.seeds import rng_for
 from potluck.strategies.aggregate import _check_weight
-from potluck.strategies.base import Aggregator, Strategy
+from potluck.strategies.base import AggregationRule, Aggregator, Strategy
 from potluck.strategies.robust_rules import clip_to_norm
 
 STATE_PREFIX = "dp/"
@@ -137,35 +140,23 @@ class ClippedNoisySum:
         return self._result
 
 
-class CentralDP(Strategy):
-    """DP-FedAvg around ``inner``: clipped, noised, fixed-denominator mean; then ``inner``'s step.
+class ClippedNoisyMean(AggregationRule):
+    """The DP-FedAvg rule: clipped, noised, fixed-denominator mean (see the module docstring).
 
-    Args:
-        inner: an averaging strategy (FedAvg, FedAvgM, FedProx, FedAdam, ...); its
-            aggregator is replaced, its ``fit_config``, server step and state are kept.
-        expected_nodes: m, the fixed denominator (nodes sampled per round).
-        clip: the initial clip norm C; ``None``: updates arrive clipped (distributed DP).
-        noise_multiplier: σ; the sum gets N(0, (σ·C)²) per value (0: no server noise).
-        seed: the run seed; round r draws from ``rng_for(seed, "central-dp", ..., r)``.
-        adaptive: move C toward ``target_quantile`` of the norms each round.
-        count_stddev: σ_b of the adaptive count (default max(m/20, σ)).
+    Keeps the clip norm and the rounds applied as state (``dp/clip``, ``dp/rounds``);
+    :meth:`end_round` counts the round and, when ``adaptive``, moves the clip norm.
+    Arguments as :class:`CentralDP`'s.
     """
 
     name: ClassVar[str] = "central-dp"
+    state_prefixes: ClassVar[tuple[str, ...]] = (STATE_PREFIX,)
 
-    def __init__(self, inner: Strategy, *, expected_nodes: float, clip: float | None, noise_multiplier: float = 0.0,
+    def __init__(self, *, expected_nodes: float, clip: float | None, noise_multiplier: float = 0.0,
                  seed: int = 0, adaptive: bool = False, target_quantile: float = 0.5,
                  count_stddev: float | None = None) -> None:
-        if not (expected_nodes > 0 and math.isfinite(expected_nodes)):
-            raise ConfigError(f"central dp: expected nodes per round must be > 0, got {expected_nodes!r}")
-        if clip is not None and not (clip > 0 and math.isfinite(clip)):
-            raise ConfigError(f"central dp: clip must be a finite number > 0, got {clip!r}")
-        if noise_multiplier < 0 or (noise_multiplier > 0 and clip is None):
-            raise ConfigError("central dp: noise needs a clip norm and a noise multiplier ≥ 0")
-        if adaptive and (clip is None or not 0 < target_quantile < 1):
-            raise ConfigError(f"central dp: adaptive clipping needs a clip and a target quantile in (0, 1), "
-                              f"got {target_quantile!r}")
-        self.inner, self.expected, self.seed = inner, float(expected_nodes), seed
+        super().__init__()
+        _check_settings(expected_nodes, clip, noise_multiplier, adaptive, target_quantile)
+        self.expected, self.seed = float(expected_nodes), seed
         self.noise_multiplier, self.adaptive, self.target_quantile = noise_multiplier, adaptive, target_quantile
         default_stddev = max(expected_nodes / 20, noise_multiplier)
         self.count_stddev = (default_stddev if count_stddev is None else count_stddev) if adaptive else 0.0
@@ -175,8 +166,10 @@ class CentralDP(Strategy):
         self.rounds = 0  # rounds applied so far
         self._last: ClippedNoisySum | None = None
 
-    def fit_config(self, round: int) -> dict[str, Scalar]:
-        return self.inner.fit_config(round)
+    @property
+    def needs_each_update(self) -> bool:
+        """True when the server clips (central DP); False for distributed DP's plain sum."""
+        return self.clip is not None
 
     def new_aggregator(self, global_params: Params) -> Aggregator:
         rnd = self.rounds + 1
@@ -185,30 +178,28 @@ class CentralDP(Strategy):
                                      rng=rng_for(self.seed, "central-dp", "noise", rnd))
         return self._last
 
-    def apply(self, global_params: Params, aggregate: Params) -> Params:
-        """``inner``'s step on the noisy mean; then, with adaptive clipping, the next C."""
-        out = self.inner.apply(global_params, aggregate)
+    def end_round(self) -> None:
+        """Count the round; with adaptive clipping, move C from this round's count."""
         self.rounds += 1
         last = self._last
         if self.adaptive and last is not None and last.count and self.clip is not None:
             noise = float(rng_for(self.seed, "central-dp", "count", self.rounds).normal(0.0, self.count_stddev))
             self.clip = adaptive_clip(self.clip, last.unclipped, last.count, self.expected, self.target_quantile, noise)
         self._last = None
-        return out
 
     def state(self) -> dict[str, np.ndarray]:
-        """The inner strategy's state plus ``dp/rounds`` and ``dp/clip`` (NaN without a clip)."""
+        """``dp/rounds`` and ``dp/clip`` (NaN without a clip)."""
         own = {
             STATE_PREFIX + "rounds": np.array([self.rounds], np.float64),
             STATE_PREFIX + "clip": np.array([math.nan if self.clip is None else self.clip], np.float64),
         }
         for arr in own.values():
             arr.setflags(write=False)
-        return {**self.inner.state(), **own}
+        return own
 
     def load_state(self, state: Mapping[str, np.ndarray]) -> None:
-        """Restore :meth:`state`; a state without ``dp/`` keys (not saved by this wrapper) is refused."""
-        own = {k[len(STATE_PREFIX):]: v for k, v in state.items() if k.startswith(STATE_PREFIX)}
+        """Restore :meth:`state`; anything but exactly ``dp/rounds`` and ``dp/clip`` is refused."""
+        own = {k[len(STATE_PREFIX):]: v for k, v in state.items()}
         if set(own) != {"rounds", "clip"}:
             raise StrategyError(f"central dp: state needs dp/rounds and dp/clip, got {sorted(state)}")
         rounds, clip = (float(np.asarray(own[k]).reshape(-1)[0]) for k in ("rounds", "clip"))
@@ -216,6 +207,77 @@ class CentralDP(Strategy):
             raise StrategyError(f"central dp: dp/rounds must be a whole number ≥ 0, got {rounds!r}")
         if self.clip is not None and not (clip > 0 and math.isfinite(clip)):
             raise StrategyError(f"central dp: dp/clip must be a finite number > 0, got {clip!r}")
-        self.inner.load_state({k: v for k, v in state.items() if not k.startswith(STATE_PREFIX)})
         self.rounds = int(rounds)
         self.clip = clip if self.clip is not None else None
+
+
+def _check_settings(expected_nodes: float, clip: float | None, noise_multiplier: float, adaptive: bool,
+                    target_quantile: float) -> None:
+    if not (expected_nodes > 0 and math.isfinite(expected_nodes)):
+        raise ConfigError(f"central dp: expected nodes per round must be > 0, got {expected_nodes!r}")
+    if clip is not None and not (clip > 0 and math.isfinite(clip)):
+        raise ConfigError(f"central dp: clip must be a finite number > 0, got {clip!r}")
+    if noise_multiplier < 0 or (noise_multiplier > 0 and clip is None):
+        raise ConfigError("central dp: noise needs a clip norm and a noise multiplier ≥ 0")
+    if adaptive and (clip is None or not 0 < target_quantile < 1):
+        raise ConfigError(f"central dp: adaptive clipping needs a clip and a target quantile in (0, 1), "
+                          f"got {target_quantile!r}")
+
+
+class CentralDP(Strategy):
+    """DP-FedAvg around ``inner``: the :class:`ClippedNoisyMean` rule, then ``inner``'s step.
+
+    Args:
+        inner: a strategy whose rule is the weighted mean (FedAvg, FedAvgM, FedProx,
+            FedAdam, ... or their ``--server-opt`` variants); its rule is replaced, its
+            ``fit_config``, server step and step state are kept. A rule that must see
+            each update (median, Krum, ...) is refused with ``ConfigError``.
+        expected_nodes: m, the fixed denominator (nodes sampled per round).
+        clip: the initial clip norm C; ``None``: updates arrive clipped (distributed DP).
+        noise_multiplier: σ; the sum gets N(0, (σ·C)²) per value (0: no server noise).
+        seed: the run seed; round r draws from ``rng_for(seed, "central-dp", ..., r)``.
+        adaptive: move C toward ``target_quantile`` of the norms each round.
+        count_stddev: σ_b of the adaptive count (default max(m/20, σ)).
+    """
+
+    name = "central-dp"
+
+    def __init__(self, inner: Strategy, *, expected_nodes: float, clip: float | None, noise_multiplier: float = 0.0,
+                 seed: int = 0, adaptive: bool = False, target_quantile: float = 0.5,
+                 count_stddev: float | None = None) -> None:
+        if inner.needs_each_update:
+            raise ConfigError(f"dp averages clipped updates itself and cannot be combined with strategy "
+                              f"{inner.name}, whose rule {inner.rule.name} must see each update")
+        self.dp = ClippedNoisyMean(expected_nodes=expected_nodes, clip=clip, noise_multiplier=noise_multiplier,
+                                   seed=seed, adaptive=adaptive, target_quantile=target_quantile,
+                                   count_stddev=count_stddev)
+        super().__init__(self.dp, inner.step)
+        self.inner = inner
+
+    def fit_config(self, round: int) -> dict[str, Scalar]:
+        return self.inner.fit_config(round)
+
+    @property
+    def clip(self) -> float | None:
+        """The current clip norm C (None: distributed DP)."""
+        return self.dp.clip
+
+    @property
+    def rounds(self) -> int:
+        """Rounds applied so far."""
+        return self.dp.rounds
+
+    @property
+    def expected(self) -> float:
+        """m, the fixed denominator."""
+        return self.dp.expected
+
+    @property
+    def count_stddev(self) -> float:
+        """σ_b of the adaptive clip count (0 without adaptive clipping)."""
+        return self.dp.count_stddev
+
+    @property
+    def update_multiplier(self) -> float:
+        """σ_Δ, the noise multiplier of the update sum."""
+        return self.dp.update_multiplier

@@ -1,7 +1,8 @@
-"""Adaptive server optimizers: FedAdam, FedYogi, FedAdagrad (Reddi et al. 2021).
+"""Adaptive server steps: Adam, Yogi, Adagrad, as in FedAdam, FedYogi, FedAdagrad (Reddi et al. 2021).
 
 "Adaptive Federated Optimization", Algorithm 2, without bias correction. Each round,
-with Δ the example-weighted mean of the nodes' deltas (a negated pseudo-gradient)::
+with Δ the round's aggregate (a negated pseudo-gradient; the example-weighted mean of
+the nodes' deltas in the FedOpt presets, any rule's aggregate with ``--server-opt``)::
 
     m ← β₁·m + (1 − β₁)·Δ
     v ← v + Δ²                                    FedAdagrad
@@ -16,7 +17,7 @@ it costs two model copies) and is checkpointed as ``m/<name>`` and ``v/<name>``.
 The step is computed in cache-sized blocks, so no model-sized temporary is made.
 
 Non-float arrays (integer counters) take ``x + Δ`` and have no optimizer state.
-:meth:`~FedOptBase.apply` advances the state: call it once per committed round.
+:meth:`~AdaptiveStep.apply` advances the state: call it once per committed round.
 """
 
 from __future__ import annotations
@@ -29,18 +30,14 @@ import numpy as np
 
 from potluck.core.errors import StrategyError
 from potluck.core.params import Params, ParamsKind
-from potluck.strategies.aggregate import WeightedMean
-from potluck.strategies.base import Aggregator, Strategy
-from potluck.strategies.fedavg import (
-    POSITIVE,
-    UNIT_INTERVAL,
-    Option,
-    _frozen_copies,
+from potluck.strategies.base import ServerStep
+from potluck.strategies.options import POSITIVE, UNIT_INTERVAL, Option
+from potluck.strategies.steps import (
     add_delta,
     check_aggregate,
     check_state_fits,
+    frozen_copies,
     load_prefixed,
-    resolve_options,
     state_dtype,
 )
 
@@ -52,23 +49,19 @@ _BETA2 = Option("beta2", 0.99, UNIT_INTERVAL, "second-moment decay β₂")
 _TAU = Option("tau", 1e-3, POSITIVE, "adaptivity τ: added to √v; v starts at τ²")
 
 
-class FedOptBase(Strategy):
-    """Shared state handling and step of the FedOpt family; subclasses update ``v``."""
+class AdaptiveStep(ServerStep):
+    """Shared state handling and step of the adaptive family; subclasses update ``v``."""
 
-    name: ClassVar[str] = "fedopt"
     options: ClassVar[tuple[Option, ...]] = (_SERVER_LR, _BETA1, _BETA2, _TAU)
 
     def __init__(self, **given: float) -> None:
-        values = resolve_options(self.name, self.options, given)
-        self.server_lr = values["server_lr"]
-        self.beta1 = values["beta1"]
-        self.beta2 = values.get("beta2", 0.0)
-        self.tau = values["tau"]
+        super().__init__(**given)
+        self.server_lr = self.settings["server_lr"]
+        self.beta1 = self.settings["beta1"]
+        self.beta2 = self.settings.get("beta2", 0.0)
+        self.tau = self.settings["tau"]
         self._m: dict[str, np.ndarray] = {}
         self._v: dict[str, np.ndarray] = {}
-
-    def new_aggregator(self, global_params: Params) -> Aggregator:
-        return WeightedMean(schema=global_params.schema)
 
     @abc.abstractmethod
     def _update_v(self, v: np.ndarray, d2: np.ndarray, scratch: np.ndarray) -> None:
@@ -125,7 +118,7 @@ class FedOptBase(Strategy):
 
         Empty before the first round.
         """
-        return {**_frozen_copies(self._m), **_frozen_copies(self._v)}
+        return {**frozen_copies(self._m), **frozen_copies(self._v)}
 
     def load_state(self, state: Mapping[str, np.ndarray]) -> None:
         """Restore what :meth:`state` returned; an empty mapping resets the moments.
@@ -140,17 +133,17 @@ class FedOptBase(Strategy):
         m_names, v_names = {k[2:] for k in m}, {k[2:] for k in v}
         if m_names != v_names:
             raise StrategyError(
-                f"strategy {self.name}: state has m and v for different arrays: "
+                f"server step {self.name}: state has m and v for different arrays: "
                 f"only m for {sorted(m_names - v_names)}, only v for {sorted(v_names - m_names)}"
             )
         for key, arr in v.items():
             if (arr < 0).any():
-                raise StrategyError(f"strategy {self.name}: state {key!r} holds negative values")
+                raise StrategyError(f"server step {self.name}: state {key!r} holds negative values")
         self._m, self._v = m, v
 
 
-class FedAdagrad(FedOptBase):
-    """FedAdagrad: ``v ← v + Δ²``; β₁ = 0 gives plain Adagrad (no first moment)."""
+class AdagradStep(AdaptiveStep):
+    """FedAdagrad's step: ``v ← v + Δ²``; β₁ = 0 gives plain Adagrad (no first moment)."""
 
     name: ClassVar[str] = "fedadagrad"
     options: ClassVar[tuple[Option, ...]] = (_SERVER_LR, _BETA1, _TAU)
@@ -162,8 +155,8 @@ class FedAdagrad(FedOptBase):
         np.add(v, d2, out=v)
 
 
-class FedAdam(FedOptBase):
-    """FedAdam: ``v ← β₂·v + (1 − β₂)·Δ²``."""
+class AdamStep(AdaptiveStep):
+    """FedAdam's step: ``v ← β₂·v + (1 − β₂)·Δ²``."""
 
     name: ClassVar[str] = "fedadam"
 
@@ -178,8 +171,8 @@ class FedAdam(FedOptBase):
         np.add(v, d2, out=v)
 
 
-class FedYogi(FedOptBase):
-    """FedYogi: ``v ← v − (1 − β₂)·Δ²·sign(v − Δ²)``; v grows slower than Adam's."""
+class YogiStep(AdaptiveStep):
+    """FedYogi's step: ``v ← v − (1 − β₂)·Δ²·sign(v − Δ²)``; v grows slower than Adam's."""
 
     name: ClassVar[str] = "fedyogi"
 

@@ -1,13 +1,15 @@
-"""Byzantine-robust strategies: median, trimmed mean, Krum, Multi-Krum, norm bounding.
+"""Aggregation rules: how one round's updates become one aggregate Δ.
 
 A minority of nodes may send arbitrary updates (sign-flipped, scaled, random). The
-plain weighted mean follows a single update scaled by 100 wherever it points; these
-strategies bound what a minority can do. All of them take the server step of FedAvg,
-``x ← x + η·Δ``, with Δ the robust aggregate (rules in :mod:`robust_rules`).
+plain weighted mean follows a single update scaled by 100 wherever it points; the
+robust rules bound what a minority can do (the pure functions are in
+:mod:`robust_rules`). Any rule composes with any server step (:mod:`steps`,
+:mod:`fedopt`).
 
 =============  =========================================  ==========  ===============
-strategy       aggregate Δ                                memory      num_examples
+rule           aggregate Δ                                memory      num_examples
 =============  =========================================  ==========  ===============
+mean           Σ nᵢ·dᵢ / Σ nᵢ (:class:`WeightedMean`)     O(model)    weights the mean
 median         coordinate-wise median                     O(n×model)  ignored
 trimmed-mean   coordinate-wise mean without the ⌊β·n⌋     O(n×model)  ignored
                lowest and highest values
@@ -18,7 +20,7 @@ norm-bound     weighted mean of updates clipped to        O(model),   weights th
                ‖dᵢ‖₂ ≤ ``max_norm``                        streaming
 =============  =========================================  ==========  ===============
 
-Every strategy but norm-bound buffers all of a round's updates before it can
+Median, trimmed mean and (Multi-)Krum buffer all of a round's updates before they can
 aggregate, so the server holds O(nodes × model) memory (references to the received
 updates, plus float64 temporaries of ``n`` × the largest array): fine for simulation
 and for hundreds of nodes with small models, not for thousands of large ones.
@@ -43,29 +45,24 @@ from typing import ClassVar
 from potluck.core.errors import StrategyError
 from potluck.core.params import Params, ParamsKind, SchemaEntry
 from potluck.strategies.aggregate import WeightedMean, _check_weight, weighted_mean
-from potluck.strategies.base import Aggregator, Strategy
-from potluck.strategies.fedavg import (
-    POSITIVE,
-    SERVER_LR_1,
-    Check,
-    Option,
-    add_delta,
-    check_aggregate,
-    resolve_options,
-)
-from potluck.strategies.robust_rules import (
-    clip_to_norm,
-    coordinate_median,
-    krum_select,
-    trimmed_mean,
-)
+from potluck.strategies.base import AggregationRule, Aggregator
+from potluck.strategies.options import COUNT, HALF, POSITIVE, Option
+from potluck.strategies.robust_rules import clip_to_norm, coordinate_median, krum_select, trimmed_mean
 
 Rule = Callable[[Sequence[Params], Sequence[float]], Params]
 
-COUNT = Check("must be a whole number >= 0", lambda v: v >= 0 and v == int(v))
-HALF = Check("must be in [0, 0.5)", lambda v: 0 <= v < 0.5)
-
 _BYZANTINE = Option("byzantine", 1.0, COUNT, "assumed number f of Byzantine nodes; the round needs n > 2f + 2 updates")
+
+
+def _check_update(update: object, weight: object, schema: tuple[SchemaEntry, ...] | None) -> float:
+    """``weight`` as a float once ``update`` is Params that fit ``schema`` and hold no NaN/Inf."""
+    if not isinstance(update, Params):
+        raise StrategyError(f"update must be Params, got {type(update).__name__}")
+    w = _check_weight(weight)
+    if schema is not None:
+        update.check_schema(schema, what="update")
+    update.check_finite(what="update")
+    return w
 
 
 class BufferedAggregator:
@@ -95,12 +92,7 @@ class BufferedAggregator:
 
     def add(self, update: Params, weight: float) -> None:
         """Keep ``update``; raises like ``WeightedMean.add`` and then keeps nothing."""
-        if not isinstance(update, Params):
-            raise StrategyError(f"update must be Params, got {type(update).__name__}")
-        w = _check_weight(weight)
-        if self._schema is not None:
-            update.check_schema(self._schema, what="update")
-        update.check_finite(what="update")
+        w = _check_update(update, weight, self._schema)
         if self._schema is None:
             self._schema = update.schema
         self._updates.append(update.with_kind(ParamsKind.DELTA))
@@ -140,12 +132,7 @@ class NormBounded:
 
     def add(self, update: Params, weight: float) -> None:
         """Clip and fold in ``update``; raises like ``WeightedMean.add``, leaving it unchanged."""
-        if not isinstance(update, Params):
-            raise StrategyError(f"update must be Params, got {type(update).__name__}")
-        _check_weight(weight)
-        if self._schema is not None:
-            update.check_schema(self._schema, what="update")
-        update.check_finite(what="update")
+        _check_update(update, weight, self._schema)
         bounded = clip_to_norm(update, self.max_norm)
         self._mean.add(bounded, weight)
         self.clipped += bounded is not update
@@ -156,45 +143,37 @@ class NormBounded:
         return self._mean.result()
 
 
-# -- strategies -------------------------------------------------------------------------
+# -- rules ------------------------------------------------------------------------------
 
 
-class RobustStrategy(Strategy):
-    """Shared server step of the robust strategies: ``x ← x + η·Δ`` (as FedAvg). Stateless."""
+class MeanRule(AggregationRule):
+    """The example-weighted mean Δ = Σ nᵢ·dᵢ / Σ nᵢ, streaming in O(model) memory.
 
-    options: ClassVar[tuple[Option, ...]] = (SERVER_LR_1,)
-    server_lr: float
+    The only rule that needs no single update, just their weighted sum, so it is the
+    one secure aggregation and differential privacy can stand in for.
+    """
+
+    name: ClassVar[str] = "mean"
 
     @property
-    def min_updates(self) -> int:
-        """Fewest updates a round needs for this rule (checked up front by ``simulate``)."""
-        return 1
+    def needs_each_update(self) -> bool:
+        return False
 
-    def _resolve(self, given: dict[str, float]) -> dict[str, float]:
-        values = resolve_options(self.name, self.options, given)
-        self.server_lr = values["server_lr"]
-        return values
-
-    def apply(self, global_params: Params, aggregate: Params) -> Params:
-        """``x + η·Δ`` as FULL params in the global dtypes; raises if Δ does not fit."""
-        check_aggregate(self.name, global_params, aggregate)
-        out = {name: add_delta(x, aggregate[name], self.server_lr) for name, x in global_params.items()}
-        return Params.from_arrays(out, ParamsKind.FULL, copy=False)
+    def new_aggregator(self, global_params: Params) -> Aggregator:
+        """A :class:`WeightedMean` that accepts only updates with the global schema."""
+        return WeightedMean(schema=global_params.schema)
 
 
-class Median(RobustStrategy):
+class MedianRule(AggregationRule):
     """Coordinate-wise median of the updates (Yin et al. 2018); unweighted. O(n×model) memory."""
 
     name: ClassVar[str] = "median"
-
-    def __init__(self, *, server_lr: float = 1.0) -> None:
-        self._resolve({"server_lr": server_lr})
 
     def new_aggregator(self, global_params: Params) -> Aggregator:
         return BufferedAggregator(lambda ups, _: coordinate_median(ups), name=self.name, schema=global_params.schema)
 
 
-class TrimmedMean(RobustStrategy):
+class TrimmedMeanRule(AggregationRule):
     """Coordinate-wise β-trimmed mean (Yin et al. 2018); unweighted. O(n×model) memory.
 
     With ``n`` updates, ``⌊β·n⌋`` values are dropped at each end of every coordinate:
@@ -203,12 +182,12 @@ class TrimmedMean(RobustStrategy):
 
     name: ClassVar[str] = "trimmed-mean"
     options: ClassVar[tuple[Option, ...]] = (
-        SERVER_LR_1,
         Option("trim", 0.1, HALF, "fraction β of values dropped at each end of every coordinate: ⌊β·n⌋"),
     )
 
-    def __init__(self, *, server_lr: float = 1.0, trim: float = 0.1) -> None:
-        self.trim = self._resolve({"server_lr": server_lr, "trim": trim})["trim"]
+    def __init__(self, *, trim: float = 0.1) -> None:
+        super().__init__(trim=trim)
+        self.trim = self.settings["trim"]
 
     def new_aggregator(self, global_params: Params) -> Aggregator:
         trim = self.trim
@@ -227,7 +206,7 @@ def _krum_too_few(byzantine: int, select: int) -> Callable[[int], str | None]:
     return check
 
 
-class Krum(RobustStrategy):
+class KrumRule(AggregationRule):
     """Krum (Blanchard et al. 2017): Δ is the single update with the lowest score, the
     sum of squared distances to its ``n − f − 2`` nearest neighbours. Unweighted.
 
@@ -236,10 +215,11 @@ class Krum(RobustStrategy):
     """
 
     name: ClassVar[str] = "krum"
-    options: ClassVar[tuple[Option, ...]] = (SERVER_LR_1, _BYZANTINE)
+    options: ClassVar[tuple[Option, ...]] = (_BYZANTINE,)
 
-    def __init__(self, *, server_lr: float = 1.0, byzantine: float = 1.0) -> None:
-        self.byzantine = int(self._resolve({"server_lr": server_lr, "byzantine": byzantine})["byzantine"])
+    def __init__(self, *, byzantine: float = 1.0) -> None:
+        super().__init__(byzantine=byzantine)
+        self.byzantine = int(self.settings["byzantine"])
 
     @property
     def min_updates(self) -> int:
@@ -254,25 +234,23 @@ class Krum(RobustStrategy):
         return BufferedAggregator(rule, name=self.name, schema=global_params.schema, too_few=_krum_too_few(f, 1))
 
 
-class MultiKrum(RobustStrategy):
+class MultiKrumRule(AggregationRule):
     """Multi-Krum: the example-weighted mean of the ``select`` updates with the lowest
     Krum scores (scores computed once, over all ``n``); ``select = 0`` keeps ``n − f``.
 
-    ``select = 1`` is Krum; ``byzantine = 0`` with ``select = n`` is FedAvg. A round needs
-    ``n > 2f + 2`` updates and ``select ≤ n``. O(n×model) memory.
+    ``select = 1`` is Krum; ``byzantine = 0`` with ``select = n`` is the mean. A round
+    needs ``n > 2f + 2`` updates and ``select ≤ n``. O(n×model) memory.
     """
 
     name: ClassVar[str] = "multi-krum"
     options: ClassVar[tuple[Option, ...]] = (
-        SERVER_LR_1,
         _BYZANTINE,
         Option("select", 0.0, COUNT, "updates m averaged each round; 0 keeps n − f"),
     )
 
-    def __init__(self, *, server_lr: float = 1.0, byzantine: float = 1.0, select: float = 0.0) -> None:
-        values = self._resolve({"server_lr": server_lr, "byzantine": byzantine, "select": select})
-        self.byzantine = int(values["byzantine"])
-        self.select = int(values["select"])
+    def __init__(self, *, byzantine: float = 1.0, select: float = 0.0) -> None:
+        super().__init__(byzantine=byzantine, select=select)
+        self.byzantine, self.select = int(self.settings["byzantine"]), int(self.settings["select"])
 
     @property
     def min_updates(self) -> int:
@@ -288,7 +266,7 @@ class MultiKrum(RobustStrategy):
         return BufferedAggregator(rule, name=self.name, schema=global_params.schema, too_few=_krum_too_few(f, m))
 
 
-class NormBound(RobustStrategy):
+class NormBoundRule(AggregationRule):
     """Norm bounding (Sun et al. 2019): each update is clipped to ‖dᵢ‖₂ ≤ ``max_norm``,
     then averaged weighted by examples, streaming in O(model) memory.
 
@@ -299,15 +277,17 @@ class NormBound(RobustStrategy):
 
     name: ClassVar[str] = "norm-bound"
     options: ClassVar[tuple[Option, ...]] = (
-        SERVER_LR_1,
         Option("max_norm", 1.0, POSITIVE, "largest L2 norm C of one update (float arrays); longer ones are scaled to C"),
     )
 
-    def __init__(self, *, server_lr: float = 1.0, max_norm: float = 1.0) -> None:
-        self.max_norm = self._resolve({"server_lr": server_lr, "max_norm": max_norm})["max_norm"]
+    def __init__(self, *, max_norm: float = 1.0) -> None:
+        super().__init__(max_norm=max_norm)
+        self.max_norm = self.settings["max_norm"]
 
     def new_aggregator(self, global_params: Params) -> Aggregator:
         return NormBounded(self.max_norm, schema=global_params.schema)
 
 
-ROBUST_STRATEGIES: tuple[type[Strategy], ...] = (Median, TrimmedMean, Krum, MultiKrum, NormBound)
+RULES: dict[str, type[AggregationRule]] = {
+    cls.name: cls for cls in (MeanRule, MedianRule, TrimmedMeanRule, KrumRule, MultiKrumRule, NormBoundRule)
+}
