@@ -16,12 +16,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from potluck.apps.node_ledger import NodeProvenance
 from potluck.apps.resources import local_resources
+from potluck.core.config import NodeConfig as NodeConfig  # re-exported: NodeAgent's settings
 from potluck.core.errors import (
     NodeError,
     ParamsError,
@@ -45,27 +45,6 @@ from potluck.transport.fleet_messages import IncomingResult, JoinInfo, Welcome
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class NodeConfig:
-    server_address: str
-    node_id: str
-    data_path: str
-    task: str = "digits"
-    model_id: str | None = None  # the model the operator expects; checked against the server's
-    tls_dir: str = "tls"
-    insecure: bool = False
-    val_fraction: float = 0.1
-    poll_seconds: float = 10.0
-    max_backoff: float = 30.0
-    max_message_mb: float = 8.0
-    chunk_mb: float = 2.0
-    bulk: bool = True  # fetch and push large payloads over the server's bulk lane when it has one
-    metrics_port: int | None = None  # serve Prometheus metrics on this port (0: any free one)
-    metrics_host: str = "127.0.0.1"
-    key_dir: str | None = None  # where the signing key and ledger state live (default: <tls_dir>/nodes)
-    leave_on_ledger_mismatch: bool = False  # leave the run when the server's ledger fails a check
-
-
 class NodeAgent:
     """One node's loop. ``stop()`` (e.g. from SIGTERM) makes ``run()`` leave and return."""
 
@@ -74,7 +53,7 @@ class NodeAgent:
         self.task: Task = resolve_task(config.task)
         if config.model_id is not None and config.model_id != self.task.name:
             raise SchemaMismatch(f"--model-id {config.model_id!r} is not what task {config.task!r} trains ({self.task.name!r})")
-        data = self.task.load_data(Path(config.data_path))
+        data = self.task.load_data(Path(str(config.data_path)))
         order = rng_for(0, "node-val", config.node_id).permutation(len(data))
         n_val = int(len(data) * config.val_fraction) if len(data) > 1 else 0
         self.data = NodeData(data.subset(order[n_val:], source=f"{config.node_id} train"),
@@ -82,7 +61,7 @@ class NodeAgent:
         tls = None if config.insecure else load_pem_bundle(Path(config.tls_dir), "node", config.node_id)
         mb = 2**20
         self.client = FleetClient(config.server_address, tls, chunk_bytes=int(config.chunk_mb * mb),
-                                  max_message_bytes=int(config.max_message_mb * mb), bulk=config.bulk)
+                                  max_message_bytes=int(config.max_message_mb * mb), bulk=not config.no_bulk)
         self.provenance = NodeProvenance(config.node_id, self.client, tls_dir=config.tls_dir, key_dir=config.key_dir,
                                          leave_on_mismatch=config.leave_on_ledger_mismatch)
         self._stop = threading.Event()
