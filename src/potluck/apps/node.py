@@ -40,7 +40,7 @@ from potluck.tasks.builtin import resolve_task
 from potluck.tasks.protocol import DataInfo, Task
 from potluck.transport.certs import load_pem_bundle
 from potluck.transport.client import FleetClient
-from potluck.transport.fleet_messages import IncomingResult, JoinInfo, Welcome
+from potluck.transport.fleet_messages import IncomingResult, JoinInfo, OutgoingInstruction, Welcome
 
 log = logging.getLogger(__name__)
 
@@ -161,32 +161,8 @@ class NodeAgent:
             self.provenance.check(welcome.session, ins.ledger_head)
             if self.metrics is not None:
                 self.metrics.received(len(ins.payload))
-            try:
-                if ins.kind == "exchange":  # a step of secure aggregation's key agreement or unmasking
-                    reply = runner.exchange(self.config.node_id, str(ins.config.get("step", "")), bytes(ins.payload))
-                    result = IncomingResult(welcome.session, ins.instruction_id, ins.round, 0, payload=reply,
-                                            run_id=ins.run_id)
-                elif ins.kind == "fit":
-                    params = Params.decode(ins.payload)
-                    out = runner.fit(FitInstruction(ins.round, self.config.node_id, params, ins.config, ins.seed))
-                    payload, signature, digest = self.provenance.sign(ins, out)
-                    result = IncomingResult(welcome.session, ins.instruction_id, ins.round, out.num_examples,
-                                            metrics=dict(out.metrics), payload=payload, run_id=ins.run_id,
-                                            signature=signature, payload_digest=digest)
-                else:
-                    params = Params.decode(ins.payload)
-                    ev = runner.evaluate(EvaluateInstruction(ins.round, self.config.node_id, params, ins.config))
-                    result = IncomingResult(welcome.session, ins.instruction_id, ins.round, ev.num_examples,
-                                            loss=ev.loss, metrics=dict(ev.metrics), run_id=ins.run_id)
-            except NodeError as exc:  # the server counts it as a missed result at its deadline
-                log.error("node %s: round %d %s failed: %s", self.config.node_id, ins.round, ins.kind, exc)
-                if self.metrics is not None:
-                    self.metrics.instruction(ins.kind, ins.round, ok=False)
-                continue
-            try:
-                self.client.push(result)
-            except (ResultRejected, ParamsError) as exc:  # late, or refused: the server counted it; go on
-                log.warning("node %s: round %d %s result refused: %s", self.config.node_id, ins.round, ins.kind, exc)
+            result = self._answer(welcome, runner, ins)
+            if result is None:
                 if self.metrics is not None:
                     self.metrics.instruction(ins.kind, ins.round, ok=False)
                 continue
@@ -196,6 +172,36 @@ class NodeAgent:
             self.rounds_done += ins.kind == "fit"
         try:
             self.client.leave(welcome.session, "stopped")
-        except PotluckError:
-            pass  # leaving is a courtesy; the server also notices silence
+        except PotluckError as exc:  # leaving is a courtesy; the server also notices silence
+            log.debug("node %s: could not say it is leaving: %s", self.config.node_id, exc)
         return True
+
+    def _answer(self, welcome: Welcome, runner: NodeRunner, ins: OutgoingInstruction) -> IncomingResult | None:
+        """Carry out one instruction and send its result; None when it failed or was refused
+        (the server counts it as a missed result at its deadline)."""
+        try:
+            if ins.kind == "exchange":  # a step of secure aggregation's key agreement or unmasking
+                reply = runner.exchange(self.config.node_id, str(ins.config.get("step", "")), bytes(ins.payload))
+                result = IncomingResult(welcome.session, ins.instruction_id, ins.round, 0, payload=reply,
+                                        run_id=ins.run_id)
+            elif ins.kind == "fit":
+                params = Params.decode(ins.payload)
+                out = runner.fit(FitInstruction(ins.round, self.config.node_id, params, ins.config, ins.seed))
+                payload, signature, digest = self.provenance.sign(ins, out)
+                result = IncomingResult(welcome.session, ins.instruction_id, ins.round, out.num_examples,
+                                        metrics=dict(out.metrics), payload=payload, run_id=ins.run_id,
+                                        signature=signature, payload_digest=digest)
+            else:
+                params = Params.decode(ins.payload)
+                ev = runner.evaluate(EvaluateInstruction(ins.round, self.config.node_id, params, ins.config))
+                result = IncomingResult(welcome.session, ins.instruction_id, ins.round, ev.num_examples,
+                                        loss=ev.loss, metrics=dict(ev.metrics), run_id=ins.run_id)
+        except NodeError as exc:
+            log.error("node %s: round %d %s failed: %s", self.config.node_id, ins.round, ins.kind, exc)
+            return None
+        try:
+            self.client.push(result)
+        except (ResultRejected, ParamsError) as exc:  # late, or refused: the server counted it; go on
+            log.warning("node %s: round %d %s result refused: %s", self.config.node_id, ins.round, ins.kind, exc)
+            return None
+        return result
