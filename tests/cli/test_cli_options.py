@@ -40,6 +40,25 @@ def test_every_setting_is_an_option_with_its_help_and_default(command, cls):
         assert text.index(flag_of(f)) < text.index(entry)
 
 
+def test_up_offers_the_settings_it_passes_on_with_its_own_node_count():
+    from potluck.cli.up import UP_SETTINGS
+
+    text = help_of("up")
+    for f in fields(SimulationConfig):
+        if f.name in UP_SETTINGS:
+            assert flat(f"{f.metadata['help']} [default: {shown_default(f, {'nodes': 3})}]") in text, f.name
+        else:
+            assert not re.search(rf"{re.escape(flag_of(f))}\b", text), f"up offers {flag_of(f)}, which it ignores"
+    assert "Number of virtual nodes. [default: 3]" in text
+
+
+def test_up_refuses_a_toml_setting_it_would_ignore(tmp_path):
+    toml = tmp_path / "up.toml"
+    toml.write_text("workers = 4\n")
+    result = runner.invoke(app, ["up", "--config", str(toml)])
+    assert result.exit_code == 2 and "workers is not a setting of this command" in result.output, result.output
+
+
 @pytest.mark.parametrize("command", ["simulate", "server"])
 def test_round_defaults_are_the_same_for_simulate_and_server(command):
     # They drifted once (min_nodes 1 vs 2, round_timeout 600 vs 120); now one declaration.
@@ -134,3 +153,17 @@ def test_a_switch_turns_a_setting_on_and_bad_values_name_the_flag_setting(captur
     assert captured["config"].insecure and captured["config"].dp_adaptive_clip
     result = runner.invoke(app, ["server", "--bulk", "sideways"])
     assert result.exit_code == 2 and "bulk must be auto, off or HOST:PORT" in result.output
+
+
+@pytest.mark.parametrize("values", [
+    {"run_dir": "r"},
+    {"run_dir": "r", "rounds": 7, "insecure": True, "allow": ["a", "b c"], "fit": {"optimizer": "adam", "lr": 0.5},
+     "strategy_options": {"server_lr": 0.01, "nesterov": True}, "dp": "central", "dp_adaptive_clip": True,
+     "dp_nodes": 4, "metrics_port": 0, "bulk": "off", "max_payload_mb": 16.5, "data_path": "held out.npz"},
+])
+def test_to_argv_gives_the_same_configuration_back_through_the_command(values, captured):
+    # `potluck up` starts its server with to_argv(): the flags must mean exactly the settings.
+    config = ServerConfig.from_mapping(values)
+    result = runner.invoke(app, ["server", *config.to_argv()])
+    assert result.exit_code == 0, result.output
+    assert captured["config"] == config

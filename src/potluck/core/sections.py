@@ -112,7 +112,7 @@ class RoundSection(Settings):
                                         "round only).", resumable=True, **_at_least(0))
     run_dir: str | None = setting(
         None, "Where the run is written. simulate makes a new folder; server reuses runs/server and resumes the "
-        "run it holds.", resumable=True, shown="runs/<time>-<task> (simulate), runs/server (server)")
+        "run it holds.", resumable=True, shown="runs/<time>-<task> (simulate), runs/<time>-up (up), runs/server (server)")
 
 
 @dataclass(frozen=True)

@@ -113,8 +113,9 @@ class Settings:
             raise ConfigError(f"{source}: {exc}") from None
 
     @classmethod
-    def load(cls: type[S], path: Path, overrides: Mapping[str, Any] | None = None) -> S:
-        """Read a TOML file; ``overrides`` (from flags) win over the file."""
+    def load(cls: type[S], path: Path, overrides: Mapping[str, Any] | None = None,
+             defaults: Mapping[str, Any] | None = None) -> S:
+        """Read a TOML file; ``overrides`` (from flags) win over the file, the file over ``defaults``."""
         try:
             text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -131,7 +132,7 @@ class Settings:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
         except RecursionError:
             raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
-        return cls.from_mapping({**data, **(overrides or {})}, source=str(path))
+        return cls.from_mapping({**(defaults or {}), **data, **(overrides or {})}, source=str(path))
 
     def replace(self: S, **changes: Any) -> S:
         """A copy with ``changes``, checked like :meth:`from_mapping` (unknown names too)."""
@@ -146,6 +147,24 @@ class Settings:
             checked = _coerce(value, hint, name)
             if checked is not value:
                 object.__setattr__(self, name, checked)
+
+    def to_argv(self) -> list[str]:
+        """The flags that give this configuration to the command it belongs to: one per
+        setting that differs from its default (``potluck up`` starts its server so)."""
+        argv: list[str] = []
+        for f in fields(self):  # type: ignore[arg-type]
+            value, flag = getattr(self, f.name), f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+            if value == default_of(f):
+                continue
+            if isinstance(value, bool):  # a switch turns a setting on; every switch is off by default
+                argv.append(flag)
+            elif isinstance(value, dict):
+                argv += [item for k, v in value.items() for item in (flag, f"{k}={_toml_value(v)}")]
+            elif isinstance(value, list):
+                argv += [item for v in value for item in (flag, v)]
+            else:
+                argv += [flag, str(value)]
+        return argv
 
     def to_toml(self) -> str:
         values_of = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
