@@ -104,3 +104,17 @@ def test_check_resume_lists_what_changed_and_what_may(tmp_path):
     assert f"{tmp_path} was started with other settings (alpha)" in message
     assert "rounds" in message.split("only ")[1] and "alpha" not in message.split("only ")[1]
     check_resume(SimulationConfig(), SimulationConfig(rounds=5), tmp_path)
+
+
+def test_the_runtime_takes_its_round_and_federation_settings_from_the_sections():
+    # apps build RoundPolicy and FederationSpec field by field from the configuration by
+    # name: each of their fields must be a declared setting with the same default.
+    from potluck.runtime.coordinator import RoundPolicy
+    from potluck.runtime.federation import FederationSpec
+
+    for runtime_cls, configs in [(RoundPolicy, [SimulationConfig, ServerConfig]), (FederationSpec, [SimulationConfig])]:
+        for f in dataclasses.fields(runtime_cls):
+            for config in configs:
+                declared = {g.name: g for g in dataclasses.fields(config)}
+                assert f.name in declared, f"{runtime_cls.__name__}.{f.name} is not a setting of {config.__name__}"
+                assert getattr(config(), f.name) == f.default, f"{runtime_cls.__name__}.{f.name}: defaults differ"

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from potluck.apps.protections import protect_strategy, round_guards, secure_aggregation, update_pipeline
+from potluck.apps.protections import RunConfig, protect_strategy, round_guards, secure_aggregation, update_pipeline
 from potluck.apps.provenance import run_start
-from potluck.core.config import ServerConfig, SimulationConfig, check_resume
+from potluck.core.config import check_resume
 from potluck.core.errors import RunDirError
 from potluck.core.params import Params
 from potluck.core.records import RoundRecord
@@ -31,15 +31,12 @@ from potluck.strategies.base import Strategy
 from potluck.strategies.registry import make_strategy
 from potluck.updates.pipeline import UpdatePipeline
 
-RunConfig = SimulationConfig | ServerConfig
-
 
 def round_policy(config: RunConfig) -> RoundPolicy:
-    return RoundPolicy(
-        rounds=config.rounds, fraction=config.fraction, min_nodes=config.min_nodes, quorum=config.quorum,
-        round_timeout=config.round_timeout, max_retries=config.max_retries,
-        federated_eval_every=config.federated_eval_every, seed=config.seed,
-    )
+    """The coordinator's policy: each of its fields is the round setting of the same name
+    (a field without a setting keeps its default; tests/core/test_config_sections.py
+    asks that there be none)."""
+    return RoundPolicy(**{f.name: getattr(config, f.name) for f in fields(RoundPolicy) if hasattr(config, f.name)})
 
 
 def make_protected_strategy(config: RunConfig) -> Strategy:

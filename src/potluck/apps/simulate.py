@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +42,9 @@ def default_run_dir(config: SimulationConfig) -> Path:
 
 
 def federation_spec(config: SimulationConfig) -> FederationSpec:
-    return FederationSpec(
-        task=config.task, data_path=config.data_path, nodes=config.nodes, partition=config.partition,
-        alpha=config.alpha, seed=config.seed, test_fraction=config.test_fraction, val_fraction=config.val_fraction,
-        label_column=config.label_column, group_column=config.group_column,
-        attack=config.attack, attack_fraction=config.attack_fraction,
-    )
+    """The virtual federation: each of the spec's fields is the setting of the same name
+    (checked by tests/core/test_config_sections.py)."""
+    return FederationSpec(**{f.name: getattr(config, f.name) for f in fields(FederationSpec) if hasattr(config, f.name)})
 
 
 def make_pool(config: SimulationConfig, federation: Federation) -> NodePool:
