@@ -47,5 +47,5 @@ def test_server_population_is_dp_nodes_or_min_nodes():
     with pytest.raises(ConfigError, match="dp_nodes must be ≥ min_nodes"):
         ServerConfig(min_nodes=5, dp="central", dp_nodes=3)
     with pytest.raises(ConfigError, match="1 / nodes = 1 / 2"):
-        ServerConfig(dp="central", dp_delta=0.6)
+        ServerConfig(dp="central", dp_delta=0.6, min_nodes=2)
     assert ServerConfig(dp="central", dp_nodes=100, dp_delta=0.009).dp_delta == 0.009

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from potluck.core.config import ServerConfig, SimulationConfig
+from potluck.core.config import NodeConfig, ServerConfig, SimulationConfig
 from potluck.core.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -28,7 +28,7 @@ else:  # pragma: no cover
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-CLASSES = [SimulationConfig, ServerConfig]
+CLASSES = [SimulationConfig, ServerConfig, NodeConfig]
 FIELDS = sorted({f.name for cls in CLASSES for f in dataclasses.fields(cls)})
 
 ATOMS = st.one_of(
@@ -95,6 +95,10 @@ def test_accepted_values_are_usable_downstream(cls, data):
             assert math.isfinite(v), f.name
         if isinstance(v, str):
             v.encode("utf-8")
+    if isinstance(config, NodeConfig):
+        assert config.server_address.strip() and config.node_id.strip() and config.data_path is not None
+        assert int(config.chunk_mb * 2**20) >= 1 and 0.1 <= config.max_backoff
+        return
     assert 0 <= config.seed < 2**63
     assert all(-(2**63) <= v < 2**63 for v in [*config.fit.values(), *config.strategy_options.values()]
                if isinstance(v, int))

@@ -139,3 +139,10 @@ def test_secure_aggregation_refuses_a_user_rule_that_must_see_each_update(workdi
     with pytest.raises(ConfigError, match="strategy unweighted, whose rule unweighted-mean must inspect every update"):
         protect_strategy(config, make_strategy(config.strategy))
     assert protect_strategy(config, make_strategy("fedavg", server_opt="fedadam")).name == "fedavg+fedadam"
+
+
+def test_server_opt_setting_matches_the_strategies_steps():
+    from potluck.core.sections import SERVER_OPTS as DECLARED
+    from potluck.strategies import SERVER_OPTS
+
+    assert tuple(DECLARED) == tuple(SERVER_OPTS)

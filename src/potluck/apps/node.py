@@ -16,12 +16,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from potluck.apps.node_ledger import NodeProvenance
 from potluck.apps.resources import local_resources
+from potluck.core.config import NodeConfig as NodeConfig  # re-exported: NodeAgent's settings
 from potluck.core.errors import (
     NodeError,
     ParamsError,
@@ -40,30 +40,9 @@ from potluck.tasks.builtin import resolve_task
 from potluck.tasks.protocol import DataInfo, Task
 from potluck.transport.certs import load_pem_bundle
 from potluck.transport.client import FleetClient
-from potluck.transport.fleet_messages import IncomingResult, JoinInfo, Welcome
+from potluck.transport.fleet_messages import IncomingResult, JoinInfo, OutgoingInstruction, Welcome
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    server_address: str
-    node_id: str
-    data_path: str
-    task: str = "digits"
-    model_id: str | None = None  # the model the operator expects; checked against the server's
-    tls_dir: str = "tls"
-    insecure: bool = False
-    val_fraction: float = 0.1
-    poll_seconds: float = 10.0
-    max_backoff: float = 30.0
-    max_message_mb: float = 8.0
-    chunk_mb: float = 2.0
-    bulk: bool = True  # fetch and push large payloads over the server's bulk lane when it has one
-    metrics_port: int | None = None  # serve Prometheus metrics on this port (0: any free one)
-    metrics_host: str = "127.0.0.1"
-    key_dir: str | None = None  # where the signing key and ledger state live (default: <tls_dir>/nodes)
-    leave_on_ledger_mismatch: bool = False  # leave the run when the server's ledger fails a check
 
 
 class NodeAgent:
@@ -74,7 +53,7 @@ class NodeAgent:
         self.task: Task = resolve_task(config.task)
         if config.model_id is not None and config.model_id != self.task.name:
             raise SchemaMismatch(f"--model-id {config.model_id!r} is not what task {config.task!r} trains ({self.task.name!r})")
-        data = self.task.load_data(Path(config.data_path))
+        data = self.task.load_data(Path(str(config.data_path)))
         order = rng_for(0, "node-val", config.node_id).permutation(len(data))
         n_val = int(len(data) * config.val_fraction) if len(data) > 1 else 0
         self.data = NodeData(data.subset(order[n_val:], source=f"{config.node_id} train"),
@@ -82,7 +61,7 @@ class NodeAgent:
         tls = None if config.insecure else load_pem_bundle(Path(config.tls_dir), "node", config.node_id)
         mb = 2**20
         self.client = FleetClient(config.server_address, tls, chunk_bytes=int(config.chunk_mb * mb),
-                                  max_message_bytes=int(config.max_message_mb * mb), bulk=config.bulk)
+                                  max_message_bytes=int(config.max_message_mb * mb), bulk=not config.no_bulk)
         self.provenance = NodeProvenance(config.node_id, self.client, tls_dir=config.tls_dir, key_dir=config.key_dir,
                                          leave_on_mismatch=config.leave_on_ledger_mismatch)
         self._stop = threading.Event()
@@ -182,32 +161,8 @@ class NodeAgent:
             self.provenance.check(welcome.session, ins.ledger_head)
             if self.metrics is not None:
                 self.metrics.received(len(ins.payload))
-            try:
-                if ins.kind == "exchange":  # a step of secure aggregation's key agreement or unmasking
-                    reply = runner.exchange(self.config.node_id, str(ins.config.get("step", "")), bytes(ins.payload))
-                    result = IncomingResult(welcome.session, ins.instruction_id, ins.round, 0, payload=reply,
-                                            run_id=ins.run_id)
-                elif ins.kind == "fit":
-                    params = Params.decode(ins.payload)
-                    out = runner.fit(FitInstruction(ins.round, self.config.node_id, params, ins.config, ins.seed))
-                    payload, signature, digest = self.provenance.sign(ins, out)
-                    result = IncomingResult(welcome.session, ins.instruction_id, ins.round, out.num_examples,
-                                            metrics=dict(out.metrics), payload=payload, run_id=ins.run_id,
-                                            signature=signature, payload_digest=digest)
-                else:
-                    params = Params.decode(ins.payload)
-                    ev = runner.evaluate(EvaluateInstruction(ins.round, self.config.node_id, params, ins.config))
-                    result = IncomingResult(welcome.session, ins.instruction_id, ins.round, ev.num_examples,
-                                            loss=ev.loss, metrics=dict(ev.metrics), run_id=ins.run_id)
-            except NodeError as exc:  # the server counts it as a missed result at its deadline
-                log.error("node %s: round %d %s failed: %s", self.config.node_id, ins.round, ins.kind, exc)
-                if self.metrics is not None:
-                    self.metrics.instruction(ins.kind, ins.round, ok=False)
-                continue
-            try:
-                self.client.push(result)
-            except (UnexpectedResult, ParamsError) as exc:  # late, or refused: the server counted it; go on
-                log.warning("node %s: round %d %s result refused: %s", self.config.node_id, ins.round, ins.kind, exc)
+            result = self._answer(welcome, runner, ins)
+            if result is None:
                 if self.metrics is not None:
                     self.metrics.instruction(ins.kind, ins.round, ok=False)
                 continue
@@ -217,6 +172,36 @@ class NodeAgent:
             self.rounds_done += ins.kind == "fit"
         try:
             self.client.leave(welcome.session, "stopped")
-        except PotluckError:
-            pass  # leaving is a courtesy; the server also notices silence
+        except PotluckError as exc:  # leaving is a courtesy; the server also notices silence
+            log.debug("node %s: could not say it is leaving: %s", self.config.node_id, exc)
         return True
+
+    def _answer(self, welcome: Welcome, runner: NodeRunner, ins: OutgoingInstruction) -> IncomingResult | None:
+        """Carry out one instruction and send its result; None when it failed or was refused
+        (the server counts it as a missed result at its deadline)."""
+        try:
+            if ins.kind == "exchange":  # a step of secure aggregation's key agreement or unmasking
+                reply = runner.exchange(self.config.node_id, str(ins.config.get("step", "")), bytes(ins.payload))
+                result = IncomingResult(welcome.session, ins.instruction_id, ins.round, 0, payload=reply,
+                                        run_id=ins.run_id)
+            elif ins.kind == "fit":
+                params = Params.decode(ins.payload)
+                out = runner.fit(FitInstruction(ins.round, self.config.node_id, params, ins.config, ins.seed))
+                payload, signature, digest = self.provenance.sign(ins, out)
+                result = IncomingResult(welcome.session, ins.instruction_id, ins.round, out.num_examples,
+                                        metrics=dict(out.metrics), payload=payload, run_id=ins.run_id,
+                                        signature=signature, payload_digest=digest)
+            else:
+                params = Params.decode(ins.payload)
+                ev = runner.evaluate(EvaluateInstruction(ins.round, self.config.node_id, params, ins.config))
+                result = IncomingResult(welcome.session, ins.instruction_id, ins.round, ev.num_examples,
+                                        loss=ev.loss, metrics=dict(ev.metrics), run_id=ins.run_id)
+        except NodeError as exc:
+            log.error("node %s: round %d %s failed: %s", self.config.node_id, ins.round, ins.kind, exc)
+            return None
+        try:
+            self.client.push(result)
+        except (UnexpectedResult, ParamsError) as exc:  # late, or refused: the server counted it; go on
+            log.warning("node %s: round %d %s result refused: %s", self.config.node_id, ins.round, ins.kind, exc)
+            return None
+        return result

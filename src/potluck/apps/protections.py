@@ -10,8 +10,8 @@ Each kind of protection contributes through its own function below.
 from __future__ import annotations
 
 import math
-from typing import Any
 
+from potluck.core.config import ServerConfig, SimulationConfig
 from potluck.core.errors import ConfigError
 from potluck.runtime.coordinator import RoundGuard
 from potluck.runtime.secure import SecureAggregation
@@ -24,8 +24,10 @@ from potluck.updates.pipeline import UpdatePipeline, UpdateStage
 from potluck.updates.quantize import Quantize
 from potluck.updates.topk import TopK
 
+RunConfig = SimulationConfig | ServerConfig  # the commands that run rounds
 
-def update_pipeline(config: Any) -> UpdatePipeline:
+
+def update_pipeline(config: RunConfig) -> UpdatePipeline:
     """The stages nodes apply to their updates, in order: privacy first, then compression."""
     stages: list[UpdateStage] = [*_privacy_stages(config), *_compression_stages(config)]
     secure = secure_aggregation(config)
@@ -34,28 +36,28 @@ def update_pipeline(config: Any) -> UpdatePipeline:
     return UpdatePipeline(stages)
 
 
-def secure_aggregation(config: Any) -> SecureAggregation | None:
+def secure_aggregation(config: RunConfig) -> SecureAggregation | None:
     """``secagg = true`` (docs/secure-aggregation.md): the coordinator's driver, or None.
 
     Refuses (ConfigError) robust strategies, which must see each update; with ``dp =
     distributed`` the sum is divided by the expected nodes per round, as CentralDP would."""
-    if not getattr(config, "secagg", False):
+    if not config.secagg:
         return None
     if config.strategy in {cls.name for cls in ROBUST_STRATEGIES}:
         raise ConfigError(f"secagg = true hides each update from the server, so strategy {config.strategy}, which "
                           "must inspect every update, cannot run; use fedavg, fedavgm, fedprox or the FedOpt family")
-    denominator = float(_dp_nodes_per_round(config)) if getattr(config, "dp", "none") == "distributed" else None
+    denominator = float(_dp_nodes_per_round(config)) if config.dp == "distributed" else None
     return SecureAggregation(degree=config.secagg_neighbours, threshold=config.secagg_threshold,
                              clip=config.secagg_clip, bits=config.secagg_bits, seed=config.seed,
                              denominator=denominator)
 
 
-def round_guards(config: Any) -> list[RoundGuard]:
+def round_guards(config: RunConfig) -> list[RoundGuard]:
     """Guards checked before every round (e.g. the privacy budget)."""
     return [*_privacy_guards(config)]
 
 
-def protect_strategy(config: Any, strategy: Strategy) -> Strategy:
+def protect_strategy(config: RunConfig, strategy: Strategy) -> Strategy:
     """``strategy`` wrapped for differential privacy (docs/privacy.md), or itself.
 
     ``dp = central``: the server clips, sums without example weights, adds noise and
@@ -66,7 +68,7 @@ def protect_strategy(config: Any, strategy: Strategy) -> Strategy:
     if getattr(config, "secagg", False) and strategy.needs_each_update:  # module:attr ones too, not only by name
         raise ConfigError(f"secagg = true hides each update from the server, so strategy {strategy.name}, whose rule "
                           f"{strategy.rule.name} must inspect every update, cannot run")
-    mode = getattr(config, "dp", "none")
+    mode = config.dp
     if mode not in ("central", "distributed"):
         return strategy
     if strategy.needs_each_update:
@@ -79,29 +81,29 @@ def protect_strategy(config: Any, strategy: Strategy) -> Strategy:
                      adaptive=config.dp_adaptive_clip, target_quantile=config.dp_target_quantile)
 
 
-def _dp_population(config: Any) -> int:
+def _dp_population(config: RunConfig) -> int:
     """Nodes in the federation: ``nodes`` (simulate), else ``dp_nodes`` or ``min_nodes`` (server)."""
-    return int(getattr(config, "nodes", None) or getattr(config, "dp_nodes", None) or config.min_nodes)
+    return config.population()
 
 
-def _dp_nodes_per_round(config: Any) -> int:
+def _dp_nodes_per_round(config: RunConfig) -> int:
     """Nodes sampled per round, as the coordinator samples them from the whole federation."""
     population = _dp_population(config)
-    return min(population, max(int(config.min_nodes), math.ceil(float(config.fraction) * population)))
+    return min(population, max(config.min_nodes, math.ceil(config.fraction * population)))
 
 
-def _privacy_stages(config: Any) -> list[UpdateStage]:
+def _privacy_stages(config: RunConfig) -> list[UpdateStage]:
     """``dp = local | distributed``: nodes clip their delta and add noise, before compression."""
-    mode = getattr(config, "dp", "none")
+    mode = config.dp
     if mode not in ("local", "distributed"):
         return []
     return [GaussianDP(mode, clip=config.dp_clip, noise_multiplier=config.dp_noise_multiplier,
                        nodes=_dp_nodes_per_round(config))]
 
 
-def _privacy_guards(config: Any) -> list[RoundGuard]:
+def _privacy_guards(config: RunConfig) -> list[RoundGuard]:
     """With ``dp`` set: the accountant, reporting ε each round and stopping at ``dp_epsilon_budget``."""
-    mode = getattr(config, "dp", "none")
+    mode = config.dp
     if mode == "none":
         return []
     q = _dp_nodes_per_round(config) / _dp_population(config)
@@ -109,10 +111,10 @@ def _privacy_guards(config: Any) -> list[RoundGuard]:
                               delta=config.dp_delta, budget=config.dp_epsilon_budget)]
 
 
-def _compression_stages(config: Any) -> list[UpdateStage]:
+def _compression_stages(config: RunConfig) -> list[UpdateStage]:
     """``compression`` (docs/compression.md): quantise, sparsify, or sparsify and quantise
     the kept values; always last, so clipping and noise see the full update."""
-    kind = getattr(config, "compression", "none")
+    kind = config.compression
     if kind == "quantize":
         return [Quantize(config.compression_bits)]
     if kind == "topk":

@@ -19,13 +19,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 from potluck.apps.simulate import federation_spec
-from potluck.core.config import SimulationConfig
+from potluck.core.config import ServerConfig, SimulationConfig
 from potluck.core.errors import ConfigError, PotluckError, RoundFailed
 from potluck.core.records import RoundRecord
 from potluck.runtime.federation import build_federation
@@ -61,49 +61,19 @@ def prepare(config: SimulationConfig, workdir: Path) -> tuple[list[str], Path]:
     return list(federation.nodes), test
 
 
+def server_config(config: SimulationConfig, workdir: Path, test: Path) -> ServerConfig:
+    """The server's settings: every setting it shares with ``config``, its data the held-out
+    ``test`` file, and the federation ``up`` starts (``--min-nodes``, and ``--dp-nodes``
+    for the accountant's sampling rate, as in simulate)."""
+    shared = {f.name for f in fields(ServerConfig)} & {f.name for f in fields(SimulationConfig)}
+    return ServerConfig.from_mapping({
+        **{name: getattr(config, name) for name in shared}, "bind": "127.0.0.1:0", "tls_dir": str(workdir / "tls"),
+        "data_path": str(test), "min_nodes": config.nodes, "dp_nodes": config.nodes if config.dp != "none" else None,
+    }, source="potluck up")
+
+
 def server_command(config: SimulationConfig, workdir: Path, test: Path) -> list[str]:
-    cmd = [*POTLUCK, "server", "--bind", "127.0.0.1:0", "--port-file", str(workdir / "port"),
-           "--tls-dir", str(workdir / "tls"), "--run-dir", str(config.run_dir), "--task", config.task,
-           "--data-path", str(test), "--rounds", str(config.rounds), "--min-nodes", str(config.nodes),
-           "--fraction", str(config.fraction), "--quorum", str(config.quorum),
-           "--round-timeout", str(config.round_timeout), "--strategy", config.strategy, "--seed", str(config.seed)]
-    for key, value in config.strategy_options.items():
-        cmd += ["-S", f"{key}={json.dumps(value)}"]
-    for key, value in config.fit.items():
-        cmd += ["-F", f"{key}={json.dumps(value)}"]
-    return (cmd + compression_options(config) + privacy_options(config) + secagg_options(config)
-            + monitoring_options(config, 0))
-
-
-def secagg_options(config: SimulationConfig) -> list[str]:
-    """The server's secure aggregation flags (none when it is off)."""
-    if not config.secagg:
-        return []
-    return ["--secagg", "--secagg-neighbours", str(config.secagg_neighbours), "--secagg-threshold",
-            str(config.secagg_threshold), "--secagg-clip", repr(config.secagg_clip), "--secagg-bits",
-            str(config.secagg_bits)]
-
-
-def compression_options(config: SimulationConfig) -> list[str]:
-    """The server's update compression flags (none when compression is off); nodes learn
-    the settings from the server each round."""
-    if config.compression == "none":
-        return []
-    return ["--compression", config.compression, "--compression-bits", str(config.compression_bits),
-            "--compression-ratio", repr(config.compression_ratio)]
-
-
-def privacy_options(config: SimulationConfig) -> list[str]:
-    """The server's differential privacy flags (none when dp is off); ``--dp-nodes`` is
-    the number of nodes ``up`` starts, so the accountant's sampling rate is simulate's."""
-    if config.dp == "none":
-        return []
-    options = ["--dp", config.dp, "--dp-noise-multiplier", repr(config.dp_noise_multiplier),
-               "--dp-clip", repr(config.dp_clip), "--dp-delta", repr(config.dp_delta),
-               "--dp-epsilon-budget", repr(config.dp_epsilon_budget), "--dp-nodes", str(config.nodes)]
-    if config.dp_adaptive_clip:
-        options += ["--dp-adaptive-clip", "--dp-target-quantile", repr(config.dp_target_quantile)]
-    return options
+    return [*POTLUCK, "server", "--port-file", str(workdir / "port"), *server_config(config, workdir, test).to_argv()]
 
 
 def server_stop_reason(log: Path) -> str | None:

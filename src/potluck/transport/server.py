@@ -23,11 +23,12 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from potluck.core.errors import AccessDenied, LedgerError, PotluckError, TransportError
+from potluck.core.sections import TransportSection
 from potluck.transport import convert, frames
 from potluck.transport.addresses import split_address
 from potluck.transport.bulk import MIN_BULK_BYTES, BulkOptions, BulkServer
 from potluck.transport.certs import CertificateError, PemBundle, certificate_sha256
-from potluck.transport.chunks import DEFAULT_CHUNK_BYTES, PayloadError, Reassembly, split
+from potluck.transport.chunks import PayloadError, Reassembly, split
 from potluck.transport.convert import WireError
 from potluck.transport.fleet_messages import PROTOCOL, FleetHandler, IncomingResult, LedgerHandler
 from potluck.transport.status import details_of, status_of
@@ -37,13 +38,16 @@ from potluck.transport.v1 import fleet_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 
+_SETTINGS = TransportSection()  # chunk and message sizes are declared once, as settings (core/sections.py)
+
+
 @dataclass(frozen=True)
 class ServerOptions:
     """``max_message_bytes`` caps one gRPC message (chunks must fit under it);
     ``max_workers`` bounds concurrent calls, and each waiting node holds one."""
 
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    max_message_bytes: int = 8 * 2**20
+    chunk_bytes: int = int(_SETTINGS.chunk_mb * 2**20)
+    max_message_bytes: int = int(_SETTINGS.max_message_mb * 2**20)
     max_workers: int = 256
     max_pull_wait: float = 30.0
     handshake_timeout: float = 10.0  # a connection that has not finished TLS by then is closed
