@@ -1,6 +1,7 @@
 """Where a run directory keeps each file, and how a commit mark is read back.
 
-The commit protocol (``runtime/rundir.py``), the ledger audit (``ledger/audit.py``) and
+The commit protocol (``runtime/rundir.py``), resume (``runtime/resume.py``), the ledger
+audit (``ledger/audit.py``) and
 ``potluck check`` all read the same layout; it is declared here once::
 
     config.toml                          the resolved settings
