@@ -29,7 +29,7 @@ from potluck.core.records import Contribution, RoundProvenance, RoundRecord
 from potluck.ledger.audit import audit_ledger
 from potluck.ledger.chain import Ledger, RunStart
 from potluck.ledger.signing import derived_key, sign_update
-from potluck.runtime import rundir
+from potluck.runtime import resume, rundir
 from potluck.runtime.rundir import RunDirectory
 
 ROUNDS = 3
@@ -125,7 +125,8 @@ class Killer:
             mp.setattr(files, "open", File, raising=False)
             mp.setattr(files.os, "fsync", fsync)
             mp.setattr(files.os, "replace", replace)
-            mp.setattr(rundir, "remove", remove)
+            for module in (rundir, resume):  # create removes leftovers, and so does resume
+                mp.setattr(module, "remove", remove)
             yield self
 
 

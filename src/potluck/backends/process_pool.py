@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import Any, NamedTuple
 
 from potluck.core.errors import NodeError, NodeFailed, NodeTimedOut
 from potluck.core.messages import EvaluateInstruction, FitInstruction
@@ -32,6 +32,14 @@ from potluck.runtime.node import NodeRunner
 from potluck.runtime.pool import EvaluateOutcome, ExchangeOutcome, ExchangeReply, FitOutcome
 
 _runner: NodeRunner | None = None  # one per worker process
+
+
+class WorkerAnswer(NamedTuple):
+    """What a worker sends back for a call that carried the node's update state: the
+    outcome, and the state after it (None: leave the node's state as it was)."""
+
+    outcome: Any
+    state: dict[str, Any] | None
 
 
 def _init_worker(spec: FederationSpec) -> None:
@@ -51,17 +59,17 @@ def _call(method: str, ins: Any, state: dict[str, Any] | None = None) -> Any:
         return exc  # returned, not raised: the exception's args do not pickle back as-is
     finally:
         kept = _runner.update_state.pop(ins.node_id, None)  # a worker keeps no node's state
-    return (result, kept) if state is not None else result
+    return WorkerAnswer(result, kept) if state is not None else result
 
 
-def _exchange(node: str, step: str, payload: bytes, state: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
-    """One protocol step for ``node`` with its update state; returns (reply or error, new state)."""
+def _exchange(node: str, step: str, payload: bytes, state: dict[str, Any]) -> WorkerAnswer:
+    """One protocol step for ``node`` with its update state: the reply or error, and the new state."""
     assert _runner is not None, "worker not initialised"
     _runner.update_state[node] = state
     try:
-        return ExchangeReply(node, _runner.exchange(node, step, payload)), _runner.update_state.get(node)
+        return WorkerAnswer(ExchangeReply(node, _runner.exchange(node, step, payload)), _runner.update_state.get(node))
     except NodeError as exc:
-        return exc, None  # a failed step leaves the node's state as it was
+        return WorkerAnswer(exc, None)  # a failed step leaves the node's state as it was
     finally:
         _runner.update_state.pop(node, None)
 
@@ -104,7 +112,7 @@ class ProcessPool:
             for future in cf.as_completed(futures, timeout=max(0.0, deadline - time.monotonic())):
                 node = futures.pop(future)
                 try:
-                    outcome, state = future.result()
+                    answer: WorkerAnswer = future.result()
                 except BrokenProcessPool:
                     broken = True
                     yield NodeFailed(node, "its worker process died")
@@ -112,9 +120,9 @@ class ProcessPool:
                 except Exception as exc:
                     yield NodeFailed(node, f"{type(exc).__name__}: {exc}")
                     continue
-                if state is not None:
-                    self.update_state[node] = state
-                yield outcome
+                if answer.state is not None:
+                    self.update_state[node] = answer.state
+                yield answer.outcome
         except cf.TimeoutError:
             broken = True
             for node in futures.values():
@@ -125,7 +133,7 @@ class ProcessPool:
 
     def _run(self, method: str, instructions: Sequence[Any], timeout: float) -> Iterator[Any]:
         pool = self._pool()
-        fit = method == "fit"
+        fit = method == "fit"  # a fit carries the node's update state both ways
         futures = {
             pool.submit(_call, method, ins, *([self.update_state.get(ins.node_id, {})] if fit else [])): ins.node_id
             for ins in instructions
@@ -137,8 +145,10 @@ class ProcessPool:
                 node = futures.pop(future)
                 try:
                     outcome = future.result()
-                    if fit and isinstance(outcome, tuple):
-                        outcome, self.update_state[node] = outcome
+                    if isinstance(outcome, WorkerAnswer):  # a fit: it carried the node's state
+                        if outcome.state is not None:  # always, as the state was sent along
+                            self.update_state[node] = outcome.state
+                        outcome = outcome.outcome
                     yield outcome
                 except BrokenProcessPool:
                     broken = True

@@ -1,7 +1,8 @@
 """Where a run directory keeps each file, and how a commit mark is read back.
 
-The commit protocol (``runtime/rundir.py``), the ledger audit (``ledger/audit.py``) and
-``potluck check`` all read the same layout; it is declared here once::
+The commit protocol (``runtime/rundir.py``), resume (``runtime/resume.py``), the ledger
+audit (``ledger/audit.py``) and ``potluck check`` all read the same layout; it is
+declared here once::
 
     config.toml                          the resolved settings
     metrics.jsonl                        one record per committed round

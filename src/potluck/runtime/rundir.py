@@ -48,18 +48,10 @@ aggregation, a checkpoint write, an append), and ``potluck check`` verifies them
    none of an uncommitted round; with the same exception as invariant 4, a kill between
    the mark and the append leaves the line of entry k missing or torn.
 
-Resume (:meth:`RunDirectory.prepare_resume`) picks up exactly after round k. It checks
-the marks are contiguous and round k matches its digests, and only then tidies:
-removes temp files and round k+1's files, drops ``model.safetensors`` (the continued
-run writes it again) and rewrites ``metrics.jsonl`` from the marks. When the run keeps a
-ledger, resume also checks that the marks' entries chain and are signed by this
-server's key, and completes ``ledger.jsonl`` from the marks.
-
-A gap in the marks or a file that does not match its mark cannot come from a kill: the
-folder was changed or damaged afterwards. Resume then refuses with a
-:class:`RunDirError` naming the round and file instead of quietly skipping or redoing
-a round that was reported as committed; ``potluck check`` lists every such problem.
-It verifies rounds 0 and k, the ones it reads; ``potluck check`` verifies them all.
+Resume (:meth:`RunDirectory.prepare_resume`, in :mod:`potluck.runtime.resume`) picks
+up exactly after round k, and refuses a folder that was changed after a kill (a gap in
+the marks, a file that does not match its mark) instead of quietly skipping or redoing
+a round that was reported as committed.
 """
 
 from __future__ import annotations
@@ -69,7 +61,6 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -80,6 +71,7 @@ from potluck.core.params import Params
 from potluck.core.records import RoundRecord
 from potluck.ledger import chain as ledger_format
 from potluck.ledger.chain import Entry, Ledger
+from potluck.runtime import resume
 from potluck.strategies.base import Strategy
 
 
@@ -218,70 +210,9 @@ class RunDirectory(RunLayout):
         return CommittedRound(rnd, params, state, RoundRecord.from_json(mark["record"]))
 
     def prepare_resume(self) -> CommittedRound:
-        """The last committed round, with the folder brought back to exactly that state.
-
-        Raises :class:`RunDirError` when no round is committed, the marks have a gap or
-        the last round's files do not match its mark; the folder is then left as it was.
-        """
-        rounds = self.committed_rounds()
-        if not rounds:
-            raise RunDirError(f"{self.path} has no committed round to resume from")
-        last = rounds[-1]
-        gaps = sorted(set(range(last + 1)) - set(rounds))
-        if gaps:
-            raise RunDirError(
-                f"{self.path}: round {', '.join(map(str, gaps))} has no commit mark although round {last} has; "
-                f"the folder was changed after it was written (run `potluck check {self.path}`)"
-            )
-        try:
-            committed = self.load(last)
-            marks = [self.read_mark(r) for r in rounds]
-        except RunDirError as exc:
-            hint = (f"; to resume from round {last - 1} instead, delete {self.checkpoints}/round-{last:04d}.*"
-                    + (f" and the last line of {self.ledger_file} (nodes that verified round {last} will report "
-                       "a rewritten ledger)" if self.ledger_file.exists() else "") if last else "")
-            raise RunDirError(f"{exc}{hint}") from exc
-        records = [mark["record"] for mark in marks[1:]]
-        entries = self._resume_ledger(marks)
-        for leftover in [*self.leftovers(last), self.model_file]:
-            remove(leftover)
-        if entries:
-            atomic_write(self.ledger_file, b"".join(ledger_format.canonical(e) + b"\n" for e in entries))
-        lines = [json.dumps(record, sort_keys=True) for record in records]
-        # Rewriting metrics.jsonl fsyncs the run folder: model.safetensors stays removed
-        # even after a power cut, before any new round commits.
-        atomic_write(self.metrics_file, ("\n".join(lines) + "\n" if lines else "").encode())
-        return committed
-
-    def _resume_ledger(self, marks: list[dict[str, Any]]) -> list[Entry]:
-        """The ledger entries of the marks, checked before resume changes anything."""
-        entries = [m["ledger"] for m in marks if isinstance(m.get("ledger"), dict)]
-        if not entries and self.ledger is None:
-            return []
-        if len(entries) != len(marks):
-            which = "the run keeps no ledger" if not entries else "some commit marks hold no ledger entry"
-            raise RunDirError(f"{self.path}: {which}; it cannot be continued with one "
-                              f"(run `potluck check {self.path}`)")
-        try:
-            on_disk = ledger_format.read_ledger_file(self.ledger_file).entries
-        except OSError as exc:
-            raise RunDirError(f"cannot read {self.ledger_file}: {reason(exc)}") from exc
-        for index, line in enumerate(on_disk):
-            if index >= len(entries):  # the append comes after the mark: no crash leaves this
-                raise RunDirError(f"{self.ledger_file} holds entry {index}, but round {index} is not committed (its "
-                                  f"commit mark was removed); to continue from round {len(entries) - 1}, keep only "
-                                  f"the first {len(entries)} lines (nodes that verified round {index} will report a "
-                                  "rewritten ledger)")
-            if line != entries[index]:
-                raise RunDirError(f"{self.ledger_file} line {index + 1} is not the ledger entry in "
-                                  f"{self.mark_path(index).name}: the file was changed after it was written "
-                                  f"(run `potluck ledger verify {self.path}`)")
-        if self.ledger is not None:
-            try:
-                self.ledger.restore(entries)
-            except LedgerError as exc:
-                raise RunDirError(f"{self.path}: {exc}") from exc
-        return entries
+        """The last committed round, with the folder brought back to exactly that state
+        (see :mod:`potluck.runtime.resume`); :class:`RunDirError` leaves it as it was."""
+        return resume.prepare_resume(self)
 
     def records(self) -> list[RoundRecord]:
         """The records in ``metrics.jsonl``; a torn last line (being appended) is skipped."""
