@@ -54,7 +54,7 @@ def run_server(
     config: ServerConfig, *, hooks: Sequence[RoundHook] = (), on_ready: Callable[[int], None] | None = None
 ) -> ServerResult:
     """Serve the run until every round is committed; ``on_ready(port)`` once listening."""
-    task = resolve_task(config.task)
+    task = resolve_task(config.task, options=config.fit)
     data = task.load_data(Path(config.data_path) if config.data_path else None)
     info = DataInfo.from_dataset(data)
     if config.data_path is None:  # a bundled data set: evaluate on the same held-out split as simulate

@@ -54,7 +54,7 @@ def federation_spec(config: SimulationConfig) -> FederationSpec:
         task=config.task, data_path=config.data_path, nodes=config.nodes, partition=config.partition,
         alpha=config.alpha, seed=config.seed, test_fraction=config.test_fraction, val_fraction=config.val_fraction,
         label_column=config.label_column, group_column=config.group_column,
-        attack=config.attack, attack_fraction=config.attack_fraction,
+        attack=config.attack, attack_fraction=config.attack_fraction, task_options=dict(config.fit),
     )
 
 

@@ -25,7 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
-PARTITIONS = ("iid", "dirichlet", "shards", "natural")
+PARTITIONS = ("iid", "dirichlet", "shards", "natural", "contiguous")
 LOG_FORMATS = ("text", "json")
 ATTACKS = ("none", "sign-flip", "scale", "random")  # simulated Byzantine nodes: runtime/attacks.py
 COMPRESSIONS = ("none", "quantize", "topk", "topk+quantize")  # node→server updates: docs/compression.md
