@@ -1,7 +1,7 @@
 """The ``charlm`` task: a small transformer language model on any UTF-8 text file.
 
 Settings come from the run's ``[fit]`` table (``-F key=value``). The first six shape
-the data and the model, so they are fixed when the task is made (``potluck simulate``
+the data and the model (as do ``init_from`` and the LoRA settings), so they are fixed when the task is made (``potluck simulate``
 and ``potluck server`` pass the run's fit settings); the rest apply to each round::
 
     vocab        byte | char                         byte
@@ -10,6 +10,9 @@ and ``potluck server`` pass the run's fit settings); the rest apply to each roun
     depth        transformer blocks                   2
     heads        attention heads (divide width)       4
     positions    learned | rope                       learned
+    init_from    a full charlm checkpoint to start from  ""  (none: a fresh seeded model)
+    lora_rank    LoRA rank r; 0 trains the full model  0   (r > 0: only adapters travel)
+    lora_alpha   LoRA scale numerator (scale α/r)      16.0
     lr           peak AdamW learning rate             0.003
     warmup       linear warm-up steps per round       10
     steps        local optimizer steps per round      50
@@ -24,6 +27,11 @@ Each round runs ``steps`` AdamW steps whose rate warms up linearly over ``warmup
 and decays by a cosine to a tenth of ``lr``. Metrics: ``loss`` is the mean next-token
 cross-entropy in nats over every predicted token, ``perplexity = exp(loss)`` is the
 primary metric (lower is better). A uniform model over V tokens has perplexity V.
+
+With ``lora_rank`` > 0 the base model (from ``init_from``, e.g. an earlier run's
+``model.safetensors``) is frozen and LoRA adapters (``peft``) are trained on the
+attention and MLP layers; the task's parameters are the adapters alone, so only they
+travel and are aggregated (see tasks/lora.py).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from potluck.core.errors import ConfigError, NonFiniteError, TaskError
 from potluck.core.messages import ConfigDict
@@ -44,13 +53,15 @@ from potluck.core.params import Params
 from potluck.tasks.charlm import CharTransformer, LMShape
 from potluck.tasks.data.dataset import Dataset
 from potluck.tasks.devices import amp_dtype, autocast, check_amp_name, check_device_name, resolve_device
+from potluck.tasks.lora import add_lora, load_base, load_trainable, trainable_params
 from potluck.tasks.protocol import DataInfo, EvalOutput, FitOutput, MetricSpec
 from potluck.tasks.text import VOCABS, Vocabulary, read_text, text_dataset
 from potluck.tasks.torch_optim import LocalAdamW, warmup_cosine
 from potluck.tasks.torch_task import load_params_into, params_from_module
 
 PERPLEXITY = MetricSpec("perplexity", higher_is_better=False)
-MODEL_KEYS = ("vocab", "context", "width", "depth", "heads", "positions")
+MODEL_KEYS = ("vocab", "context", "width", "depth", "heads", "positions", "init_from", "lora_rank", "lora_alpha")
+LORA_TARGETS = ("qkv", "proj", "mlp.0", "mlp.2")
 EVAL_BATCH = 256
 
 
@@ -62,6 +73,9 @@ class LMSettings:
     depth: int = 2
     heads: int = 4
     positions: str = "learned"
+    init_from: str = ""
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
     lr: float = 0.003
     warmup: int = 10
     steps: int = 50
@@ -89,8 +103,13 @@ class LMSettings:
         for name in ("steps", "batch_size"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise bad(name, "an integer ≥ 1")
-        if not _is_int(self.warmup) or self.warmup < 0:
-            raise bad("warmup", "an integer ≥ 0")
+        for name in ("warmup", "lora_rank"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
+                raise bad(name, "an integer ≥ 0")
+        if not isinstance(self.init_from, str):
+            raise bad("init_from", "a path to a .safetensors checkpoint")
+        if not _is_number(self.lora_alpha) or self.lora_alpha <= 0:
+            raise bad("lora_alpha", "a finite number > 0")
         for name in ("lr", "weight_decay", "grad_clip", "proximal_mu"):
             value = getattr(self, name)
             if not _is_number(value) or value < 0 or (name == "lr" and value == 0):
@@ -120,7 +139,7 @@ class CharLMTask:
         self.group_pattern = group_pattern
         self.vocab: Vocabulary | None = Vocabulary("byte") if self.settings.vocab == "byte" else None
         self._num_threads = num_threads
-        self._model: CharTransformer | None = None
+        self._model: nn.Module | None = None
         self._device_setting = self.settings.device
 
     @classmethod
@@ -142,8 +161,18 @@ class CharLMTask:
         if self._num_threads is not None:
             torch.set_num_threads(self._num_threads)
         torch.manual_seed(seed)
-        self._model = CharTransformer(self.settings.shape(self.vocab.size))
-        return params_from_module(self._model)
+        model: nn.Module = CharTransformer(self.settings.shape(self.vocab.size))
+        s = self.settings
+        if s.init_from:
+            load_base(model, Path(s.init_from))
+        if s.lora_rank > 0:
+            model = add_lora(model, s.lora_rank, s.lora_alpha, LORA_TARGETS, seed)
+        self._model = model
+        return self._export(model)
+
+    def _export(self, model: nn.Module) -> Params:
+        """What travels: the adapters under LoRA, else the whole state_dict."""
+        return trainable_params(model) if self.settings.lora_rank > 0 else params_from_module(model)
 
     def check_fit_config(self, config: ConfigDict) -> None:
         """ConfigError for an unknown or invalid setting, or a model setting this task was not built with."""
@@ -157,11 +186,11 @@ class CharLMTask:
                               f"which was made with {changed[0]}={getattr(self.settings, changed[0])!r}")
         self._device_setting = merged.device
 
-    def _ready_model(self, params: Params, device: torch.device) -> CharTransformer:
+    def _ready_model(self, params: Params, device: torch.device) -> nn.Module:
         if self._model is None:
             raise TaskError(f"task {self.name}: build() must be called before fit/evaluate/generate")
         self._model.to(device)
-        load_params_into(self._model, params)
+        (load_trainable if self.settings.lora_rank > 0 else load_params_into)(self._model, params)
         return self._model
 
     def fit(self, params: Params, data: Dataset, config: ConfigDict, seed: int) -> FitOutput:
@@ -172,7 +201,7 @@ class CharLMTask:
         model = self._ready_model(params, device)
         model.train()
         blocks = _blocks(data, self.name)
-        params_list = list(model.parameters())
+        params_list = [p for p in model.parameters() if p.requires_grad]
         optimizer = LocalAdamW(params_list, lr=s.lr, weight_decay=s.weight_decay, decay=[p.ndim >= 2 for p in params_list])
         anchors = [p.detach().clone() for p in params_list] if s.proximal_mu > 0 else []
         batches = _batches(len(blocks), s.batch_size, torch.Generator().manual_seed(seed))
@@ -194,7 +223,7 @@ class CharLMTask:
         mean_loss = total / s.steps
         if not math.isfinite(mean_loss):
             raise NonFiniteError(f"task {self.name}: training loss became {mean_loss} (lower the lr?)")
-        return FitOutput(params_from_module(model), len(blocks), {"train_loss": mean_loss})
+        return FitOutput(self._export(model), len(blocks), {"train_loss": mean_loss})
 
     def evaluate(self, params: Params, data: Dataset) -> EvalOutput:
         device = resolve_device(self._device_setting)
