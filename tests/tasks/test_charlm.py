@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from potluck.core.errors import ConfigError, TaskError
+from potluck.core.errors import ConfigError, DataError, TaskError
 from potluck.core.params import Params
 from potluck.tasks.builtin import resolve_task
 from potluck.tasks.charlm import CharTransformer, LMShape
@@ -146,3 +146,14 @@ def test_fit_on_cuda_with_bf16_matches_cpu_closely():
     assert gpu.metrics["train_loss"] == pytest.approx(cpu.metrics["train_loss"], rel=0.05)
     ev = task.evaluate(gpu.params, data)  # evaluates on the device of the last fit
     assert ev.loss == pytest.approx(task.evaluate(cpu.params, data).loss, rel=0.1)
+
+
+def test_blocks_already_cut_load_from_npz_as_potluck_up_writes_them(tmp_path):
+    task, data, _ = tiny_task()
+    np.savez(tmp_path / "node.npz", x=data.x, y=data.y)
+    loaded = task.load_data(tmp_path / "node.npz")
+    assert np.array_equal(loaded.x, data.x) and loaded.x.dtype == np.int32
+    with pytest.raises(DataError, match=r"integer blocks of 17 tokens \(context=16\)"):
+        CharLMTask(settings=LMSettings(context=16)).load_data(tmp_path / "node.npz")
+    with pytest.raises(ConfigError, match="need vocab=byte"):
+        CharLMTask(settings=LMSettings(vocab="char", context=8)).load_data(tmp_path / "node.npz")

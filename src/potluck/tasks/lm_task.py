@@ -55,7 +55,7 @@ from potluck.tasks.data.dataset import Dataset
 from potluck.tasks.devices import amp_dtype, autocast, check_amp_name, check_device_name, resolve_device
 from potluck.tasks.lora import add_lora, load_base, load_trainable, trainable_params
 from potluck.tasks.protocol import DataInfo, EvalOutput, FitOutput, MetricSpec
-from potluck.tasks.text import VOCABS, Vocabulary, read_text, text_dataset
+from potluck.tasks.text import VOCABS, Vocabulary, read_blocks, read_text, text_dataset
 from potluck.tasks.torch_optim import LocalAdamW, warmup_cosine
 from potluck.tasks.torch_task import load_params_into, params_from_module
 
@@ -148,6 +148,11 @@ class CharLMTask:
         return cls(settings=LMSettings().merged(options), group_pattern=group_pattern)
 
     def load_data(self, path: Path | None) -> Dataset:
+        """Blocks of a UTF-8 text file, or blocks already cut (``.npz``, byte vocabulary only)."""
+        if path is not None and Path(path).suffix == ".npz":
+            if self.vocab is None:
+                raise ConfigError(f"task {self.name}: blocks already cut ({path}) need vocab=byte (a char vocabulary comes from the text)")
+            return read_blocks(Path(path), self.vocab, self.settings.context)
         text = read_text(path)
         self.vocab = Vocabulary.for_text(self.settings.vocab, text)
         return text_dataset(text, self.vocab, self.settings.context, group_pattern=self.group_pattern, source=str(path))

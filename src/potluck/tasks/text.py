@@ -88,6 +88,23 @@ def read_text(path: Path | None) -> str:
         raise DataError(f"cannot read {p}: {exc.strerror}") from None
 
 
+def read_blocks(path: Path, vocab: Vocabulary, context: int) -> Dataset:
+    """Blocks already cut (an ``.npz`` with ``x``: one row of ``context + 1`` token ids per
+    block, as ``potluck up`` writes each node's share), with ``groups`` if present."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "x" not in z.files:
+                raise DataError(f"{path}: no array 'x' of token blocks; the arrays present are: {', '.join(z.files) or 'none'}")
+            x, groups = z["x"], (z["groups"] if "groups" in z.files else None)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read as .npz ({exc})") from None
+    if x.ndim != 2 or x.shape[1] != context + 1 or x.dtype.kind not in "iu":
+        raise DataError(f"{path}: x must be integer blocks of {context + 1} tokens (context={context}), got {x.dtype} {x.shape}")
+    if len(x) and (int(x.min()) < 0 or int(x.max()) >= vocab.size):
+        raise DataError(f"{path}: token ids must be in [0, {vocab.size}) for the {vocab.kind} vocabulary")
+    return Dataset(x.astype(np.int32), np.zeros(len(x), dtype=np.int64), groups, str(path))
+
+
 def cut_blocks(ids: np.ndarray, context: int) -> np.ndarray:
     """Rows of ``context + 1`` tokens starting every ``context`` tokens; a short tail is dropped."""
     if context < 1:
