@@ -117,4 +117,4 @@ def test_the_runtime_takes_its_round_and_federation_settings_from_the_sections()
             for config in configs:
                 declared = {g.name: g for g in dataclasses.fields(config)}
                 assert f.name in declared, f"{runtime_cls.__name__}.{f.name} is not a setting of {config.__name__}"
-                assert getattr(config(), f.name) == f.default, f"{runtime_cls.__name__}.{f.name}: defaults differ"
+                assert getattr(config(), f.name) == (f.default_factory() if f.default is dataclasses.MISSING else f.default), f"{runtime_cls.__name__}.{f.name}: defaults differ"

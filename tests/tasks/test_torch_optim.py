@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -134,3 +135,29 @@ def test_parameters_without_grad_are_skipped_like_torch(ours_cls, theirs_cls, op
             assert torch.equal(ours.b.weight, b_start)
     assert not torch.equal(ours.b.weight, b_start)
     assert_same_parameters(ours, theirs)
+
+
+def test_local_adamw_matches_torch_adamw_with_decay_on_matrices_only():
+    from potluck.tasks.torch_optim import LocalAdamW
+
+    ours, ref = twin_models()
+    params = list(ours.parameters())
+    mine = LocalAdamW(params, lr=0.01, weight_decay=0.1, decay=[p.ndim >= 2 for p in params])
+    ref_params = list(ref.parameters())
+    oracle = torch.optim.AdamW([{"params": [p for p in ref_params if p.ndim >= 2], "weight_decay": 0.1},
+                                {"params": [p for p in ref_params if p.ndim < 2], "weight_decay": 0.0}], lr=0.01)
+    train(ours, mine, batches())
+    train(ref, oracle, batches())
+    for a, b in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_warmup_cosine_schedule():
+    from potluck.tasks.torch_optim import warmup_cosine
+
+    lrs = [warmup_cosine(s, 12, 2, 1.0) for s in range(12)]
+    assert lrs[:3] == pytest.approx([0.5, 1.0, 1.0])
+    assert lrs[-1] == pytest.approx(0.1)  # the floor, at the last step
+    assert lrs[2 + 9 // 2] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 4 / 9)))
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))  # decays monotonically after warm-up
+    assert warmup_cosine(0, 1, 0, 0.3) == pytest.approx(0.3)

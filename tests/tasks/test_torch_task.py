@@ -139,7 +139,7 @@ def test_fit_settings_merge_config_over_defaults_and_ignore_other_keys():
     s = FitSettings.from_config({"epochs": 2, "batch_size": 8, "server_round": 4}, defaults)
     assert (s.lr, s.epochs, s.batch_size, s.optimizer) == (0.2, 2, 8, "sgd")
     assert set(fit_settings_keys()) == {"optimizer", "lr", "momentum", "weight_decay", "epochs",
-                                        "batch_size", "proximal_mu"}
+                                        "batch_size", "proximal_mu", "device", "amp"}
 
 
 def test_check_fit_config_rejects_unknown_and_invalid_settings():

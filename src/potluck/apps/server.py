@@ -93,7 +93,7 @@ def run_server(
 
 def _evaluation_data(config: ServerConfig) -> tuple[Task, Dataset, DataInfo]:
     """The task, the data the server evaluates on, and the data's shape (sent to nodes)."""
-    task = resolve_task(config.task)
+    task = resolve_task(config.task, options=config.fit)
     data = task.load_data(Path(config.data_path) if config.data_path else None)
     info = DataInfo.from_dataset(data)
     if config.data_path is None:  # a bundled data set: evaluate on the same held-out split as simulate

@@ -28,7 +28,7 @@ from typing import Any
 
 from potluck.core.settings import Rule, Settings, setting, show
 
-PARTITIONS = ("iid", "dirichlet", "shards", "natural")
+PARTITIONS = ("iid", "dirichlet", "shards", "natural", "contiguous")
 LOG_FORMATS = ("text", "json")
 ATTACKS = ("none", "sign-flip", "scale", "random")  # simulated Byzantine nodes: runtime/attacks.py
 SECAGG_DROPOUT_AT = ("masked-input", "unmask")

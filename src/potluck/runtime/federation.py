@@ -42,6 +42,7 @@ class FederationSpec:
     group_column: str | None = None
     attack: str = "none"
     attack_fraction: float = 0.0
+    fit: dict[str, object] = field(default_factory=dict)  # the run's fit settings, for tasks whose model they shape
 
     def node_id(self, index: int) -> str:
         return f"node-{index:0{max(3, len(str(self.nodes - 1)))}d}"
@@ -60,7 +61,7 @@ class Federation:
 
 def build_federation(spec: FederationSpec) -> Federation:
     """Load, split and build the model; raise ``DataError``/``TaskError`` on bad input."""
-    task = resolve_task(spec.task, label_column=spec.label_column, group_column=spec.group_column)
+    task = resolve_task(spec.task, label_column=spec.label_column, group_column=spec.group_column, options=spec.fit)
     data = task.load_data(Path(spec.data_path) if spec.data_path else None)
     if len(data) < 2:
         raise DataError(f"{data.source}: {len(data)} examples, need at least 2")

@@ -6,13 +6,18 @@
 | digits-sklearn  | scikit-learn SGDClassifier   | scikit-learn's bundled 8×8 digits       |
 | mlp             | PyTorch MLP (hidden 128)     | ``--data-path`` (CSV, NPZ, IDX, images) |
 | cnn             | PyTorch small CNN            | ``--data-path`` images (IDX, folders)   |
+| charlm          | decoder-only transformer LM  | ``--data-path`` any UTF-8 text file     |
+| regression      | PyTorch MLP or linear, MSE   | ``--data-path`` CSV, numeric target     |
+
+Factories take the CSV column names and the run's fit settings (``options``); charlm
+and regression read the settings that shape their data or model from them.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 
@@ -20,9 +25,10 @@ import numpy as np
 
 from potluck.core.errors import DataError, TaskError
 from potluck.tasks.data.dataset import Dataset
-from potluck.tasks.protocol import Task
+from potluck.tasks.protocol import REQUIRED_MEMBERS, Task
 
 DEFAULT_TASK = "digits"
+Options = Mapping[str, object]
 
 
 def load_digits(path: Path | None = None, **columns: str | None) -> Dataset:
@@ -54,7 +60,7 @@ def _load_path(path: Path | None, *, task: str, **columns: str | None) -> Datase
     return load_dataset(path, **columns)  # type: ignore[arg-type]
 
 
-def _digits(**columns: str | None) -> Task:
+def _digits(options: Options, **columns: str | None) -> Task:
     from potluck.tasks.models import mlp
     from potluck.tasks.torch_task import FitSettings, TorchClassifierTask
 
@@ -66,20 +72,20 @@ def _digits(**columns: str | None) -> Task:
     )
 
 
-def _digits_sklearn(**columns: str | None) -> Task:
+def _digits_sklearn(options: Options, **columns: str | None) -> Task:
     from potluck.tasks.sklearn_task import SklearnLinearTask
 
     return SklearnLinearTask("digits-sklearn", partial(load_digits, **columns))
 
 
-def _mlp(**columns: str | None) -> Task:
+def _mlp(options: Options, **columns: str | None) -> Task:
     from potluck.tasks.models import mlp
     from potluck.tasks.torch_task import TorchClassifierTask
 
     return TorchClassifierTask("mlp", partial(mlp, hidden=(128,)), partial(_load_path, task="mlp", **columns))
 
 
-def _cnn(**columns: str | None) -> Task:
+def _cnn(options: Options, **columns: str | None) -> Task:
     from potluck.tasks.models import small_cnn
     from potluck.tasks.torch_task import FitSettings, TorchClassifierTask
 
@@ -88,25 +94,43 @@ def _cnn(**columns: str | None) -> Task:
     )
 
 
+def _charlm(options: Options, *, label_column: str, group_column: str | None) -> Task:
+    from potluck.tasks.lm_task import CharLMTask
+
+    return CharLMTask.from_options(options, group_pattern=group_column)
+
+
+def _regression(options: Options, *, label_column: str, group_column: str | None) -> Task:
+    from potluck.tasks.regression import RegressionTask
+
+    return RegressionTask.from_options(options, target_column=label_column, group_column=group_column)
+
+
 BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
     "digits": _digits,
     "digits-sklearn": _digits_sklearn,
     "mlp": _mlp,
     "cnn": _cnn,
+    "charlm": _charlm,
+    "regression": _regression,
 }
 
 
-def resolve_task(spec: str, *, label_column: str = "label", group_column: str | None = None) -> Task:
+def resolve_task(
+    spec: str, *, label_column: str = "label", group_column: str | None = None, options: Options | None = None
+) -> Task:
     """A fresh Task for a built-in name or ``package.module:attribute``.
 
     ``label_column`` and ``group_column`` tell the built-in tasks' CSV reader which
-    columns hold the label and the natural owner; a custom Task loads its own data.
+    columns hold the label (the regression target) and the natural owner (for charlm, a
+    regex naming each passage's owner); a custom Task loads its own data. ``options``
+    are the run's fit settings: charlm and regression take their model's shape from them.
 
     The attribute may be a Task instance or a callable with no arguments returning one.
     Raises :class:`TaskError` naming what could not be found or what is missing.
     """
     if spec in BUILTIN_TASKS:
-        return BUILTIN_TASKS[spec](label_column=label_column, group_column=group_column)
+        return BUILTIN_TASKS[spec](dict(options or {}), label_column=label_column, group_column=group_column)
     if ":" not in spec:
         raise TaskError(
             f"unknown task {spec!r}: use one of {', '.join(BUILTIN_TASKS)} or module:attribute"
@@ -120,10 +144,10 @@ def resolve_task(spec: str, *, label_column: str = "label", group_column: str | 
         obj = getattr(module, attr)
     except AttributeError as exc:
         raise TaskError(f"task {spec!r}: module {module_name!r} has no attribute {attr!r}") from exc
-    # A class with the Task attributes passes isinstance(..., Task) itself: call it.
-    is_task = isinstance(obj, Task) and not isinstance(obj, type)
+    # A class has the Task attributes itself: call it, like any factory.
+    is_task = all(hasattr(obj, m) for m in REQUIRED_MEMBERS) and not isinstance(obj, type)
     task = obj if is_task else obj() if callable(obj) else obj
-    missing = [m for m in ("name", "load_data", "build", "fit", "evaluate") if not hasattr(task, m)]
+    missing = [m for m in REQUIRED_MEMBERS if not hasattr(task, m)]
     if missing:
         raise TaskError(f"task {spec!r} is not a Task: it lacks {', '.join(missing)}")
     return task  # type: ignore[no-any-return]

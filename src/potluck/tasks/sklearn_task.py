@@ -25,7 +25,7 @@ from potluck.core.messages import ConfigDict
 from potluck.core.params import Params
 from potluck.core.seeds import derive_seed
 from potluck.tasks.data.dataset import Dataset
-from potluck.tasks.protocol import DataInfo, EvalOutput, FitOutput
+from potluck.tasks.protocol import DataInfo, EvalOutput, FitOutput, MetricSpec
 
 EstimatorFn = Callable[[int], Any]  # seed -> unfitted estimator
 
@@ -40,7 +40,10 @@ class SklearnLinearTask:
     """A Task wrapping a scikit-learn linear classifier (see the module docstring).
 
     Fit settings: ``epochs`` (passes of ``partial_fit``, SGDClassifier only; default 1).
+    Its primary metric is ``accuracy`` (higher is better).
     """
+
+    metric = MetricSpec("accuracy", higher_is_better=True)
 
     def __init__(
         self, name: str, data: Callable[[Path | None], Dataset], estimator: EstimatorFn | None = None

@@ -75,3 +75,47 @@ class LocalAdam:
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
             denom = (v.sqrt() / correction2_sqrt).add_(self.eps)
             p.addcdiv_(m, denom, value=-self.lr / correction1)
+
+
+class LocalAdamW(LocalAdam):
+    """AdamW as ``torch.optim.AdamW``: weight decay decoupled from the gradient.
+
+    Each step first shrinks a decayed parameter by ``lr * weight_decay``, then takes an
+    Adam step without decay. ``decay`` says per parameter whether it decays (commonly
+    matrices do, biases and norms don't); default all. ``lr`` may be changed between
+    steps (a schedule sets it).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor],
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        decay: Iterable[bool] | None = None,
+    ) -> None:
+        listed = list(params)
+        flags = [True] * len(listed) if decay is None else list(decay)
+        kept = [(p, f) for p, f in zip(listed, flags, strict=True) if p.requires_grad]
+        super().__init__([p for p, _ in kept], lr=lr, betas=betas, eps=eps, weight_decay=0.0)
+        self.decoupled_decay = weight_decay
+        self._decays = [f for _, f in kept]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        if self.decoupled_decay:
+            for p, decays in zip(self.params, self._decays, strict=True):
+                if decays and p.grad is not None:
+                    p.mul_(1 - self.lr * self.decoupled_decay)
+        super().step()
+
+
+def warmup_cosine(step: int, total: int, warmup: int, peak: float, floor: float = 0.1) -> float:
+    """The learning rate at ``step`` (0-based) of ``total``: a linear warm-up over ``warmup``
+    steps to ``peak``, then a cosine decay to ``floor * peak`` at the last step."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    span = max(total - warmup - 1, 1)
+    progress = min((step - warmup) / span, 1.0)
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))

@@ -13,6 +13,10 @@ Fit settings (from the run's ``[fit]`` table and the strategy), with defaults::
     epochs        local epochs ≥ 1       1
     batch_size    ≥ 1                    32
     proximal_mu   FedProx μ ≥ 0          0.0
+    device        auto | cpu | cuda[:N]  auto   (see tasks/devices.py)
+    amp           auto | off | bf16      auto   (bf16 autocast on CUDA only)
+
+Its primary metric is ``accuracy`` (higher is better); ``loss`` is the mean cross-entropy.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from potluck.core.errors import ConfigError, NonFiniteError, TaskError
 from potluck.core.messages import ConfigDict, Scalar
 from potluck.core.params import Params
 from potluck.tasks.data.dataset import Dataset
-from potluck.tasks.protocol import DataInfo, EvalOutput, FitOutput
+from potluck.tasks.devices import amp_dtype, autocast, check_amp_name, check_device_name, resolve_device
+from potluck.tasks.protocol import DataInfo, EvalOutput, FitOutput, MetricSpec
 from potluck.tasks.torch_optim import LocalAdam, LocalSGD
 
 ModelFn = Callable[[DataInfo], nn.Module]
@@ -48,6 +53,8 @@ class FitSettings:
     epochs: int = 1
     batch_size: int = 32
     proximal_mu: float = 0.0
+    device: str = "auto"
+    amp: str = "auto"
 
     @classmethod
     def from_config(cls, config: ConfigDict, defaults: FitSettings | None = None) -> FitSettings:
@@ -63,6 +70,8 @@ class FitSettings:
 
         if self.optimizer not in ("sgd", "adam"):
             raise bad("optimizer", "'sgd' or 'adam'")
+        check_device_name(self.device)
+        check_amp_name(self.amp)
         for name in ("lr", "momentum", "weight_decay", "proximal_mu"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -99,6 +108,9 @@ def load_params_into(module: nn.Module, params: Params) -> None:
             tensor.copy_(torch.from_numpy(params[name]))
 
 
+ACCURACY = MetricSpec("accuracy", higher_is_better=True)
+
+
 class TorchClassifierTask:
     """A :class:`~potluck.tasks.protocol.Task` for classification with PyTorch.
 
@@ -110,6 +122,8 @@ class TorchClassifierTask:
     >>> task = TorchClassifierTask("tiny", lambda info: nn.Linear(info.input_shape[0], info.num_classes),
     ...                            data=lambda path: load_dataset(path))  # doctest: +SKIP
     """
+
+    metric = ACCURACY
 
     def __init__(
         self,
@@ -126,6 +140,7 @@ class TorchClassifierTask:
         self.defaults = (defaults or FitSettings())._validated()
         self._num_threads = num_threads
         self._model: nn.Module | None = None
+        self._device_setting = self.defaults.device  # evaluate() computes where fit() last did
 
     def load_data(self, path: Path | None) -> Dataset:
         return self._data_fn(path)
@@ -137,7 +152,7 @@ class TorchClassifierTask:
             raise ConfigError(
                 f"task {self.name}: unknown fit setting {unknown[0]!r}; known: {', '.join(FitSettings.__dataclass_fields__)}"
             )
-        FitSettings.from_config(config, self.defaults)
+        self._device_setting = FitSettings.from_config(config, self.defaults).device
 
     def build(self, info: DataInfo, seed: int) -> Params:
         if self._num_threads is not None:
@@ -146,19 +161,23 @@ class TorchClassifierTask:
         self._model = self._model_fn(info)
         return params_from_module(self._model)
 
-    def _ready_model(self, params: Params) -> nn.Module:
+    def _ready_model(self, params: Params, device: torch.device) -> nn.Module:
         if self._model is None:
             raise TaskError(f"task {self.name}: build() must be called before fit/evaluate")
+        self._model.to(device)
         load_params_into(self._model, params)
         return self._model
 
     def fit(self, params: Params, data: Dataset, config: ConfigDict, seed: int) -> FitOutput:
         settings = FitSettings.from_config(config, self.defaults)
-        model = self._ready_model(params)
+        device = resolve_device(settings.device)
+        self._device_setting = settings.device
+        precision = amp_dtype(device, settings.amp)
+        model = self._ready_model(params, device)
         model.train()
-        x, y = _tensors(data)
+        x, y = _tensors(data, device)
         generator = torch.Generator().manual_seed(seed)
-        optimizer = _optimizer(model, settings)
+        optimizer = local_optimizer(model, settings)
         anchors = [p.detach().clone() for p in model.parameters()] if settings.proximal_mu > 0 else []
         loss_fn = nn.CrossEntropyLoss()
         total, steps = 0.0, 0
@@ -167,7 +186,8 @@ class TorchClassifierTask:
             for start in range(0, len(y), settings.batch_size):
                 batch = order[start : start + settings.batch_size]
                 optimizer.zero_grad()
-                loss = loss_fn(model(x[batch]), y[batch])
+                with autocast(device, precision):
+                    loss = loss_fn(model(x[batch]), y[batch])
                 if anchors:
                     prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchors))
                     loss = loss + 0.5 * settings.proximal_mu * prox
@@ -181,9 +201,10 @@ class TorchClassifierTask:
         return FitOutput(params_from_module(model), len(y), {"train_loss": mean_loss})
 
     def evaluate(self, params: Params, data: Dataset) -> EvalOutput:
-        model = self._ready_model(params)
+        device = resolve_device(self._device_setting)
+        model = self._ready_model(params, device)
         model.eval()
-        x, y = _tensors(data)
+        x, y = _tensors(data, device)
         if len(y) == 0:
             raise TaskError(f"task {self.name}: cannot evaluate on an empty data set ({data.source})")
         loss_sum, correct = 0.0, 0
@@ -196,13 +217,13 @@ class TorchClassifierTask:
         return EvalOutput(loss_sum / len(y), len(y), {"accuracy": correct / len(y)})
 
 
-def _tensors(data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+def _tensors(data: Dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32))
     y = torch.from_numpy(np.ascontiguousarray(data.y, dtype=np.int64))
-    return x, y
+    return x.to(device), y.to(device)
 
 
-def _optimizer(model: nn.Module, s: FitSettings) -> LocalSGD | LocalAdam:
+def local_optimizer(model: nn.Module, s: FitSettings) -> LocalSGD | LocalAdam:
     if s.optimizer == "adam":
         return LocalAdam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     return LocalSGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)

@@ -2,17 +2,18 @@
 
 ``load_dataset(path)`` reads CSV, NPZ, IDX (MNIST) files or an image folder;
 ``partition(dataset, scheme, num_nodes)`` splits it into per-node index arrays
-(``iid``, ``dirichlet``, ``shards``, ``natural``).
+(``iid``, ``contiguous``, ``dirichlet``, ``shards``, ``natural``).
 """
 
 from __future__ import annotations
 
 from potluck.tasks.data.dataset import Dataset
 from potluck.tasks.data.loaders import load_dataset, read_idx
-from potluck.tasks.data.partition import dirichlet, iid, label_shards, natural, partition
+from potluck.tasks.data.partition import contiguous, dirichlet, iid, label_shards, natural, partition
 
 __all__ = [
     "Dataset",
+    "contiguous",
     "dirichlet",
     "iid",
     "label_shards",

@@ -18,7 +18,7 @@ import numpy as np
 from potluck.core.errors import ConfigError, DataError
 from potluck.tasks.data.dataset import Dataset
 
-SCHEMES = ("dirichlet", "iid", "natural", "shards")
+SCHEMES = ("contiguous", "dirichlet", "iid", "natural", "shards")
 
 # Resampling budget for dirichlet(): past this, min_size is not reachable in practice.
 MAX_DIRICHLET_ATTEMPTS = 100
@@ -29,6 +29,17 @@ def iid(num_examples: int, num_nodes: int, seed: int) -> list[np.ndarray]:
     _check_sizes(num_examples, num_nodes)
     order = np.random.default_rng(seed).permutation(num_examples)
     return _finish(np.array_split(order, num_nodes), "iid")
+
+
+def contiguous(num_examples: int, num_nodes: int) -> list[np.ndarray]:
+    """Consecutive runs of examples in data-set order; node sizes differ by at most one.
+
+    For text cut into blocks, each node holds one contiguous stretch of the text (the
+    first node the beginning, the last node the end), the most non-IID split a single
+    document allows. Needs no seed.
+    """
+    _check_sizes(num_examples, num_nodes)
+    return _finish(np.array_split(np.arange(num_examples), num_nodes), "contiguous")
 
 
 def dirichlet(
@@ -135,6 +146,8 @@ def partition(
     """
     if scheme == "iid":
         return iid(len(dataset), num_nodes, seed)
+    if scheme == "contiguous":
+        return contiguous(len(dataset), num_nodes)
     if scheme == "dirichlet":
         return dirichlet(dataset.y, num_nodes, alpha, seed)
     if scheme == "shards":
