@@ -10,14 +10,14 @@ from potluck.core.records import Contribution, Failure, RoundProvenance, RoundRe
 
 def test_failure_causes_round_trip_and_hook_only_fields_are_not_written():
     causes = (Failure("node-003", "failed", "fit raised RuntimeError: mat1 and mat2 shapes cannot be multiplied"),
-              Failure("node-007", "timed_out", "round deadline of 600 s passed before it ran"))
+              Failure("node-007", "timed_out", "round deadline of 600 s passed before it ran", attempt=2))
     record = RoundRecord(round=2, accuracy=math.nan, loss=0.5, num_nodes=8, sampled=10, seconds=1.25, model_digest="d",
                          failures={"failed": 1, "timed_out": 1}, failure_causes=causes,
                          provenance=RoundProvenance("s", (Contribution("node-001", "u", 5),)), aggregate_seconds=0.01)
     line = json.loads(json.dumps(record.to_json()))
     assert line["failure_causes"] == [
-        {"node_id": "node-003", "kind": "failed", "cause": causes[0].cause},
-        {"node_id": "node-007", "kind": "timed_out", "cause": causes[1].cause},
+        {"node_id": "node-003", "kind": "failed", "cause": causes[0].cause, "attempt": 1},
+        {"node_id": "node-007", "kind": "timed_out", "cause": causes[1].cause, "attempt": 2},
     ]
     assert "provenance" not in line and "aggregate_seconds" not in line and line["accuracy"] is None
     back = RoundRecord.from_json(line)

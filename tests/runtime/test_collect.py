@@ -128,7 +128,7 @@ def test_a_missed_quorum_discards_what_was_folded_and_names_each_kinds_first_cau
 
     scripts = {"n0": honest, "n1": broken, "n2": broken, "n3": honest}
     out = collector(ScriptedPool(scripts), quorum=0.75).collect(1, 2, START, NODES[:4], {}, plain_fold())
-    assert out.aggregate is None and out.attempt == 2
+    assert out.aggregate is None and out.attempt == 2 and {f.attempt for f in out.failures} == {2}
     assert out.error == "2 of 4 results usable, quorum needs 3 (2 failed, first n1: RuntimeError: disk n1 on fire)"
     assert out.absent == (("n1", "failed"), ("n2", "failed"), ("n0", "discarded"), ("n3", "discarded"))
 

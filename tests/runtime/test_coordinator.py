@@ -193,6 +193,8 @@ def test_the_record_keeps_every_failure_with_its_cause():
 
 
 def test_absences_of_every_attempt_reach_the_ledger_and_discarded_updates_are_named():
+    from potluck.core.records import Failure
+
     calls = {"n": 0}
 
     def flaky(ins: FitInstruction) -> FitResult:  # fails in the first attempt only
@@ -202,7 +204,8 @@ def test_absences_of_every_attempt_reach_the_ledger_and_discarded_updates_are_na
         return honest("n1")(ins)
 
     _, record = coordinator(ScriptedPool({"n0": honest("n0"), "n1": flaky}), quorum=1.0).run_round(1, START)
-    assert record.attempts == 2 and record.num_nodes == 2 and record.failures == {}
+    assert record.attempts == 2 and record.num_nodes == 2 and record.failures == {}  # counts: the committed attempt
+    assert record.failure_causes == (Failure("n1", "failed", "RuntimeError: warming up", attempt=1),)  # causes: all
     assert record.provenance is not None
     assert record.provenance.absent == (("n1", "failed"), ("n0", "discarded"))
     assert [c.node_id for c in record.provenance.contributions] == ["n0", "n1"]

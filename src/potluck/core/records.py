@@ -30,12 +30,14 @@ class Failure:
 
     ``kind`` is the bucket it is counted in (``failed``, ``timed_out``, ``left``,
     ``rejected``); ``cause`` is the reason as the node or the coordinator gave it, e.g.
-    ``fit raised RuntimeError: mat1 and mat2 shapes cannot be multiplied (…)``.
+    ``fit raised RuntimeError: mat1 and mat2 shapes cannot be multiplied (…)``;
+    ``attempt`` the attempt at the round it happened in.
     """
 
     node_id: str
     kind: str
     cause: str
+    attempt: int = 1
 
     def __str__(self) -> str:
         return f"{self.node_id}: {self.cause}"
@@ -60,9 +62,10 @@ class RoundRecord:
 
     ``accuracy``/``loss`` come from centralized evaluation on the held-out set (NaN
     when there is none); ``federated_*`` from the nodes' validation splits when that
-    round ran federated evaluation. ``failures`` counts results not aggregated, by
-    reason (``failed``, ``timed_out``, ``left``, ``rejected``); ``failure_causes`` holds
-    each of them (node, reason, cause) in the order they happened. ``bytes_up`` is the size of
+    round ran federated evaluation. ``failures`` counts the committed attempt's results
+    not aggregated, by reason (``failed``, ``timed_out``, ``left``, ``rejected``);
+    ``failure_causes`` holds every failure of every attempt at the round (node, reason,
+    cause, attempt) in the order they happened. ``bytes_up`` is the size of
     the aggregated updates as encoded for the wire (after any compression); ``extras``
     holds figures from optional parts of the run, such as the privacy spent (``epsilon``).
     ``aggregate_seconds`` is the time spent folding results in, finishing the aggregate

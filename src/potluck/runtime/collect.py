@@ -14,6 +14,7 @@ depend on which node finished first. The attempt's outcome is a frozen
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -177,7 +178,7 @@ class _Tally:
 
     def fail(self, f: Failure, *, absent: bool = True) -> None:
         """Count a failure; ``absent``: a sampled node whose update is not aggregated."""
-        self.failures.append(f)
+        self.failures.append(dataclasses.replace(f, attempt=self.attempt))
         if absent:
             self.absent.append((f.node_id, f.kind))
 

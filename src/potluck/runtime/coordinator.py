@@ -191,7 +191,7 @@ class Coordinator:
             failures=done.failure_counts(),
             bytes_up=done.bytes_up,
             extras=extras,
-            failure_causes=done.failures,
+            failure_causes=tuple(f for t in tries for f in t.failures),  # every attempt's
             provenance=RoundProvenance(done.settings_digest, done.contributions, absent),
             aggregate_seconds=aggregating,
         )
