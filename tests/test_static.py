@@ -1,4 +1,5 @@
-"""Lint and a strict type check of the core, as part of the test suite (so CI runs them)."""
+"""Lint and a strict type check of the packages pyproject.toml lists under [tool.mypy],
+as part of the test suite (so CI runs them)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,6 @@ def test_ruff_is_clean():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_core_passes_strict_mypy():
+def test_typed_packages_pass_strict_mypy():
     done = run("mypy")
     assert done.returncode == 0, done.stdout + done.stderr

@@ -12,7 +12,7 @@ import numpy as np
 from potluck.core.errors import NodeError, NodeFailed
 from potluck.core.messages import EvaluateInstruction, EvaluateResult, FitInstruction, FitResult
 from potluck.core.params import Params, ParamsKind
-from potluck.runtime.pool import EvaluateOutcome, FitOutcome
+from potluck.runtime.pool import EvaluateOutcome, FitOutcome, NodePool
 
 FitScript = Callable[[FitInstruction], FitResult]
 
@@ -21,7 +21,7 @@ def zero_delta(params: Params) -> Params:
     return Params.from_arrays({k: np.zeros_like(v) for k, v in params.items()}, ParamsKind.DELTA, copy=False)
 
 
-class ScriptedPool:
+class ScriptedPool(NodePool):
     """Each node is a function of its instruction. ``order`` (optional) reorders results,
     to test that the coordinator does not depend on arrival order. A script that raises
     yields ``NodeFailed`` (or the ``NodeError`` it raised)."""

@@ -40,8 +40,7 @@ def test_round_figures_follow_the_committed_records():
     run.start(first_round=3, rounds=10)  # a resumed run: rounds 1 and 2 were committed before
     assert value(reg, "potluck_current_round", run_id="r1") == 2
     assert value(reg, "potluck_rounds_planned", run_id="r1") == 10
-    run.on_phase(3, "aggregate", 0.004)
-    run.on_commit(record(3), None, None)
+    run.on_commit(record(3, aggregate_seconds=0.004), None, None)
     run.on_commit(record(4, attempts=3, federated_accuracy=0.8, federated_loss=0.4), None, None)
     assert value(reg, "potluck_rounds_committed_total", run_id="r1") == 2
     assert value(reg, "potluck_current_round", run_id="r1") == 4
@@ -91,16 +90,14 @@ def test_two_runs_in_one_process_keep_their_own_registries():
 
 
 class PhaseAndContext:
-    """A hook that keeps what the coordinator told it and which round the log context named."""
+    """A hook that keeps the aggregation time it was told and which round the log context named."""
 
     def __init__(self) -> None:
-        self.phases: list[tuple[int, str, float]] = []
+        self.phases: list[tuple[int, float]] = []
         self.rounds_in_context: list[object] = []
 
-    def on_phase(self, rnd: int, phase: str, seconds: float) -> None:
-        self.phases.append((rnd, phase, seconds))
-
     def on_commit(self, record, params, strategy) -> None:
+        self.phases.append((record.round, record.aggregate_seconds))
         self.rounds_in_context.append(current_log_fields().get("round"))
 
 
@@ -110,8 +107,8 @@ def test_the_coordinator_reports_aggregation_time_and_names_the_round_in_logs():
     reg = CollectorRegistry()
     run = RunMetrics(reg, "r")
     Coordinator(pool, make_strategy("fedavg"), RoundPolicy(rounds=2), hooks=[hook, run]).run(MODEL)
-    assert [(r, p) for r, p, _ in hook.phases] == [(1, "aggregate"), (2, "aggregate")]
-    assert all(s >= 0 for _, _, s in hook.phases)
+    assert [r for r, _ in hook.phases] == [1, 2]
+    assert all(s >= 0 for _, s in hook.phases)
     assert hook.rounds_in_context == [1, 2]
     assert "round" not in current_log_fields()  # only inside the round
     assert value(reg, "potluck_aggregation_seconds_count", run_id="r") == 2

@@ -150,3 +150,106 @@ def test_policy_validation():
     for bad in ({"rounds": 0}, {"fraction": 0}, {"quorum": 1.5}, {"round_timeout": 0}, {"min_nodes": 0}):
         with pytest.raises(ConfigError):
             RoundPolicy(**bad)
+
+
+def test_a_failed_round_names_the_first_failure_of_each_kind_with_its_cause():
+    def leaves(ins: FitInstruction) -> FitResult:
+        raise NodeLeft(ins.node_id, "shutting down")
+
+    scripts = {"n0": honest("n0"), "x": broken, "y": broken, "z": leaves}
+    with pytest.raises(RoundFailed) as caught:
+        coordinator(ScriptedPool(scripts), quorum=0.75, max_retries=1).run_round(1, START)
+    message = str(caught.value)
+    assert message.startswith("round 1 failed after 2 attempts: attempt 1: 1 of 4 results usable, quorum needs 3 "
+                              "(2 failed, first x: RuntimeError: disk on fire; 1 left, first z: shutting down)")
+    assert "attempt 2: " in message and "{" not in message  # causes, not a dict of counts
+
+
+def test_a_failing_task_on_a_real_node_reaches_the_error_with_its_exception():
+    from potluck.backends.inprocess import InProcessPool
+    from potluck.runtime.federation import FederationSpec, build_federation
+    from potluck.runtime.node import NodeData
+    from potluck.tasks.data.dataset import Dataset
+
+    fed = build_federation(FederationSpec(nodes=3))
+    wrong = Dataset(np.zeros((8, 5), np.float32), np.arange(8) % 2, source="wrong width")  # 5 features, not 64
+    nodes = {**fed.nodes, "node-001": NodeData(wrong, wrong)}
+    pool = InProcessPool(fed.task, nodes)
+    with pytest.raises(RoundFailed, match=r"1 failed, first node-001: fit raised RuntimeError: mat1 and mat2 shapes"):
+        coordinator(pool, quorum=1.0, max_retries=0).run_round(1, fed.initial_params)
+
+
+def test_the_record_keeps_every_failure_with_its_cause():
+    from potluck.core.records import Failure
+
+    def leaves(ins: FitInstruction) -> FitResult:
+        raise NodeLeft(ins.node_id, "shutting down")
+
+    scripts = {"n0": honest("n0"), "n1": honest("n1"), "x": broken, "y": leaves}
+    _, record = coordinator(ScriptedPool(scripts), quorum=0.5).run_round(1, START)
+    assert record.failure_causes == (Failure("x", "failed", "RuntimeError: disk on fire"),
+                                     Failure("y", "left", "shutting down"))
+    assert record.provenance is not None and record.provenance.absent == (("x", "failed"), ("y", "left"))
+
+
+def test_absences_of_every_attempt_reach_the_ledger_and_discarded_updates_are_named():
+    from potluck.core.records import Failure
+
+    calls = {"n": 0}
+
+    def flaky(ins: FitInstruction) -> FitResult:  # fails in the first attempt only
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("warming up")
+        return honest("n1")(ins)
+
+    _, record = coordinator(ScriptedPool({"n0": honest("n0"), "n1": flaky}), quorum=1.0).run_round(1, START)
+    assert record.attempts == 2 and record.num_nodes == 2 and record.failures == {}  # counts: the committed attempt
+    assert record.failure_causes == (Failure("n1", "failed", "RuntimeError: warming up", attempt=1),)  # causes: all
+    assert record.provenance is not None
+    assert record.provenance.absent == (("n1", "failed"), ("n0", "discarded"))
+    assert [c.node_id for c in record.provenance.contributions] == ["n0", "n1"]
+
+
+def test_aggregation_time_on_the_record_includes_the_server_step():
+    clock = FakeClock()
+    strategy = make_strategy("fedavg")
+    plain_apply = strategy.apply
+
+    def slow_apply(params, aggregate):
+        clock.advance(1.5)
+        return plain_apply(params, aggregate)
+
+    strategy.apply = slow_apply  # type: ignore[method-assign]
+    coord = Coordinator(ScriptedPool({"n0": honest("n0")}), strategy, RoundPolicy(rounds=1), clock=clock)
+    _, record = coord.run_round(1, START)
+    assert record.aggregate_seconds == 1.5
+
+
+def test_a_pool_that_waits_for_nodes_is_asked_to_when_too_few_are_there():
+    class Joining(ScriptedPool):
+        """Nodes n1, n2 join while the coordinator waits."""
+
+        waited: list[tuple[int, float]] = []
+
+        def node_ids(self):
+            return list(self.scripts) if self.waited else ["n0"]
+
+        def wait_for_nodes(self, count, timeout):
+            self.waited.append((count, timeout))
+            return True
+
+    pool = Joining({n: honest(n) for n in ("n0", "n1", "n2")})
+    assert coordinator(pool, min_nodes=3, round_timeout=9.0).sample(1) == ["n0", "n1", "n2"]
+    assert pool.waited == [(3, 9.0)]
+
+
+def test_pool_defaults_answer_at_once_and_refuse_protocol_messages():
+    from potluck.core.errors import ConfigError
+
+    pool = ScriptedPool({"n0": honest("n0")})
+    assert pool.wait_for_nodes(1, 600.0) and not pool.wait_for_nodes(2, 600.0)
+    with pytest.raises(ConfigError, match="ScriptedPool cannot relay protocol messages"):
+        pool.exchange("secagg/advertise", {"n0": b""}, 1.0)
+    with pytest.raises(RoundFailed, match="only 1 nodes available, min_nodes is 2"):
+        coordinator(pool, min_nodes=2, max_retries=0).run_round(1, START)

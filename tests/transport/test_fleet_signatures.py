@@ -16,7 +16,7 @@ from potluck.core.records import RoundProvenance, RoundRecord
 from potluck.ledger.chain import Ledger, RunStart, entry_hash
 from potluck.ledger.merkle import verify_inclusion
 from potluck.ledger.signing import derived_key, public_bytes, sign_update
-from potluck.runtime.coordinator import _contribution
+from potluck.runtime.collect import contribution
 from potluck.transport.fleet_messages import IncomingResult, JoinInfo
 
 KEY_A = derived_key(0, "a")
@@ -108,7 +108,7 @@ def test_the_ledger_calls_serve_headers_and_own_proofs_only(tls):
         signed_push(c, session, ins)
         t.join(5)
         record = RoundRecord(1, 0.5, 0.5, 1, 1, 0.1, MODEL.digest, provenance=RoundProvenance(
-            settings_digest(ins.config), (_contribution(outcomes[0]),)))
+            settings_digest(ins.config), (contribution(outcomes[0]),)))
         ledger.advance(ledger.seal(record, MODEL.digest, "0" * 64))
 
         assert c.heartbeat(session).ledger_head == ledger.head().hash

@@ -19,7 +19,7 @@ from potluck.runtime.pool import EvaluateOutcome, ExchangeOutcome, FitOutcome, N
 WHEN = ("masked-input", "unmask")
 
 
-class DropoutPool:
+class DropoutPool(NodePool):
     def __init__(self, pool: NodePool, fraction: float, at: str, seed: int) -> None:
         if not 0 <= fraction < 1 or at not in WHEN:
             raise ValueError(f"dropout: fraction in [0, 1) and at in {WHEN}, got {fraction!r}, {at!r}")
@@ -46,13 +46,16 @@ class DropoutPool:
         for node in payloads:
             if node in dropping:
                 yield NodeLeft(node, "simulated dropout after its masked update was sent")
-        yield from self.pool.exchange(step, kept, timeout)  # type: ignore[attr-defined]
+        yield from self.pool.exchange(step, kept, timeout)
 
     def evaluate(self, instructions: Sequence[EvaluateInstruction], timeout: float) -> Iterator[EvaluateOutcome]:
         return self.pool.evaluate(instructions, timeout)
 
     def close(self) -> None:
         self.pool.close()
+
+    def wait_for_nodes(self, count: int, timeout: float) -> bool:
+        return self.pool.wait_for_nodes(count, timeout)
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.pool, name)

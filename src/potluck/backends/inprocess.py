@@ -15,14 +15,14 @@ from potluck.core.errors import NodeError, NodeTimedOut
 from potluck.core.messages import EvaluateInstruction, FitInstruction
 from potluck.runtime.attacks import Attack
 from potluck.runtime.node import NodeData, NodeRunner
-from potluck.runtime.pool import EvaluateOutcome, ExchangeOutcome, ExchangeReply, FitOutcome
+from potluck.runtime.pool import EvaluateOutcome, ExchangeOutcome, ExchangeReply, FitOutcome, NodePool
 from potluck.tasks.protocol import Task
 
 Ins = TypeVar("Ins", FitInstruction, EvaluateInstruction)
 R = TypeVar("R")
 
 
-class InProcessPool:
+class InProcessPool(NodePool):
     def __init__(
         self,
         task: Task,
@@ -44,7 +44,7 @@ class InProcessPool:
         return self._run(instructions, timeout, self.runner.evaluate)
 
     def exchange(self, step: str, payloads: Mapping[str, bytes], timeout: float) -> Iterator[ExchangeOutcome]:
-        """One protocol step for each node in ``payloads`` (see ``ExchangePool``)."""
+        """One protocol step for each node in ``payloads`` (see ``NodePool.exchange``)."""
         deadline = self._clock() + timeout
         for node, payload in payloads.items():
             if self._clock() >= deadline:

@@ -29,7 +29,7 @@ from potluck.core.errors import NodeError, NodeFailed, NodeTimedOut
 from potluck.core.messages import EvaluateInstruction, FitInstruction
 from potluck.runtime.federation import FederationSpec, build_federation
 from potluck.runtime.node import NodeRunner
-from potluck.runtime.pool import EvaluateOutcome, ExchangeOutcome, ExchangeReply, FitOutcome
+from potluck.runtime.pool import EvaluateOutcome, ExchangeOutcome, ExchangeReply, FitOutcome, NodePool
 
 _runner: NodeRunner | None = None  # one per worker process
 
@@ -74,7 +74,7 @@ def _exchange(node: str, step: str, payload: bytes, state: dict[str, Any]) -> Wo
         _runner.update_state.pop(node, None)
 
 
-class ProcessPool:
+class ProcessPool(NodePool):
     def __init__(self, spec: FederationSpec, node_ids: Sequence[str], workers: int | None = None) -> None:
         self.spec = spec
         self._ids = list(node_ids)

@@ -12,14 +12,14 @@ trained.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from potluck.core.messages import EvaluateInstruction, FitInstruction, FitResult
 from potluck.ledger.signing import SigningKey, derived_key, sign_update
-from potluck.runtime.pool import EvaluateOutcome, FitOutcome, NodePool
+from potluck.runtime.pool import EvaluateOutcome, ExchangeOutcome, FitOutcome, NodePool
 
 
-class SignedPool:
+class SignedPool(NodePool):
     """A NodePool whose fit results carry each virtual node's signature.
 
     ``run_id`` is read when a result is signed (a resumed run learns it from its ledger).
@@ -52,6 +52,12 @@ class SignedPool:
     def close(self) -> None:
         self.pool.close()
 
+    def wait_for_nodes(self, count: int, timeout: float) -> bool:
+        return self.pool.wait_for_nodes(count, timeout)
+
+    def exchange(self, step: str, payloads: Mapping[str, bytes], timeout: float) -> Iterator[ExchangeOutcome]:
+        return self.pool.exchange(step, payloads, timeout)
+
     def __getattr__(self, name: str) -> object:
-        # Anything else a backend offers (wait_for_nodes, worker stats, ...) passes through.
+        # Anything else a backend offers (worker stats, ...) passes through.
         return getattr(self.pool, name)

@@ -40,7 +40,7 @@ def reason(exc: OSError) -> str:
     return _REASONS.get(exc.errno or 0, exc.strerror or str(exc))
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes | memoryview) -> None:
     """Write ``data`` to ``path`` via a temp file, fsync, rename, fsync of the folder.
 
     Raises :class:`RunDirError` naming ``path`` and the reason (disk full, read-only,

@@ -8,7 +8,7 @@ in tests. Three groups, all named ``potluck_*`` (``docs/deployment.md`` lists th
 group         where                       from
 ============  ==========================  =============================================
 RunMetrics    server, ``simulate``        the coordinator: committed rounds, timings,
-                                          evaluation, ε (a RoundHook with ``on_phase``)
+                                          evaluation, ε (a RoundHook)
 FleetMetrics  server                      calls from nodes (joins, leaves, accepted
                                           results, payload bytes) via a wrapping
                                           handler; live nodes and the pool's refusal
@@ -84,16 +84,14 @@ class RunMetrics:
         self._current.set(first_round - 1)
         self._planned.set(rounds)
 
-    def on_phase(self, rnd: int, phase: str, seconds: float) -> None:
-        if phase == "aggregate":
-            self._aggregation.observe(seconds)
-
     def on_commit(self, record: RoundRecord, params: Any, strategy: Any) -> None:
         run_id = self.run_id
         self._committed.inc()
         self._current.set(record.round)
         self._retries.inc(max(0, record.attempts - 1))
         self._duration.observe(record.seconds)
+        if not math.isnan(record.aggregate_seconds):
+            self._aggregation.observe(record.aggregate_seconds)
         self._nodes.labels(run_id, "sampled").set(record.sampled)
         self._nodes.labels(run_id, "aggregated").set(record.num_nodes)
         for reason, count in record.failures.items():

@@ -1,9 +1,10 @@
 """The round loop: sample → instruct → collect with a deadline → aggregate → evaluate → commit.
 
 One coordinator serves every backend through :class:`~potluck.runtime.pool.NodePool`.
-Results are folded into the strategy's streaming aggregator in the order the nodes
-were sampled (a small reorder buffer holds early arrivals), so floating-point sums and
-therefore model digests do not depend on which node finished first.
+Each attempt at a round is one pass of the collect loop (``runtime/collect.py``) into
+a fold: the strategy's streaming aggregator, or secure aggregation's ring sum. Results
+are folded in the order the nodes were sampled, so floating-point sums and therefore
+model digests do not depend on which node finished first.
 """
 
 from __future__ import annotations
@@ -18,21 +19,15 @@ from typing import Protocol
 import numpy as np
 
 from potluck.core.config import check_rules
-from potluck.core.digests import settings_digest, update_digest
-from potluck.core.errors import (
-    BudgetExhausted,
-    NodeError,
-    ParamsError,
-    RoundFailed,
-    StrategyError,
-)
-from potluck.core.messages import EvaluateInstruction, FitInstruction, FitResult
+from potluck.core.errors import BudgetExhausted, NodeError, RoundFailed
+from potluck.core.messages import EvaluateInstruction, Scalar
 from potluck.core.params import Params
-from potluck.core.records import Contribution, RoundProvenance, RoundRecord
-from potluck.core.seeds import derive_seed, rng_for
+from potluck.core.records import RoundProvenance, RoundRecord
+from potluck.core.seeds import rng_for
+from potluck.runtime.collect import AggregatorFold, AttemptOutcome, Collector, Fold
 from potluck.runtime.logcontext import log_fields
 from potluck.runtime.pool import NodePool
-from potluck.runtime.secure import SecureAggregation, absence
+from potluck.runtime.secure import SecureAggregation
 from potluck.strategies.base import Strategy
 from potluck.tasks.protocol import EvalOutput
 from potluck.updates.pipeline import UpdatePipeline
@@ -84,12 +79,8 @@ class RoundGuard(Protocol):
 
 
 class RoundHook(Protocol):
-    """Called after each committed round (checkpointing, progress, metrics).
-
-    A hook may also define ``on_phase(round, phase, seconds)``: before the round
-    commits it is called with ``"aggregate"`` and the seconds spent folding results in,
-    finishing the aggregate and taking the server step (retried attempts included).
-    """
+    """Called after each committed round (checkpointing, progress, metrics). The record
+    carries the round's figures, including ``aggregate_seconds`` and its provenance."""
 
     def on_commit(self, record: RoundRecord, params: Params, strategy: Strategy) -> None:
         ...
@@ -102,7 +93,7 @@ class Coordinator:
         strategy: Strategy,
         policy: RoundPolicy,
         *,
-        fit_config: dict[str, object] | None = None,
+        fit_config: Mapping[str, Scalar] | None = None,
         evaluator: Evaluator | None = None,
         hooks: Sequence[RoundHook] = (),
         updates: UpdatePipeline | None = None,
@@ -118,6 +109,7 @@ class Coordinator:
         self.guards = list(guards)
         self.secure = secure  # secure aggregation (runtime/secure.py): masked fits, summed in the ring
         self.clock = clock
+        self.collector = Collector(pool, policy.round_timeout, policy.quorum, policy.seed, clock)
         self.stopped: str | None = None  # why the run ended before policy.rounds, if it did
 
     def run(self, params: Params, first_round: int = 1) -> Params:
@@ -140,53 +132,77 @@ class Coordinator:
         return params
 
     def run_round(self, rnd: int, params: Params) -> tuple[Params, RoundRecord]:
+        """Attempt round ``rnd`` until one attempt commits; the new model and its record.
+
+        Raises :class:`RoundFailed` after ``max_retries + 1`` attempts, naming for each
+        why it failed and the first failure of each kind with its cause."""
         started = self.clock()
-        reasons: list[str] = []
-        self._aggregating = 0.0  # seconds, summed over attempts by _fit_round
-        self._absent: list[tuple[str, str]] = []  # (node, reason), over attempts, for the ledger
+        tries: list[AttemptOutcome] = []
         for attempt in range(1, self.policy.max_retries + 2):
-            sampled = self.sample(rnd, attempt)
-            outcome = self._fit_round(rnd, attempt, params, sampled)
-            if isinstance(outcome, str):
-                reasons.append(f"attempt {attempt}: {outcome}")
-                continue
-            aggregate, folded, examples, train_loss, failures, bytes_up = outcome
-            stepping = self.clock()
-            new_params = self.strategy.apply(params, aggregate)
-            self._report_phase(rnd, "aggregate", self._aggregating + self.clock() - stepping)
-            extras: dict[str, float] = {}
-            for guard in self.guards:
-                extras.update(guard.round_extras(rnd))
-            central = self.evaluator(new_params) if self.evaluator else None
-            fed_loss, fed_acc = self._federated_eval(rnd, new_params, sampled)
-            record = RoundRecord(
-                round=rnd,
-                accuracy=float(central.metrics.get("accuracy", math.nan)) if central else math.nan,
-                loss=central.loss if central else math.nan,
-                num_nodes=folded,
-                sampled=len(sampled),
-                seconds=self.clock() - started,
-                model_digest=new_params.digest,
-                attempts=attempt,
-                num_examples=examples,
-                train_loss=train_loss,
-                federated_accuracy=fed_acc,
-                federated_loss=fed_loss,
-                failures=failures,
-                bytes_up=bytes_up,
-                extras=extras,
-                provenance=self._provenance,
-            )
-            return new_params, record
-        raise RoundFailed(f"round {rnd} failed after {len(reasons)} attempts: " + "; ".join(reasons))
+            outcome = self.attempt(rnd, attempt, params)
+            tries.append(outcome)
+            if outcome.aggregate is not None:
+                return self._conclude(params, outcome.aggregate, tries, started)
+            log.warning("round %d, attempt %d failed: %s", rnd, attempt, outcome.error)
+        raise RoundFailed(f"round {rnd} failed after {len(tries)} attempts: "
+                          + "; ".join(f"attempt {t.attempt}: {t.error}" for t in tries))
+
+    def attempt(self, rnd: int, attempt: int, params: Params) -> AttemptOutcome:
+        """One attempt at round ``rnd``: sample, instruct, collect into this run's fold."""
+        sampled = self.sample(rnd, attempt)
+        if not sampled:
+            why = f"only {len(self.pool.node_ids())} nodes available, min_nodes is {self.policy.min_nodes}"
+            return AttemptOutcome(rnd, attempt, (), None, why)
+        config = {**self.fit_config, **self.strategy.fit_config(rnd), **self.updates.to_config()}
+        fold: Fold
+        if self.secure is not None:
+            fold = self.secure.fold(self.pool, rnd, attempt, params.schema, self.policy.round_timeout)
+        else:
+            fold = AggregatorFold(self.strategy.new_aggregator(params), self.updates, params.schema)
+        return self.collector.collect(rnd, attempt, params, sampled, config, fold)
+
+    def _conclude(self, params: Params, aggregate: Params, tries: Sequence[AttemptOutcome],
+                  started: float) -> tuple[Params, RoundRecord]:
+        """The server step, evaluation and the record of a round whose last try committed."""
+        done = tries[-1]
+        rnd = done.round
+        stepping = self.clock()
+        new_params = self.strategy.apply(params, aggregate)
+        aggregating = sum(t.folding_seconds for t in tries) + self.clock() - stepping
+        extras: dict[str, float] = {}
+        for guard in self.guards:
+            extras.update(guard.round_extras(rnd))
+        central = self.evaluator(new_params) if self.evaluator else None
+        fed_loss, fed_acc = self._federated_eval(rnd, new_params)
+        absent = tuple(a for t in tries for a in t.absent)  # every attempt's, for the ledger
+        record = RoundRecord(
+            round=rnd,
+            accuracy=float(central.metrics.get("accuracy", math.nan)) if central else math.nan,
+            loss=central.loss if central else math.nan,
+            num_nodes=len(done.contributions),
+            sampled=len(done.sampled),
+            seconds=self.clock() - started,
+            model_digest=new_params.digest,
+            attempts=done.attempt,
+            num_examples=done.examples,
+            train_loss=done.train_loss,
+            federated_accuracy=fed_acc,
+            federated_loss=fed_loss,
+            failures=done.failure_counts(),
+            bytes_up=done.bytes_up,
+            extras=extras,
+            failure_causes=tuple(f for t in tries for f in t.failures),  # every attempt's
+            provenance=RoundProvenance(done.settings_digest, done.contributions, absent),
+            aggregate_seconds=aggregating,
+        )
+        return new_params, record
 
     def sample(self, rnd: int, attempt: int = 1) -> list[str]:
         """The nodes asked to train in this round: seeded by (seed, round, attempt)."""
         p = self.policy
         available = list(self.pool.node_ids())
-        wait = getattr(self.pool, "wait_for_nodes", None)  # deployed pools: nodes may still be joining
-        if len(available) < p.min_nodes and wait is not None:
-            wait(p.min_nodes, p.round_timeout)
+        if len(available) < p.min_nodes:  # deployed pools: nodes may still be joining
+            self.pool.wait_for_nodes(p.min_nodes, p.round_timeout)
             available = list(self.pool.node_ids())
         want = max(p.min_nodes, math.ceil(p.fraction * len(available)))
         if len(available) < p.min_nodes:
@@ -194,137 +210,7 @@ class Coordinator:
         chosen = rng_for(p.seed, "sample", rnd, attempt).choice(len(available), min(want, len(available)), replace=False)
         return [available[i] for i in np.sort(chosen)]
 
-    def _fit_round(self, rnd: int, attempt: int, params: Params, sampled: list[str]):  # type: ignore[no-untyped-def]
-        if not sampled:
-            return f"only {len(self.pool.node_ids())} nodes available, min_nodes is {self.policy.min_nodes}"
-        config = {**self.fit_config, **self.strategy.fit_config(rnd), **self.updates.to_config()}
-        if self.secure is not None:
-            return self._secure_fit_round(rnd, attempt, params, sampled, config)
-        instructions = [
-            FitInstruction(rnd, node, params, config, derive_seed(self.policy.seed, "fit", rnd, attempt, node))
-            for node in sampled
-        ]
-        aggregator = self.strategy.new_aggregator(params)
-        failures: dict[str, int] = {}
-        ready: dict[str, FitResult | None] = {}  # reorder buffer; None marks a failure
-        position, examples, loss_sum, bytes_up = 0, 0, 0.0, 0
-
-        contributions: list[Contribution] = []
-
-        def fail(reason: str, node: str | None = None) -> None:
-            failures[reason] = failures.get(reason, 0) + 1
-            if node is not None:  # a sampled node whose update is not aggregated
-                self._absent.append((node, reason))
-
-        for outcome in self.pool.fit(instructions, self.policy.round_timeout):
-            node = outcome.node_id
-            if node not in sampled or node in ready:
-                fail("rejected")  # a result nobody asked for, or a second one
-                continue
-            if isinstance(outcome, NodeError):
-                fail(absence(outcome), node)
-                ready[node] = None
-            elif outcome.round != rnd or outcome.num_examples <= 0:
-                fail("rejected", node)
-                ready[node] = None
-            else:
-                ready[node] = outcome
-            while position < len(sampled) and sampled[position] in ready:
-                result = ready.pop(sampled[position])
-                ready[sampled[position]] = None  # keep the key: a duplicate is still rejected
-                position += 1
-                if result is None:
-                    continue
-                folding = self.clock()
-                try:
-                    update = self.updates.decode(result.params, params.schema) if self.updates else result.params
-                    aggregator.add(update, float(result.num_examples))
-                except ParamsError as exc:
-                    log.warning("round %d: update from %s refused: %s", rnd, result.node_id, exc)
-                    fail("rejected", result.node_id)
-                    continue
-                finally:
-                    self._aggregating += self.clock() - folding
-                bytes_up += result.params.encoded_size
-                contributions.append(_contribution(result))
-                examples += result.num_examples
-                loss_sum += float(result.metrics.get("train_loss", math.nan)) * result.num_examples
-        needed = max(1, math.ceil(self.policy.quorum * len(sampled)))
-        if aggregator.count < needed:
-            self._absent.extend((c.node_id, "discarded") for c in contributions)
-            return f"{aggregator.count} of {len(sampled)} results usable, quorum needs {needed} ({failures})"
-        folding = self.clock()
-        aggregate = aggregator.result()
-        self._aggregating += self.clock() - folding
-        self._provenance = RoundProvenance(settings_digest(config), tuple(contributions), tuple(self._absent))
-        return aggregate, aggregator.count, examples, loss_sum / examples, failures, bytes_up
-
-    def _secure_fit_round(self, rnd: int, attempt: int, params: Params, sampled: list[str], config: dict):  # type: ignore[no-untyped-def]
-        """``_fit_round`` under secure aggregation: key agreement, masked fits summed in the
-        ring (exactly, so arrival order does not matter), then unmasking."""
-        secure, timeout = self.secure, self.policy.round_timeout
-        assert secure is not None
-        failures: dict[str, int] = {}
-
-        def fail(reason: str, node: str | None = None) -> None:
-            failures[reason] = failures.get(reason, 0) + 1
-            if node is not None:
-                self._absent.append((node, reason))
-
-        try:
-            ready, dropped = secure.setup(self.pool, rnd, attempt, sampled, timeout)
-        except StrategyError as exc:
-            return str(exc)
-        for node, reason in dropped:
-            fail(reason, node)
-        config = {**config, **secure.fit_config()}
-        instructions = [FitInstruction(rnd, node, params, config, derive_seed(self.policy.seed, "fit", rnd, attempt, node))
-                        for node in ready]
-        results: dict[str, FitResult] = {}
-        for outcome in self.pool.fit(instructions, timeout):
-            node = outcome.node_id
-            if node not in ready or node in results:
-                fail("rejected")
-                continue
-            if isinstance(outcome, NodeError):
-                fail(absence(outcome), node)
-            elif outcome.round != rnd or outcome.num_examples <= 0:
-                fail("rejected", node)
-            else:
-                folding = self.clock()
-                try:
-                    secure.fold(outcome, params.schema)
-                    results[node] = outcome
-                except ParamsError as exc:
-                    log.warning("round %d: masked update from %s refused: %s", rnd, node, exc)
-                    fail("rejected", node)
-                finally:
-                    self._aggregating += self.clock() - folding
-        kept = [results[node] for node in sampled if node in results]  # sampled order: sums do not depend on arrival
-        needed = max(1, math.ceil(self.policy.quorum * len(sampled)))
-        if len(kept) < needed:
-            self._absent.extend((r.node_id, "discarded") for r in kept)
-            return f"{len(kept)} of {len(sampled)} results usable, quorum needs {needed} ({failures})"
-        folding = self.clock()
-        try:
-            aggregate = secure.finish(self.pool, params.schema, timeout)
-        except StrategyError as exc:
-            self._absent.extend((r.node_id, "discarded") for r in kept)
-            return str(exc)
-        finally:
-            self._aggregating += self.clock() - folding
-        examples = sum(r.num_examples for r in kept)
-        loss = sum(float(r.metrics.get("train_loss", math.nan)) * r.num_examples for r in kept) / examples
-        self._provenance = RoundProvenance(settings_digest(config), tuple(_contribution(r) for r in kept), tuple(self._absent))
-        return aggregate, len(kept), examples, loss, failures, sum(r.params.encoded_size for r in kept)
-
-    def _report_phase(self, rnd: int, phase: str, seconds: float) -> None:
-        for hook in self.hooks:
-            on_phase = getattr(hook, "on_phase", None)
-            if on_phase is not None:
-                on_phase(rnd, phase, seconds)
-
-    def _federated_eval(self, rnd: int, params: Params, sampled: list[str]) -> tuple[float, float]:
+    def _federated_eval(self, rnd: int, params: Params) -> tuple[float, float]:
         every = self.policy.federated_eval_every
         due = rnd == self.policy.rounds or (every > 0 and rnd % every == 0)
         if not due:
@@ -341,10 +227,3 @@ class Coordinator:
         if count == 0:
             return math.nan, math.nan
         return loss_sum / count, correct / count
-
-
-def _contribution(result: FitResult) -> Contribution:
-    """What the ledger records of an aggregated update (the digest of it as sent)."""
-    signed = result.signature
-    return Contribution(result.node_id, update_digest(result.params), result.num_examples,
-                        signed.public_key.hex() if signed else "", signed.signature.hex() if signed else "")

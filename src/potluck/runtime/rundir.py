@@ -61,6 +61,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -138,7 +139,7 @@ class RunDirectory(RunLayout):
         rnd = record.round
         model_bytes = params.encode()
         state_bytes = Params.from_arrays(strategy_state, copy=False).encode()
-        mark = {
+        mark: dict[str, Any] = {
             "record": record.to_json(),
             "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
             "strategy_sha256": hashlib.sha256(state_bytes).hexdigest(),
