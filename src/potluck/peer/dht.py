@@ -1,0 +1,225 @@
+"""Membership and matchmaking over the ``kademlia`` DHT, with records that age out in seconds.
+
+``kademlia`` stores one value per key, keeps it a week and re-publishes it hourly. We
+keep its routing and crawling and change what a key holds (:class:`RecordStorage`):
+
+- a key holds a *bundle*, the newline-joined signed records (``records.py``) of many
+  peers; a STORE merges the records it carries into the bundle (the newest record per
+  peer wins) instead of replacing it, so peers writing the same key do not erase each
+  other;
+- every access drops records past their own ``expires`` (seconds, not a week), so a
+  peer that stops re-publishing disappears from every copy by itself;
+- a record that does not parse, is not self-signed, or is stale is never stored.
+
+Two keys per run (``run`` is the run id every peer of a run is started with)::
+
+    potluck/<run>/members          member records: id, lane address, certificate, key, step
+    potluck/<run>/ready/<step>     ready records: "I am due to average outer step <step>"
+
+A peer re-publishes its records every ``ttl / 3`` seconds while it lives
+(:meth:`PeerDHT.keep_published`). A read merges this node's copy with the copy found by
+a network lookup and admits only records :class:`~potluck.peer.records.Trust` accepts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+from kademlia.crawling import ValueSpiderCrawl
+from kademlia.network import Server
+from kademlia.node import Node
+from kademlia.protocol import KademliaProtocol
+from kademlia.storage import IStorage
+from kademlia.utils import digest
+
+from potluck.core.errors import ConfigError, TransportError
+from potluck.peer.records import PeerRecord, RecordError, Trust, check_fresh, parse_record
+
+log = logging.getLogger(__name__)
+
+MAX_BUNDLE_BYTES = 32 * 1024  # one UDP datagram carries a bundle; the freshest records are kept
+Clock = Callable[[], float]
+
+
+def members_key(run: str) -> str:
+    return f"potluck/{run}/members"
+
+
+def ready_key(run: str, step: int) -> str:
+    return f"potluck/{run}/ready/{step}"
+
+
+def split_bundle(value: object) -> list[bytes]:
+    if isinstance(value, str):
+        value = value.encode()
+    if not isinstance(value, bytes):
+        return []
+    return [line for line in value.split(b"\n") if line]
+
+
+class RecordStorage(IStorage):  # type: ignore[misc]
+    """kademlia storage whose values are merged bundles of live records (module docstring)."""
+
+    def __init__(self, clock: Clock = time.time) -> None:
+        self.clock = clock
+        self._data: dict[bytes, dict[str, PeerRecord]] = {}
+        self.ignored = 0
+
+    def __setitem__(self, key: bytes, value: object) -> None:
+        now, slot = self.clock(), self._data.setdefault(key, {})
+        for raw in split_bundle(value):
+            try:
+                record = parse_record(raw)
+                check_fresh(record, now)
+            except RecordError as exc:
+                self.ignored += 1
+                log.debug("DHT store: ignored a record (%s)", exc)
+                continue
+            old = slot.get(record.peer_id)
+            if old is None or record.issued > old.issued:
+                slot[record.peer_id] = record
+        self._cull(key)
+
+    def _cull(self, key: bytes) -> None:
+        now, slot = self.clock(), self._data.get(key, {})
+        for peer in [p for p, r in slot.items() if r.expires <= now]:
+            del slot[peer]
+        if not slot:
+            self._data.pop(key, None)
+
+    def get(self, key: bytes, default: object = None) -> object:
+        self._cull(key)
+        if key not in self._data:
+            return default
+        newest = sorted(self._data[key].values(), key=lambda r: -r.issued)
+        lines, size = [], 0
+        for record in newest:
+            size += len(record.raw) + 1
+            if size > MAX_BUNDLE_BYTES:
+                break
+            lines.append(record.raw)
+        return b"\n".join(lines)
+
+    def __getitem__(self, key: bytes) -> object:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def iter_older_than(self, seconds_old: float) -> Iterator[tuple[bytes, object]]:
+        return iter(())  # peers re-publish their own records; nothing is re-published for others
+
+    def __iter__(self) -> Iterator[tuple[bytes, object]]:
+        for key in list(self._data):
+            value = self.get(key)
+            if value is not None:
+                yield key, value
+
+
+class _Protocol(KademliaProtocol):  # type: ignore[misc]
+    def __init__(self, node: Node, storage: IStorage, ksize: int, wait_timeout: float) -> None:
+        super().__init__(node, storage, ksize)
+        self._wait_timeout = wait_timeout  # rpcudp's per-RPC timeout (its default is 5 s)
+
+
+class _Server(Server):  # type: ignore[misc]
+    rpc_timeout = 2.0
+
+    def _create_protocol(self) -> _Protocol:
+        return _Protocol(self.node, self.storage, self.ksize, self.rpc_timeout)
+
+
+class PeerDHT:
+    """One peer's DHT node: start, put, re-publish, read admitted records, stop.
+
+    Every network operation is bounded by ``timeout`` seconds; a read that times out
+    returns what this node holds.
+    """
+
+    def __init__(self, trust: Trust, *, clock: Clock = time.time, timeout: float = 3.0, rpc_timeout: float = 1.0) -> None:
+        self.trust, self.clock, self.timeout = trust, clock, timeout
+        self.storage = RecordStorage(clock)
+        self.server = _Server(ksize=20, alpha=3, storage=self.storage)
+        self.server.rpc_timeout = rpc_timeout
+        self.port = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, host: str, port: int, bootstrap: Sequence[tuple[str, int]] = ()) -> int:
+        """Listen on ``host:port`` (0: any free port), join through ``bootstrap``; returns the port.
+
+        TransportError when no bootstrap address answers.
+        """
+        await self.server.listen(port, interface=host)
+        self.port = int(self.server.transport.get_extra_info("sockname")[1])
+        if bootstrap:
+            addresses = [_resolve(h, p) for h, p in bootstrap]
+            found = await asyncio.wait_for(self.server.bootstrap(addresses), self.timeout * 3)
+            if not found:
+                raise TransportError(f"no DHT bootstrap peer answered at {', '.join(f'{h}:{p}' for h, p in bootstrap)}")
+        return self.port
+
+    async def put(self, key: str, raw: bytes) -> None:
+        """Store one record here and on the ``k`` nodes closest to ``key``."""
+        self.storage[digest(key)] = raw
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.server.set(key, raw), self.timeout)
+
+    def keep_published(self, key: str, make: Callable[[], bytes], every: float) -> None:
+        """Put ``make()`` (a freshly signed record) now and every ``every`` seconds until stop()."""
+
+        async def loop() -> None:
+            while True:
+                try:
+                    await self.put(key, make())
+                except (OSError, RecordError) as exc:
+                    log.warning("re-publishing %s failed: %s", key, exc)
+                await asyncio.sleep(every)
+
+        self._tasks.append(asyncio.ensure_future(loop()))
+
+    async def read(self, key: str) -> list[PeerRecord]:
+        """The admitted, live records under ``key``, one per peer (sorted by peer id)."""
+        dkey = digest(key)
+        bundles = [self.storage.get(dkey)]
+        nearest = self.server.protocol.router.find_neighbors(Node(dkey))
+        if nearest:
+            crawl = ValueSpiderCrawl(self.server.protocol, Node(dkey), nearest, self.server.ksize, self.server.alpha)
+            with contextlib.suppress(asyncio.TimeoutError):
+                bundles.append(await asyncio.wait_for(crawl.find(), self.timeout))
+        return self.admit([raw for bundle in bundles for raw in split_bundle(bundle)])
+
+    def admit(self, raws: Sequence[bytes]) -> list[PeerRecord]:
+        now, best = self.clock(), {}
+        for raw in raws:
+            try:
+                record = self.trust.admit(raw, now)
+            except RecordError as exc:
+                log.debug("ignored a DHT record: %s", exc)
+                continue
+            old = best.get(record.peer_id)
+            if old is None or record.issued > old.issued:
+                best[record.peer_id] = record
+        return [best[p] for p in sorted(best)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        self.server.stop()
+
+
+def _resolve(host: str, port: int) -> tuple[str, int]:
+    """kademlia takes IP addresses only: resolve a name (ConfigError if it does not resolve)."""
+    try:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"bootstrap host {host!r} does not resolve: {exc.strerror}") from None
+    return str(info[0][4][0]), port
