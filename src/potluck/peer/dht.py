@@ -141,7 +141,7 @@ class PeerDHT:
     returns what this node holds.
     """
 
-    def __init__(self, trust: Trust, *, clock: Clock = time.time, timeout: float = 3.0, rpc_timeout: float = 1.0) -> None:
+    def __init__(self, trust: Trust, *, clock: Clock = time.time, timeout: float = 5.0, rpc_timeout: float = 2.0) -> None:
         self.trust, self.clock, self.timeout = trust, clock, timeout
         self.storage = RecordStorage(clock)
         self.server = _Server(ksize=20, alpha=3, storage=self.storage)
@@ -157,11 +157,17 @@ class PeerDHT:
         await self.server.listen(port, interface=host)
         self.port = int(self.server.transport.get_extra_info("sockname")[1])
         if bootstrap:
-            addresses = [_resolve(h, p) for h, p in bootstrap]
-            found = await asyncio.wait_for(self.server.bootstrap(addresses), self.timeout * 3)
-            if not found:
-                raise TransportError(f"no DHT bootstrap peer answered at {', '.join(f'{h}:{p}' for h, p in bootstrap)}")
+            await self._bootstrap([_resolve(h, p) for h, p in bootstrap])
         return self.port
+
+    async def _bootstrap(self, addresses: list[tuple[str, int]], attempts: int = 5) -> None:
+        """Ping the bootstrap addresses, up to ``attempts`` times (a busy peer may answer late)."""
+        for _ in range(attempts):
+            with contextlib.suppress(asyncio.TimeoutError):
+                if await asyncio.wait_for(self.server.bootstrap(addresses), self.timeout * 3):
+                    return
+        listed = ", ".join(f"{h}:{p}" for h, p in addresses)
+        raise TransportError(f"no DHT bootstrap peer answered at {listed} ({attempts} attempts)")
 
     async def put(self, key: str, raw: bytes) -> None:
         """Store one record here and on the ``k`` nodes closest to ``key``."""

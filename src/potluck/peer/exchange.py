@@ -148,6 +148,9 @@ class Exchange:
         sends += [asyncio.ensure_future(self._gather(by_id[other], step, session, reduced, started + deadline))
                   for other in names if other != self.me]
         await self._wait(session, lambda: len(session.parts) == len(names), started + deadline)
+        # Our own sends may still be on their way even when every part is in: let them
+        # finish (each is bounded by its deadline) before anything is cancelled.
+        await asyncio.wait(sends, timeout=max(0.0, started + deadline - time.monotonic()))
         for task in sends:
             task.cancel()
         await asyncio.gather(*sends, return_exceptions=True)
