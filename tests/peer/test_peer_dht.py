@@ -39,10 +39,10 @@ def test_storage_merges_records_and_drops_expired_and_forged_ones(identities):
 
 
 def test_three_peers_find_each_other_from_one_bootstrap_and_the_dead_one_ages_out(identities, peer_tls):
-    ttl = 3.0
+    ttl = 6.0
 
     async def main():
-        nodes = [PeerDHT(_trust(peer_tls), timeout=2.0) for _ in range(3)]
+        nodes = [PeerDHT(_trust(peer_tls)) for _ in range(3)]
         port0 = await nodes[0].start("127.0.0.1", 0)
         port1 = await nodes[1].start("127.0.0.1", 0, [("127.0.0.1", port0)])
         await nodes[2].start("127.0.0.1", 0, [("127.0.0.1", port1)])  # any peer can bootstrap the next

@@ -28,7 +28,8 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from kademlia.crawling import ValueSpiderCrawl
 from kademlia.network import Server
@@ -42,8 +43,9 @@ from potluck.peer.records import PeerRecord, RecordError, Trust, check_fresh, pa
 
 log = logging.getLogger(__name__)
 
-MAX_BUNDLE_BYTES = 32 * 1024  # one UDP datagram carries a bundle; the freshest records are kept
+MAX_BUNDLE_BYTES = 7000  # rpcudp sends at most 8 KiB per call: the freshest records that fit are kept
 Clock = Callable[[], float]
+T = TypeVar("T")
 
 
 def members_key(run: str) -> str:
@@ -141,13 +143,14 @@ class PeerDHT:
     returns what this node holds.
     """
 
-    def __init__(self, trust: Trust, *, clock: Clock = time.time, timeout: float = 5.0, rpc_timeout: float = 2.0) -> None:
+    def __init__(self, trust: Trust, *, clock: Clock = time.time, timeout: float = 5.0, rpc_timeout: float = 1.5) -> None:
         self.trust, self.clock, self.timeout = trust, clock, timeout
         self.storage = RecordStorage(clock)
         self.server = _Server(ksize=20, alpha=3, storage=self.storage)
         self.server.rpc_timeout = rpc_timeout
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._running: set[asyncio.Future[Any]] = set()
 
     async def start(self, host: str, port: int, bootstrap: Sequence[tuple[str, int]] = ()) -> int:
         """Listen on ``host:port`` (0: any free port), join through ``bootstrap``; returns the port.
@@ -163,25 +166,50 @@ class PeerDHT:
     async def _bootstrap(self, addresses: list[tuple[str, int]], attempts: int = 5) -> None:
         """Ping the bootstrap addresses, up to ``attempts`` times (a busy peer may answer late)."""
         for _ in range(attempts):
-            with contextlib.suppress(asyncio.TimeoutError):
-                if await asyncio.wait_for(self.server.bootstrap(addresses), self.timeout * 3):
-                    return
+            if await self._bounded(self.server.bootstrap(addresses)):
+                return
         listed = ", ".join(f"{h}:{p}" for h, p in addresses)
         raise TransportError(f"no DHT bootstrap peer answered at {listed} ({attempts} attempts)")
 
     async def put(self, key: str, raw: bytes) -> None:
-        """Store one record here and on the ``k`` nodes closest to ``key``."""
+        """Store one record here and on the ``k`` nodes closest to ``key``; returns after at
+        most ``timeout`` seconds (the network part then finishes in the background)."""
         self.storage[digest(key)] = raw
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.server.set(key, raw), self.timeout)
+        await self._bounded(self.server.set(key, raw))
+
+    async def _bounded(self, operation: Awaitable[T]) -> T | None:
+        """``operation``'s result, or None after ``timeout`` s. It is shielded, never cancelled:
+        rpcudp's pending replies break when cancelled, and a crawl that runs to its own end
+        drops the contacts that did not answer from the routing table."""
+        task = asyncio.ensure_future(operation)
+        self._running.add(task)
+        task.add_done_callback(self._done)
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), self.timeout)
+        except asyncio.TimeoutError:
+            return None
+
+    def _done(self, task: asyncio.Future[Any]) -> None:
+        self._running.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("DHT operation failed: %s", task.exception())
 
     def keep_published(self, key: str, make: Callable[[], bytes], every: float) -> None:
-        """Put ``make()`` (a freshly signed record) now and every ``every`` seconds until stop()."""
+        """Put ``make()`` (a freshly signed record) now and every ``every`` seconds until stop().
+
+        The local copy is refreshed on time whatever the network does; the network put
+        runs beside it (one at a time), so a slow or dead neighbour cannot make this
+        peer's own record lapse.
+        """
 
         async def loop() -> None:
+            pending: asyncio.Future[None] | None = None
             while True:
                 try:
-                    await self.put(key, make())
+                    raw = make()
+                    self.storage[digest(key)] = raw
+                    if pending is None or pending.done():
+                        pending = asyncio.ensure_future(self.put(key, raw))
                 except (OSError, RecordError) as exc:
                     log.warning("re-publishing %s failed: %s", key, exc)
                 await asyncio.sleep(every)
@@ -195,8 +223,7 @@ class PeerDHT:
         nearest = self.server.protocol.router.find_neighbors(Node(dkey))
         if nearest:
             crawl = ValueSpiderCrawl(self.server.protocol, Node(dkey), nearest, self.server.ksize, self.server.alpha)
-            with contextlib.suppress(asyncio.TimeoutError):
-                bundles.append(await asyncio.wait_for(crawl.find(), self.timeout))
+            bundles.append(await self._bounded(crawl.find()))
         return self.admit([raw for bundle in bundles for raw in split_bundle(bundle)])
 
     def admit(self, raws: Sequence[bytes]) -> list[PeerRecord]:
@@ -213,9 +240,9 @@ class PeerDHT:
         return [best[p] for p in sorted(best)]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._running]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._running]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
