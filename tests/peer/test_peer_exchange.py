@@ -76,7 +76,7 @@ def test_quantized_chunks_average_within_the_quantization_error(identities):
 
 def test_a_member_that_never_answers_costs_at_most_the_deadline(identities):
     """peer-2 is in the group but dead: the others end by the deadline with the weighted
-    mean of the two of them, and peer-2's part (orphaned) keeps their own values."""
+    mean of the two of them, and peer-2's part (orphaned) is zero on both."""
     async def main():
         exchanges, lanes, members = await _peers(identities, 3)
         await lanes[2].stop()
@@ -94,10 +94,11 @@ def test_a_member_that_never_answers_costs_at_most_the_deadline(identities):
     assert took < 3.0 + 2.0, f"took {took:.1f} s with a 3 s deadline"
     mean2 = np.average(np.stack(vectors[:2]), axis=0, weights=weights[:2])
     third = 1001 // 3 + 1
-    for i, out in enumerate(outcomes):
+    for out in outcomes:
         assert out.missing_parts == (2,)
         np.testing.assert_allclose(out.values[:2 * third], mean2[:2 * third], rtol=1e-5, atol=1e-6)
-        np.testing.assert_array_equal(out.values[2 * third:], vectors[i][2 * third:])
+        assert not out.values[2 * third:].any()
+    np.testing.assert_array_equal(outcomes[0].values, outcomes[1].values)
 
 
 def test_the_lane_refuses_an_impostor_and_strangers(identities):
@@ -117,3 +118,34 @@ def test_the_lane_refuses_an_impostor_and_strangers(identities):
                 await lane.stop()
 
     asyncio.run(main())
+
+
+def test_a_part_that_reached_only_some_members_is_repaired_from_them(identities):
+    """peer-2 sends its reduced part to peer-0 only, then dies: peer-1 gets it from peer-0,
+    and both end complete and identical."""
+    async def main():
+        exchanges, lanes, members = await _peers(identities, 3)
+        owner = exchanges[2]
+        original = owner._gather
+
+        async def gather_to_peer0_only(other, step, session, reduced, until):
+            if other.peer_id == "peer-0":
+                await original(other, step, session, reduced, until)
+                await lanes[2].stop()
+
+        owner._gather = gather_to_peer0_only
+        vectors, weights = _vectors(3)
+        try:
+            outs = await asyncio.gather(*[ex.allreduce(2, members, v, w, anchor="a", deadline=6.0)
+                                          for ex, v, w in zip(exchanges, vectors, weights)])
+            return outs, vectors, weights
+        finally:
+            for lane in lanes:
+                await lane.stop()
+
+    outcomes, vectors, weights = asyncio.run(main())
+    expected = np.average(np.stack(vectors), axis=0, weights=weights)
+    for out in outcomes[:2]:
+        assert out.complete
+        np.testing.assert_allclose(out.values, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(outcomes[0].values, outcomes[1].values)

@@ -14,9 +14,12 @@ simulation (:func:`butterfly`) share because both run this module's code:
 
 - a member that dies before sending to owner i is missing from part i's mean, and the
   other weights are renormalised (the mean of what arrived, correctly weighted);
-- a part whose owner dies is *orphaned*: members keep their own values for it and
-  report it in :attr:`AllReduceOutcome.missing_parts` (its share of the step is lost,
-  never waited for past the deadline).
+- a part whose owner dies is *orphaned*. A member that did not receive it asks the
+  others for it (``exchange.py``); if nobody has it, every member sets it to zero and
+  reports it in :attr:`AllReduceOutcome.missing_parts`: that slice skips this step's
+  update, the same way on every member, so the group's models stay identical (keeping
+  one's own values instead would split them apart for good). Nothing is waited for past
+  the deadline.
 """
 
 from __future__ import annotations
@@ -109,7 +112,7 @@ class PartReducer:
 
 @dataclass(frozen=True)
 class AllReduceOutcome:
-    """What one member ends with: ``values`` (the mean, own values in orphaned parts)."""
+    """What one member ends with: ``values`` (the mean; zero in orphaned parts)."""
 
     values: np.ndarray
     missing_parts: tuple[int, ...]
@@ -121,8 +124,8 @@ class AllReduceOutcome:
 
 
 def assemble(local: np.ndarray, bounds: Sequence[tuple[int, int]], parts: Mapping[int, ReducedPart]) -> AllReduceOutcome:
-    """The member's result from the reduced parts it received; own values where one is missing."""
-    out = np.array(local, copy=True)
+    """The member's result from the reduced parts it received; zero where one is missing."""
+    out = np.zeros_like(local)
     missing = []
     for i, (start, stop) in enumerate(bounds):
         if i in parts:

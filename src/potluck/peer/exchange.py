@@ -6,6 +6,8 @@ Two requests travel on the lane (``lane.py``), both pushed by their sender::
             of the sender's vector, float32 (enc "f32") or 8-bit codes (enc "q8": the
             values are lo + code·scale, stochastic rounding as in ``updates/quantize.py``)
     gather  {op, step, group, part, weight, contributors}   payload: the reduced part, float32
+    parts?  {op, step, group, parts: [i, ...]}   reply: {parts: [[i, weight, contributors], ...]}
+            and those reduced parts, float32, one after the other (a repair: see below)
 
 ``group`` is :func:`~potluck.peer.allreduce.group_digest` of the step and the members;
 ``anchor`` the digest of the model the pseudo-gradient was taken from: chunks of another
@@ -16,8 +18,10 @@ A request may arrive before this peer has joined the group (it was still polling
 DHT): it is kept, bounded, in a pending session and checked when the peer joins.
 
 Timeline of :meth:`Exchange.allreduce` with deadline D: chunks go out at once; the own
-part is reduced when every member's chunk is in or at D/2; the reduced part goes out;
-the result is assembled when every part is in or at D. Nothing waits past D.
+part is reduced when every member's chunk is in or at 0.4·D; the reduced part goes out;
+every part is in, or 0.8·D passes. Then the repair: a member missing a part (its owner
+died while sending it around) asks the other members for it until D; a part nobody has
+is zero on every member (``allreduce.py``). Nothing waits past D.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -90,8 +95,10 @@ class Exchange:
         if self.fingerprint_of(caller.peer_id) != caller.fingerprint:
             raise ResultRejected(f"{caller.peer_id!r} has no live member record with this certificate")
         op, step, digest = header.get("op"), header.get("step"), header.get("group")
-        if op not in ("reduce", "gather") or not isinstance(step, int) or not isinstance(digest, str):
+        if op not in ("reduce", "gather", "parts?") or not isinstance(step, int) or not isinstance(digest, str):
             raise ResultRejected(f"malformed request from {caller.peer_id!r}: op {op!r}")
+        if op == "parts?":
+            return self._serve_parts(step, digest, header.get("parts"))
         session = self._session(step, digest)
         if not session.members:
             if len(session.pending) >= 64:
@@ -100,6 +107,14 @@ class Exchange:
         else:
             self._accept(session, caller.peer_id, header, payload)
         return {"ok": True}, b""
+
+    def _serve_parts(self, step: int, digest: str, wanted: object) -> tuple[Header, bytes]:
+        session = self._sessions.get((step, digest))
+        if not isinstance(wanted, list) or session is None:
+            return {"ok": True, "parts": []}, b""
+        have = [session.parts[i] for i in wanted if isinstance(i, int) and i in session.parts]
+        listed = [[p.part, p.weight, list(p.contributors)] for p in have]
+        return {"ok": True, "parts": listed}, b"".join(p.values.astype(np.float32).tobytes() for p in have)
 
     def _accept(self, session: _Session, sender: str, header: Header, payload: bytes) -> None:
         if sender not in session.members:
@@ -139,22 +154,24 @@ class Exchange:
         session.reducer.add(self.me, vector[slice(*session.bounds[me])], weight)  # type: ignore[union-attr]
         rng = np.random.default_rng([seed, step, me])
         sends = [asyncio.ensure_future(self._send(by_id[owner], step, session, i, vector, weight, anchor, rng,
-                                                  started + deadline / 2))
+                                                  started + 0.4 * deadline))
                  for i, owner in enumerate(names) if owner != self.me]
-        await self._wait(session, lambda: session.reducer.complete, started + deadline / 2)  # type: ignore[union-attr]
+        # (chunks are sent until 0.4·D; the gathers until 0.8·D; the repair until D)
+        await self._wait(session, lambda: session.reducer.complete, started + 0.4 * deadline)  # type: ignore[union-attr]
         session.closed_reduce = True
         reduced = session.reducer.result(vector.dtype)  # type: ignore[union-attr]
         session.parts[me] = reduced
-        sends += [asyncio.ensure_future(self._gather(by_id[other], step, session, reduced, started + deadline))
+        sends += [asyncio.ensure_future(self._gather(by_id[other], step, session, reduced, started + 0.8 * deadline))
                   for other in names if other != self.me]
-        await self._wait(session, lambda: len(session.parts) == len(names), started + deadline)
+        await self._wait(session, lambda: len(session.parts) == len(names), started + 0.8 * deadline)
+        if len(session.parts) < len(names):
+            await self._repair(session, [by_id[n] for n in names], started + deadline)
         # Our own sends may still be on their way even when every part is in: let them
         # finish (each is bounded by its deadline) before anything is cancelled.
         await asyncio.wait(sends, timeout=max(0.0, started + deadline - time.monotonic()))
         for task in sends:
             task.cancel()
         await asyncio.gather(*sends, return_exceptions=True)
-        self._sessions.pop((step, session.digest), None)
         return assemble(vector, session.bounds, session.parts)
 
     def _join(self, step: int, names: tuple[str, ...], size: int, anchor: str) -> _Session:
@@ -180,6 +197,40 @@ class Exchange:
                 await asyncio.wait_for(session.changed.wait(), left)
             except asyncio.TimeoutError:
                 return
+
+    async def _repair(self, session: _Session, members: list[Member], until: float) -> None:
+        """Ask every other member that owns none of the missing parts for them; keep what comes."""
+        missing = [i for i in range(len(members)) if i not in session.parts]
+        askable = [m for i, m in enumerate(members) if i not in missing and m.peer_id != self.me]
+        header: Header = {"op": "parts?", "step": session.step, "group": session.digest, "parts": missing}
+        replies = await asyncio.gather(*[self._ask(m, header, until) for m in askable])
+        for reply, payload in replies:
+            try:
+                self._take_parts(session, reply.get("parts", []), payload)
+            except (TypeError, ValueError, IndexError) as exc:
+                self.refused.append(f"a malformed parts reply: {exc}")
+
+    @staticmethod
+    def _take_parts(session: _Session, listed: list[Any], payload: bytes) -> None:
+        offset = 0
+        for part, weight, contributors in listed:
+            start, stop = session.bounds[int(part)]
+            size = 4 * (stop - start)
+            values = np.frombuffer(payload[offset:offset + size], np.float32).copy()
+            offset += size
+            if part not in session.parts and values.shape == (stop - start,) and np.isfinite(values).all():
+                values.setflags(write=False)
+                session.parts[int(part)] = ReducedPart(int(part), values, float(weight), tuple(map(str, contributors)))
+
+    async def _ask(self, member: Member, header: Header, until: float) -> tuple[Header, bytes]:
+        left = until - time.monotonic()
+        if left <= 0 or self.lane is None:
+            return {}, b""
+        try:
+            return await self.lane.call(member.address, member.peer_id, member.fingerprint, header, timeout=left)
+        except PotluckError as exc:
+            log.warning("step %s: asking %s for parts failed: %s", header["step"], member.peer_id, exc)
+            return {}, b""
 
     async def _send(self, owner: Member, step: int, session: _Session, part: int, vector: np.ndarray,
                     weight: float, anchor: str, rng: np.random.Generator, until: float) -> None:
