@@ -102,7 +102,10 @@ class StepRecord:
     group: tuple[str, ...]
     missing_parts: int
     inner_seconds: float
+    matchmaking_seconds: float
     allreduce_seconds: float
+    matchmaking_deadline: float
+    allreduce_deadline: float
     model_digest: str
 
     def to_json(self) -> dict[str, Any]:
@@ -180,7 +183,7 @@ class _Peer:
     async def evaluate_start(self) -> StepRecord:
         evaluation = await asyncio.to_thread(self.task.evaluate, self.anchor, self.held_out)
         record = StepRecord(0, self.cfg.peer_id, evaluation.loss, dict(evaluation.metrics), float("nan"),
-                            (self.cfg.peer_id,), 0, 0.0, 0.0, self.anchor.digest)
+                            (self.cfg.peer_id,), 0, 0.0, 0.0, 0.0, 0.0, 0.0, self.anchor.digest)
         self._commit(record)
         return record
 
@@ -201,14 +204,15 @@ class _Peer:
         self.deadlines.observe_inner(inner)
         gradient = pseudo_gradient(self.anchor, out.params)
         weight = float(out.num_examples)
+        matchmaking_deadline, allreduce_deadline = self.deadlines.matchmaking(), self.deadlines.allreduce()
         group = await find_group(self.dht, cfg.run_id, cfg.peer_id, step, ready_record=lambda: self._record("ready", weight),
-                                 directory=self.directory, deadline=self.deadlines.matchmaking(),
+                                 directory=self.directory, deadline=matchmaking_deadline,
                                  group_size=cfg.group_size, seed=cfg.seed, ttl=cfg.ttl)
         reduce_started = time.monotonic()
         values, missing = gradient, 0
         if len(group) >= 2:
             outcome = await self.exchange.allreduce(step, group, gradient, weight, anchor=self.anchor.digest,
-                                                    deadline=self.deadlines.allreduce(), seed=cfg.seed)
+                                                    deadline=allreduce_deadline, seed=cfg.seed)
             values, missing = outcome.values, len(outcome.missing_parts)
             self.deadlines.observe_allreduce(time.monotonic() - reduce_started)
         reduce_seconds = time.monotonic() - reduce_started
@@ -217,6 +221,7 @@ class _Peer:
         record = StepRecord(step, cfg.peer_id, evaluation.loss, dict(evaluation.metrics),
                             float(out.metrics.get("train_loss", float("nan"))),
                             tuple(m.peer_id for m in group) or (cfg.peer_id,), missing, round(inner, 3),
-                            round(reduce_seconds, 3), self.anchor.digest)
+                            round(reduce_started - started - inner, 3), round(reduce_seconds, 3),
+                            round(matchmaking_deadline, 3), round(allreduce_deadline, 3), self.anchor.digest)
         self._commit(record)
         return record
