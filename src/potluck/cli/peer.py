@@ -37,8 +37,8 @@ def _address(text: str) -> tuple[str, int]:
 
 def _line(record: dict[str, object]) -> str:
     loss = float(record["loss"])  # type: ignore[arg-type]
-    metrics = record.get("metrics") or {}
-    extra = "".join(f"  {k} {float(v):.4f}" for k, v in metrics.items())  # type: ignore[union-attr]
+    metrics = record.get("metrics")
+    extra = "".join(f"  {k} {float(v):.4f}" for k, v in metrics.items()) if isinstance(metrics, dict) else ""
     group = record.get("group") or []
     missing = f"  missing parts {record['missing_parts']}" if record.get("missing_parts") else ""
     return (f"{record['peer']}  step {record['step']:>3}  loss {loss:.4f}{extra}  group {len(group)}"  # type: ignore[arg-type]

@@ -227,7 +227,7 @@ class PeerDHT:
         return self.admit([raw for bundle in bundles for raw in split_bundle(bundle)])
 
     def admit(self, raws: Sequence[bytes]) -> list[PeerRecord]:
-        now, best = self.clock(), {}
+        now, best = self.clock(), dict[str, PeerRecord]()
         for raw in raws:
             try:
                 record = self.trust.admit(raw, now)

@@ -59,7 +59,8 @@ def unflatten(vector: np.ndarray, like: Params) -> Params:
 def pseudo_gradient(anchor: Params, trained: Params) -> np.ndarray:
     """g = θ − θᵢ as a flat float32 vector; SchemaMismatch if the models differ in layout."""
     trained.check_schema(anchor.schema, what="the trained model")
-    return flatten(anchor) - flatten(trained)
+    gradient: np.ndarray = flatten(anchor) - flatten(trained)
+    return gradient
 
 
 class NesterovOuter:

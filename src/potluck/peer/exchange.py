@@ -272,4 +272,5 @@ def _decode(header: Header, payload: bytes, length: int) -> np.ndarray:
         return dequantize(np.frombuffer(payload, np.uint8), lo, scale).astype(np.float32)
     if enc != "f32" or len(payload) != 4 * length:
         raise ResultRejected(f"a {enc!r} chunk of {len(payload)} bytes for a part of {length} values")
-    return np.frombuffer(payload, np.float32).copy()
+    values: np.ndarray = np.frombuffer(payload, np.float32).copy()
+    return values
