@@ -12,6 +12,8 @@ from kademlia.utils import digest
 from potluck.peer.dht import PeerDHT, RecordStorage, members_key, ready_key
 from potluck.peer.records import Trust, make_record
 
+pytest_plugins = ["peer_kit"]  # peer_tls, identities
+
 RUN = "run-dht"
 
 

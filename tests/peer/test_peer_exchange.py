@@ -13,6 +13,8 @@ from potluck.peer.allreduce import butterfly
 from potluck.peer.exchange import Exchange, Member
 from potluck.peer.lane import Lane
 
+pytest_plugins = ["peer_kit"]  # peer_tls, identities
+
 
 async def _peers(identities, n, *, quantize=False):
     prints = {i.peer_id: i.fingerprint for i in identities[:n]}

@@ -10,6 +10,8 @@ from potluck.peer.identity import issue_peer, load_identity
 from potluck.peer.records import MAX_TTL, RecordError, Trust, make_record, parse_record
 from potluck.transport.certs import init_ca
 
+pytest_plugins = ["peer_kit"]  # peer_tls, identities
+
 NOW = 1_800_000_000.0
 ADDR = ("127.0.0.1", 4000)
 

@@ -1,4 +1,4 @@
-"""Fixtures of the peer tests: a project CA with peer certificates, and identities."""
+"""Fixtures of the peer tests (a project CA with peer certificates, identities); test modules load them with pytest_plugins."""
 
 from __future__ import annotations
 
