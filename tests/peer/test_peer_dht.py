@@ -9,7 +9,7 @@ import time
 
 from kademlia.utils import digest
 
-from potluck.peer.dht import PeerDHT, RecordStorage, members_key, ready_key
+from potluck.peer.dht import PeerDHT, RecordStorage, members_key, members_keys, ready_key, ready_keys
 from potluck.peer.records import Trust, make_record
 
 pytest_plugins = ["peer_kit"]  # peer_tls, identities
@@ -50,19 +50,19 @@ def test_three_peers_find_each_other_from_one_bootstrap_and_the_dead_one_ages_ou
         await nodes[2].start("127.0.0.1", 0, [("127.0.0.1", port1)])  # any peer can bootstrap the next
         for i, node in enumerate(nodes):
             ident = identities[i]
-            node.keep_published(members_key(RUN), lambda ident=ident: make_record(
+            node.keep_published(members_key(RUN, ident.peer_id), lambda ident=ident: make_record(
                 ident, "member", RUN, ("127.0.0.1", 5000), step=0, now=time.time(), ttl=ttl), every=ttl / 3)
-        seen = await _until(lambda: nodes[0].read(members_key(RUN)), lambda r: len(r) == 3, 20.0)
+        seen = await _until(lambda: nodes[0].read(*members_keys(RUN)), lambda r: len(r) == 3, 20.0)
         assert [r.peer_id for r in seen] == ["peer-0", "peer-1", "peer-2"]
-        seen2 = await _until(lambda: nodes[2].read(members_key(RUN)), lambda r: len(r) == 3, 20.0)
+        seen2 = await _until(lambda: nodes[2].read(*members_keys(RUN)), lambda r: len(r) == 3, 20.0)
         assert len(seen2) == 3
-        await nodes[1].put(ready_key(RUN, 1), make_record(identities[1], "ready", RUN, ("127.0.0.1", 5000), step=1,
+        await nodes[1].put(ready_key(RUN, 1, "peer-1"), make_record(identities[1], "ready", RUN, ("127.0.0.1", 5000), step=1,
                                                           now=time.time(), ttl=ttl, weight=7))
-        ready = await _until(lambda: nodes[2].read(ready_key(RUN, 1)), lambda r: len(r) == 1, 20.0)
+        ready = await _until(lambda: nodes[2].read(*ready_keys(RUN, 1)), lambda r: len(r) == 1, 20.0)
         assert ready[0].weight == 7
         await nodes[2].stop()
         stopped = time.monotonic()
-        left = await _until(lambda: nodes[0].read(members_key(RUN)), lambda r: len(r) == 2, 20.0)
+        left = await _until(lambda: nodes[0].read(*members_keys(RUN)), lambda r: len(r) == 2, 20.0)
         gone_after = time.monotonic() - stopped
         for node in nodes[:2]:
             await node.stop()

@@ -11,10 +11,12 @@ keep its routing and crawling and change what a key holds (:class:`RecordStorage
   peer that stops re-publishing disappears from every copy by itself;
 - a record that does not parse, is not self-signed, or is stale is never stored.
 
-Two keys per run (``run`` is the run id every peer of a run is started with)::
+Two lists per run (``run`` is the run id every peer of a run is started with), each
+spread over :data:`SHARDS` keys, a peer's records going to shard crc32(peer id) mod 8
+(one key's bundle must fit one 8 KiB datagram of rpcudp)::
 
-    potluck/<run>/members          member records: id, lane address, certificate, key, step
-    potluck/<run>/ready/<step>     ready records: "I am due to average outer step <step>"
+    potluck/<run>/members/<shard>          member records: id, lane address, certificate, key, step
+    potluck/<run>/ready/<step>/<shard>     ready records: "I am due to average outer step <step>"
 
 A peer re-publishes its records every ``ttl / 3`` seconds while it lives
 (:meth:`PeerDHT.keep_published`). A read merges this node's copy with the copy found by
@@ -28,6 +30,7 @@ import contextlib
 import logging
 import socket
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -44,16 +47,30 @@ from potluck.peer.records import PeerRecord, RecordError, Trust, check_fresh, pa
 log = logging.getLogger(__name__)
 
 MAX_BUNDLE_BYTES = 7000  # rpcudp sends at most 8 KiB per call: the freshest records that fit are kept
+SHARDS = 8  # keys per list: a member record is ~1.3 KB, so a bundle holds 5 and a run ~8 × 5 peers
 Clock = Callable[[], float]
 T = TypeVar("T")
 
 
-def members_key(run: str) -> str:
-    return f"potluck/{run}/members"
+def shard(peer_id: str) -> int:
+    return zlib.crc32(peer_id.encode()) % SHARDS
 
 
-def ready_key(run: str, step: int) -> str:
-    return f"potluck/{run}/ready/{step}"
+def members_key(run: str, peer_id: str) -> str:
+    """The key a peer's member record lives under (its shard of the member list)."""
+    return f"potluck/{run}/members/{shard(peer_id)}"
+
+
+def members_keys(run: str) -> list[str]:
+    return [f"potluck/{run}/members/{i}" for i in range(SHARDS)]
+
+
+def ready_key(run: str, step: int, peer_id: str) -> str:
+    return f"potluck/{run}/ready/{step}/{shard(peer_id)}"
+
+
+def ready_keys(run: str, step: int) -> list[str]:
+    return [f"potluck/{run}/ready/{step}/{i}" for i in range(SHARDS)]
 
 
 def split_bundle(value: object) -> list[bytes]:
@@ -216,15 +233,19 @@ class PeerDHT:
 
         self._tasks.append(asyncio.ensure_future(loop()))
 
-    async def read(self, key: str) -> list[PeerRecord]:
-        """The admitted, live records under ``key``, one per peer (sorted by peer id)."""
+    async def read(self, *keys: str) -> list[PeerRecord]:
+        """The admitted, live records under ``keys`` (read concurrently), one per peer, by peer id."""
+        bundles = await asyncio.gather(*[self._read_one(key) for key in keys])
+        return self.admit([raw for found in bundles for bundle in found for raw in split_bundle(bundle)])
+
+    async def _read_one(self, key: str) -> list[object]:
         dkey = digest(key)
         bundles = [self.storage.get(dkey)]
         nearest = self.server.protocol.router.find_neighbors(Node(dkey))
         if nearest:
             crawl = ValueSpiderCrawl(self.server.protocol, Node(dkey), nearest, self.server.ksize, self.server.alpha)
             bundles.append(await self._bounded(crawl.find()))
-        return self.admit([raw for bundle in bundles for raw in split_bundle(bundle)])
+        return bundles
 
     def admit(self, raws: Sequence[bytes]) -> list[PeerRecord]:
         now, best = self.clock(), dict[str, PeerRecord]()

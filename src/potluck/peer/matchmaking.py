@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from potluck.core.errors import ConfigError
-from potluck.peer.dht import PeerDHT, members_key, ready_key
+from potluck.peer.dht import PeerDHT, members_keys, ready_key, ready_keys
 from potluck.peer.exchange import Member
 from potluck.peer.records import PeerRecord, certificate_fingerprint
 
@@ -83,7 +83,7 @@ class Directory:
 
 
 async def refresh(dht: PeerDHT, run: str, directory: Directory) -> None:
-    records = await dht.read(members_key(run))
+    records = await dht.read(*members_keys(run))
     directory.members = {r.peer_id: r for r in records}
 
 
@@ -107,10 +107,10 @@ async def find_group(dht: PeerDHT, run: str, me: str, step: int, *, ready_record
     until, published = time.monotonic() + deadline, -math.inf
     while True:
         if time.monotonic() - published > ttl / 3:
-            await dht.put(ready_key(run, step), ready_record())
+            await dht.put(ready_key(run, step, me), ready_record())
             published = time.monotonic()
         await refresh(dht, run, directory)
-        ready = {r.peer_id for r in await dht.read(ready_key(run, step))
+        ready = {r.peer_id for r in await dht.read(*ready_keys(run, step))
                  if r.step == step and r.peer_id in directory.members}
         expected = {p for p, r in directory.members.items() if r.step <= step}
         if expected <= ready or time.monotonic() >= until:

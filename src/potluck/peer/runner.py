@@ -171,7 +171,7 @@ class _Peer:
         cfg = self.cfg
         self.address = (cfg.host, await self.lane.start(cfg.host, cfg.port))
         dht_port = await self.dht.start(cfg.host, cfg.dht_port, cfg.bootstrap)
-        self.dht.keep_published(members_key(cfg.run_id), lambda: self._record("member"), cfg.ttl / 3)
+        self.dht.keep_published(members_key(cfg.run_id, cfg.peer_id), lambda: self._record("member"), cfg.ttl / 3)
         if cfg.port_file is not None:
             atomic_write(cfg.port_file, f"{self.address[1]} {dht_port}\n".encode())
         await rendezvous(self.dht, cfg.run_id, self.directory, cfg.wait_for_peers, cfg.deadline_ceiling)
@@ -195,7 +195,7 @@ class _Peer:
 
     async def outer_step(self, step: int) -> StepRecord:
         cfg, self.step = self.cfg, step
-        await self.dht.put(members_key(cfg.run_id), self._record("member"))
+        await self.dht.put(members_key(cfg.run_id, cfg.peer_id), self._record("member"))
         started = time.monotonic()
         seed = zlib.crc32(f"{cfg.seed}:{cfg.peer_id}:{step}".encode())
         out = await asyncio.to_thread(self.task.fit, self.anchor, self.train, {**cfg.fit, "epochs": cfg.inner_epochs},
