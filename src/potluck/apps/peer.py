@@ -86,6 +86,7 @@ def peer_command(settings: UpSettings, run_dir: Path, peer_id: str, bootstrap: s
            "--outer-steps", str(settings.outer_steps), "--inner-epochs", str(settings.inner_epochs),
            "--group-size", str(settings.group_size), "--seed", str(settings.seed), "--ttl", str(settings.ttl),
            "--wait-for-peers", str(settings.peers),
+           "--rendezvous-timeout", str(settings.start_timeout * settings.peers),
            "--port-file", str(run_dir / peer_id / "ports"), *settings.extra]
     if settings.quantize:
         cmd.append("--quantize")

@@ -68,7 +68,8 @@ def peer(
     deadline_floor: float = typer.Option(5.0, help="Shortest matchmaking / all-reduce deadline, seconds."),
     deadline_ceiling: float = typer.Option(60.0, help="Longest matchmaking / all-reduce deadline, seconds (used until speeds are measured)."),
     seed: int = typer.Option(0, help="Seed: the initial model (the same on every peer), shuffling, groups."),
-    wait_for_peers: int = typer.Option(1, help="Before the first outer step, wait (up to the deadline ceiling) until this many peers are listed."),
+    wait_for_peers: int = typer.Option(1, help="Before the first outer step, wait until this many peers are listed (or --rendezvous-timeout passes)."),
+    rendezvous_timeout: float = typer.Option(60.0, help="Longest wait, seconds, for --wait-for-peers."),
     fit: Optional[list[str]] = typer.Option(None, "--fit", "-F", metavar="KEY=VALUE", help="A local training setting (repeatable)."),
     port_file: Optional[Path] = typer.Option(None, help="Write 'LANE_PORT DHT_PORT' here once listening."),
 ) -> None:
@@ -86,7 +87,7 @@ def peer(
                          bootstrap=tuple(_address(b) for b in bootstrap or []), outer_steps=outer_steps,
                          inner_epochs=inner_epochs, outer_lr=outer_lr, outer_momentum=outer_momentum,
                          group_size=group_size, quantize=quantize, ttl=ttl, deadline_floor=deadline_floor,
-                         deadline_ceiling=deadline_ceiling, seed=seed, wait_for_peers=wait_for_peers, fit=parse_assignments(fit, "--fit"),
+                         deadline_ceiling=deadline_ceiling, seed=seed, wait_for_peers=wait_for_peers, rendezvous_timeout=rendezvous_timeout, fit=parse_assignments(fit, "--fit"),
                          port_file=port_file)
         on_sigterm()
         records = run_one(cfg, lambda r: out.result(_line(r.to_json())))

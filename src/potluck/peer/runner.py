@@ -72,6 +72,7 @@ class PeerConfig:
     deadline_ceiling: float = 60.0
     seed: int = 0
     wait_for_peers: int = 1
+    rendezvous_timeout: float = 60.0
     fit: dict[str, Scalar] = field(default_factory=dict)
     port_file: Path | None = None
 
@@ -174,7 +175,7 @@ class _Peer:
         self.dht.keep_published(members_key(cfg.run_id, cfg.peer_id), lambda: self._record("member"), cfg.ttl / 3)
         if cfg.port_file is not None:
             atomic_write(cfg.port_file, f"{self.address[1]} {dht_port}\n".encode())
-        await rendezvous(self.dht, cfg.run_id, self.directory, cfg.wait_for_peers, cfg.deadline_ceiling)
+        await rendezvous(self.dht, cfg.run_id, self.directory, cfg.wait_for_peers, cfg.rendezvous_timeout)
 
     async def stop(self) -> None:
         await self.dht.stop()
