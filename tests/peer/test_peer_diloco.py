@@ -60,3 +60,39 @@ def test_bad_settings_and_gradients_are_refused():
         NesterovOuter().step(_model([0.0], [0.0]), np.array([np.inf, 0], np.float32))
     with pytest.raises(SchemaMismatch):
         pseudo_gradient(_model([0.0], [0.0]), _model([0.0, 1.0], [0.0]))
+
+
+def test_members_with_different_anchors_leave_with_the_mean_anchor_velocity_and_step():
+    """[θ, v, g] averaged through the butterfly, then one outer step: numpy oracle, identical members."""
+    from potluck.peer.allreduce import butterfly, part_bounds
+    from potluck.peer.diloco import mixed_vector, split_mixed
+
+    lr, mu = 0.7, 0.9
+    rng = np.random.default_rng(1)
+    peers, weights, oracle = {}, {"a": 1.0, "b": 3.0, "c": 2.0}, {}
+    for name in weights:
+        anchor = _model(rng.normal(size=2), rng.normal(size=1))
+        outer = NesterovOuter(lr=lr, momentum=mu)
+        outer.step(anchor, rng.normal(size=3).astype(np.float32))  # some velocity of its own
+        g = rng.normal(size=3).astype(np.float32)
+        peers[name] = (anchor, outer, g)
+        oracle[name] = (flatten(anchor), outer.velocity.copy(), g)
+    w = np.array([weights[k] for k in sorted(weights)])
+    mean = [np.average(np.stack([oracle[k][i] for k in sorted(weights)]), axis=0, weights=w) for i in range(3)]
+    v = mu * mean[1] + mean[2]
+    expected = mean[0] - lr * (mean[2] + mu * v)
+
+    vectors = {k: mixed_vector(a, o.velocity, g) for k, (a, o, g) in peers.items()}
+    outcomes = butterfly(vectors, weights)
+    results = []
+    for name, (anchor, outer, _) in peers.items():
+        theta, velocity, g = split_mixed(outcomes[name].values, vectors[name], [])
+        outer.velocity = velocity
+        results.append(outer.step(unflatten(theta, anchor), g))
+        np.testing.assert_allclose(flatten(results[-1]), expected, rtol=1e-5, atol=1e-6)
+    assert len({r.digest for r in results}) == 1
+
+    lost = part_bounds(9, 3)[0]  # a lost first part: θ keeps own values there, g is zero
+    theta, velocity, g = split_mixed(np.zeros(9, np.float32), vectors["a"], [lost])
+    np.testing.assert_array_equal(theta, vectors["a"][:3])
+    assert not g.any()

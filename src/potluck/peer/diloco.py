@@ -10,6 +10,14 @@ optimizer is SGD with Nesterov momentum, as ``torch.optim.SGD(nesterov=True)``::
 with η = 0.7 and μ = 0.9 by default (the paper's values). ``v`` starts at zero. With
 μ = 0 and η = 1 the step is plain averaging of the peers' models (FedAvg).
 
+**Groups of differing anchors.** With groups smaller than the swarm, members may come
+with different anchors (they averaged in different groups last step). Then the group
+averages [θ, v, g] instead of g alone (:func:`mixed_vector`), so every member leaves
+with the group's mean anchor and velocity and applies the mean pseudo-gradient to it:
+the anchors mix across groups from step to step (as in Moshpit SGD) and a group's
+members leave identical. Equal anchors (one group, or a group that averaged together
+last step) cost only g.
+
 Only floating arrays take part; integer arrays (counters) keep the anchor's value, so
 every peer of a group ends with the same model. The vectors are float32 in model order
 (:func:`flatten`), the layout the all-reduce splits into parts.
@@ -18,7 +26,7 @@ every peer of a group ends with the same model. The vectors are float32 in model
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -61,6 +69,26 @@ def pseudo_gradient(anchor: Params, trained: Params) -> np.ndarray:
     trained.check_schema(anchor.schema, what="the trained model")
     gradient: np.ndarray = flatten(anchor) - flatten(trained)
     return gradient
+
+
+def mixed_vector(anchor: Params, velocity: np.ndarray | None, gradient: np.ndarray) -> np.ndarray:
+    """[θ, v, g] as one float32 vector (v = 0 before the first outer step)."""
+    x = flatten(anchor)
+    v = np.zeros_like(x) if velocity is None else velocity.astype(np.float32)
+    return np.concatenate([x, v, gradient.astype(np.float32)])
+
+
+def split_mixed(values: np.ndarray, own: np.ndarray,
+                missing: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(θ̄, v̄, ḡ) from an averaged :func:`mixed_vector`. In ``missing`` slices (parts
+    nobody received, zero in ``values``) θ and v keep this member's own values from
+    ``own``, since a zero would wipe the model; g stays zero there."""
+    out, n = np.array(values, np.float32), values.shape[0] // 3
+    for start, stop in missing:
+        end = min(stop, 2 * n)
+        if start < end:
+            out[start:end] = own[start:end]
+    return out[:n], out[n:2 * n], out[2 * n:]
 
 
 class NesterovOuter:

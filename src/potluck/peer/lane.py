@@ -115,10 +115,10 @@ class Lane:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             caller = _peer_of(writer)
-            header, payload = await read_frame(reader, self.max_payload, self.timeout)
             try:
+                header, payload = await read_frame(reader, self.max_payload, self.timeout)
                 reply = await self.handler(caller, header, payload)
-            except PotluckError as exc:
+            except PotluckError as exc:  # refused (too large, malformed, by the handler): say why
                 reply = ({"ok": False, "error": str(exc)}, b"")
             await write_frame(writer, reply[0], reply[1], self.timeout)
         except (PotluckError, OSError, ssl.SSLError) as exc:

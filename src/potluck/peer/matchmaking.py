@@ -101,22 +101,23 @@ async def rendezvous(dht: PeerDHT, run: str, directory: Directory, peers: int, d
 
 async def find_group(dht: PeerDHT, run: str, me: str, step: int, *, ready_record: Callable[[], bytes],
                      directory: Directory, deadline: float, group_size: int, seed: int, ttl: float,
-                     poll: float = 0.25) -> list[Member]:
-    """This peer's group for ``step`` (see the module docstring); ``ready_record()`` signs
-    a fresh ready record, re-published every ``ttl / 3`` seconds while waiting."""
+                     poll: float = 0.25) -> tuple[list[Member], dict[str, str]]:
+    """This peer's group for ``step`` (see the module docstring) and each member's anchor
+    digest, from its ready record; ``ready_record()`` signs a fresh ready record,
+    re-published every ``ttl / 3`` seconds while waiting."""
     until, published = time.monotonic() + deadline, -math.inf
     while True:
         if time.monotonic() - published > ttl / 3:
             await dht.put(ready_key(run, step, me), ready_record())
             published = time.monotonic()
         await refresh(dht, run, directory)
-        ready = {r.peer_id for r in await dht.read(*ready_keys(run, step))
+        ready = {r.peer_id: r.anchor for r in await dht.read(*ready_keys(run, step))
                  if r.step == step and r.peer_id in directory.members}
         expected = {p for p, r in directory.members.items() if r.step <= step}
-        if expected <= ready or time.monotonic() >= until:
+        if expected <= set(ready) or time.monotonic() >= until:
             break
         await asyncio.sleep(poll)
     if me not in ready:  # our own records are always in our own storage; only a clock jump gets here
-        return [directory.member(me)] if me in directory.members else []
+        return ([directory.member(me)] if me in directory.members else []), {}
     mine = next(g for g in form_groups(sorted(ready), group_size, seed, step) if me in g)
-    return [directory.member(p) for p in mine]
+    return [directory.member(p) for p in mine], {p: ready[p] for p in mine}

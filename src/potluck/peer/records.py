@@ -3,7 +3,7 @@
 A record is compact JSON, at most :data:`MAX_RECORD_BYTES`::
 
     {"body": {"v": 1, "kind": "member" | "ready", "run": RUN, "peer": ID,
-              "addr": [HOST, LANE_PORT], "step": S, "weight": W,
+              "addr": [HOST, LANE_PORT], "step": S, "weight": W, "anchor": MODEL_SHA256_HEX,
               "issued": UNIX_SECONDS, "expires": UNIX_SECONDS,
               "key": ED25519_PUBLIC_HEX, "cert": CERT_DER_BASE64 (member only)},
      "sig": ED25519_SIGNATURE_HEX, "tls_sig": ECDSA_SIGNATURE_BASE64 (member only)}
@@ -65,6 +65,7 @@ class PeerRecord:
     port: int
     step: int
     weight: float
+    anchor: str
     issued: float
     expires: float
     public_key: bytes
@@ -77,7 +78,7 @@ class PeerRecord:
 
 
 def make_record(identity: PeerIdentity, kind: str, run: str, address: tuple[str, int], *, step: int,
-                now: float, ttl: float, weight: float = 0.0) -> bytes:
+                now: float, ttl: float, weight: float = 0.0, anchor: str = "") -> bytes:
     """Sign a fresh record; ``ttl`` seconds in (0, MAX_TTL]."""
     if kind not in KINDS:
         raise RecordError("malformed", f"unknown record kind {kind!r}")
@@ -85,6 +86,7 @@ def make_record(identity: PeerIdentity, kind: str, run: str, address: tuple[str,
         raise RecordError("malformed", f"record ttl must be in (0, {MAX_TTL}] seconds, got {ttl}")
     body: dict[str, Any] = {"v": 1, "kind": kind, "run": run, "peer": identity.peer_id,
                             "addr": [address[0], int(address[1])], "step": int(step), "weight": float(weight),
+                            "anchor": anchor[:64],
                             "issued": round(now, 3), "expires": round(now + ttl, 3), "key": identity.public_key.hex()}
     if kind == "member":
         der = x509.load_pem_x509_certificate(identity.tls.cert).public_bytes(serialization.Encoding.DER)
@@ -110,7 +112,7 @@ def parse_record(raw: bytes) -> PeerRecord:
         record = PeerRecord(
             kind=_pick(body["kind"], str), run=_pick(body["run"], str), peer_id=_pick(body["peer"], str),
             host=_pick(body["addr"][0], str), port=_pick(body["addr"][1], int), step=_pick(body["step"], int),
-            weight=float(body["weight"]), issued=float(body["issued"]), expires=float(body["expires"]),
+            weight=float(body["weight"]), anchor=_pick(body.get("anchor", ""), str), issued=float(body["issued"]), expires=float(body["expires"]),
             public_key=bytes.fromhex(body["key"]),
             cert_der=base64.b64decode(body["cert"], validate=True) if "cert" in body else b"", raw=bytes(raw))
         signature = bytes.fromhex(envelope["sig"])

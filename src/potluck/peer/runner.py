@@ -32,9 +32,10 @@ import numpy as np
 from potluck.core.errors import ConfigError, DataError
 from potluck.core.files import atomic_write
 from potluck.core.messages import Scalar
+from potluck.peer.allreduce import part_bounds
 from potluck.peer.dht import PeerDHT, members_key
-from potluck.peer.diloco import NesterovOuter, pseudo_gradient
-from potluck.peer.exchange import Exchange
+from potluck.peer.diloco import NesterovOuter, mixed_vector, pseudo_gradient, split_mixed, unflatten
+from potluck.peer.exchange import Exchange, Member
 from potluck.peer.identity import load_identity
 from potluck.peer.lane import Lane
 from potluck.peer.matchmaking import Deadlines, Directory, find_group, rendezvous
@@ -158,7 +159,7 @@ class _Peer:
         self.directory = Directory({})
         self.dht = PeerDHT(Trust(self.identity.tls.ca, cfg.run_id))
         self.exchange = Exchange(cfg.peer_id, self.directory.fingerprint_of, quantize=cfg.quantize)
-        self.lane = Lane(self.identity, self.exchange.handle, max_payload=16 + 4 * self.anchor.num_values)
+        self.lane = Lane(self.identity, self.exchange.handle, max_payload=16 + 12 * self.anchor.num_values)  # a mixed [θ, v, g] part
         self.exchange.lane = self.lane
         self.deadlines = Deadlines(floor=cfg.deadline_floor, ceiling=cfg.deadline_ceiling, ttl=cfg.ttl)
         self.step = self.start_step + 1
@@ -166,7 +167,7 @@ class _Peer:
 
     def _record(self, kind: str, weight: float = 0.0) -> bytes:
         return make_record(self.identity, kind, self.cfg.run_id, self.address, step=self.step, now=time.time(),
-                           ttl=self.cfg.ttl, weight=weight)
+                           ttl=self.cfg.ttl, weight=weight, anchor=self.anchor.digest)
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -188,6 +189,20 @@ class _Peer:
         self._commit(record)
         return record
 
+    async def _average(self, step: int, group: list[Member], mixed: bool, gradient: np.ndarray, weight: float,
+                       deadline: float) -> tuple[np.ndarray, int]:
+        """The group's mean pseudo-gradient and the count of lost parts. When the members'
+        anchors differ, [θ, v, g] is averaged and this peer adopts θ̄ and v̄ (diloco.py)."""
+        vector = mixed_vector(self.anchor, self.outer.velocity, gradient) if mixed else gradient
+        outcome = await self.exchange.allreduce(step, group, vector, weight, deadline=deadline, seed=self.cfg.seed,
+                                                anchor="mixed" if mixed else self.anchor.digest)
+        if not mixed:
+            return outcome.values, len(outcome.missing_parts)
+        bounds = part_bounds(vector.shape[0], len(group))
+        theta, velocity, mean = split_mixed(outcome.values, vector, [bounds[i] for i in outcome.missing_parts])
+        self.anchor, self.outer.velocity = unflatten(theta, self.anchor), velocity
+        return mean, len(outcome.missing_parts)
+
     def _commit(self, record: StepRecord) -> None:
         self.rundir.commit(record.step, self.anchor, self.outer.state(), record.to_json())
         log.info("peer %s step %d: loss %.4f, group %s", record.peer, record.step, record.loss, ",".join(record.group))
@@ -206,15 +221,15 @@ class _Peer:
         gradient = pseudo_gradient(self.anchor, out.params)
         weight = float(out.num_examples)
         matchmaking_deadline, allreduce_deadline = self.deadlines.matchmaking(), self.deadlines.allreduce()
-        group = await find_group(self.dht, cfg.run_id, cfg.peer_id, step, ready_record=lambda: self._record("ready", weight),
-                                 directory=self.directory, deadline=matchmaking_deadline,
-                                 group_size=cfg.group_size, seed=cfg.seed, ttl=cfg.ttl)
+        group, anchors = await find_group(self.dht, cfg.run_id, cfg.peer_id, step,
+                                          ready_record=lambda: self._record("ready", weight),
+                                          directory=self.directory, deadline=matchmaking_deadline,
+                                          group_size=cfg.group_size, seed=cfg.seed, ttl=cfg.ttl)
         reduce_started = time.monotonic()
         values, missing = gradient, 0
         if len(group) >= 2:
-            outcome = await self.exchange.allreduce(step, group, gradient, weight, anchor=self.anchor.digest,
-                                                    deadline=allreduce_deadline, seed=cfg.seed)
-            values, missing = outcome.values, len(outcome.missing_parts)
+            values, missing = await self._average(step, group, len(set(anchors.values())) > 1, gradient, weight,
+                                                  allreduce_deadline)
             self.deadlines.observe_allreduce(time.monotonic() - reduce_started)
         reduce_seconds = time.monotonic() - reduce_started
         self.anchor = self.outer.step(self.anchor, values)
