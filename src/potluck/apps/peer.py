@@ -31,9 +31,11 @@ import numpy as np
 
 from potluck.core.errors import ConfigError, PotluckError, TransportError
 from potluck.peer.identity import issue_peer
-from potluck.peer.runner import PeerConfig, StepRecord, run_peer
+from potluck.peer.runner import PeerConfig, StepRecord, run_peer, split_holdout
+from potluck.peer.simulation import SimSettings, SimStep, simulate_peers
 from potluck.tasks.builtin import resolve_task
 from potluck.tasks.data.partition import iid
+from potluck.tasks.protocol import DataInfo
 from potluck.transport.certs import init_ca
 
 POTLUCK = [sys.executable, "-m", "potluck.cli"]
@@ -185,6 +187,18 @@ def run_up(settings: UpSettings, run_dir: Path,
     if failed:
         raise PotluckError(f"{failed[0]} exited with code {peers.procs[failed[0]].returncode}: {peers.tail(failed[0])}")
     return lines
+
+
+def run_simulation(task_name: str, data_path: Path | None, peers: int, settings: SimSettings,
+                   on_step: Callable[[SimStep], None] | None = None) -> list[SimStep]:
+    """``peer simulate``: ``peers`` virtual peers on an IID split of the task's data, in this process."""
+    if not 2 <= peers <= 10_000:
+        raise ConfigError(f"--peers must be in 2-10000, got {peers}")
+    task = resolve_task(task_name)
+    data = task.load_data(data_path)
+    splits = [split_holdout(data.subset(part), settings.seed) for part in iid(len(data), peers, settings.seed)]
+    initial = task.build(DataInfo.from_dataset(data), settings.seed)
+    return simulate_peers(task, splits, initial, settings, on_step)
 
 
 def _metrics(path: Path) -> list[dict[str, object]]:

@@ -133,3 +133,28 @@ def cert(
         from potluck.peer.identity import issue_peer
 
         out.result(f"wrote {issue_peer(tls_dir, peer_id)}")
+
+
+@app.command("simulate", help="Many virtual peers in this process: the same grouping, all-reduce and outer step, for research.")
+def simulate(
+    peers: int = typer.Option(16, help="Virtual peers."),
+    outer_steps: int = typer.Option(5, "--outer-steps", "--rounds", help="Outer steps."),
+    task: str = typer.Option("digits", help="Built-in task or module:attribute."),
+    data_path: Optional[Path] = typer.Option(None, help="Data to split over the peers (default: the task's bundled data)."),
+    inner_epochs: int = typer.Option(1, help="H: local epochs per outer step."),
+    group_size: int = typer.Option(4, help="Largest averaging group."),
+    outer_lr: float = typer.Option(0.7, help="Outer (Nesterov) learning rate."),
+    outer_momentum: float = typer.Option(0.9, help="Outer Nesterov momentum."),
+    drop: float = typer.Option(0.0, help="Probability that a peer crashes mid-reduction in a step (it rejoins the next)."),
+    seed: int = typer.Option(0, help="Seed of the split, the model, the groups and the crashes."),
+) -> None:
+    out = CommandOutput("potluck.cli.peer")
+    with failures_as_exit_codes(out.error):
+        from potluck.apps.peer import run_simulation
+        from potluck.peer.simulation import SimSettings
+
+        settings = SimSettings(outer_steps=outer_steps, inner_epochs=inner_epochs, group_size=group_size,
+                               outer_lr=outer_lr, outer_momentum=outer_momentum, drop=drop, seed=seed)
+        run_simulation(task, data_path, peers, settings, lambda r: out.result(
+            f"step {r.step:>3}  mean loss {r.mean_loss:.4f}  groups {len(r.groups)}  crashed {len(r.dropped)}  "
+            f"lost parts {r.lost_parts}  distinct models {r.distinct_models}"))
