@@ -69,3 +69,16 @@ def _wait_for_step(peers: Peers, step: int, timeout: float) -> None:
         assert all(p.poll() is None for p in peers.procs.values()), "a peer exited early"
         time.sleep(0.2)
     raise AssertionError(f"the peers did not reach step {step} within {timeout} s")
+
+
+def test_peer_up_prints_every_peers_loss_per_step(tmp_path):
+    from typer.testing import CliRunner
+
+    from potluck.cli.main import app
+
+    result = CliRunner().invoke(app, ["peer", "up", "--peers", "3", "--rounds", "2", "--run-dir", str(tmp_path / "up")])
+    assert result.exit_code == 0, result.output
+    for peer_id in ("peer-000", "peer-001", "peer-002"):
+        for step in (0, 1, 2):
+            assert any(line.startswith(f"{peer_id}  step {step:>3}  loss ") for line in result.output.splitlines())
+    assert "3 peers finished with the same model" in result.output

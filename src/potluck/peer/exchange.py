@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,7 +80,7 @@ class Exchange:
         self.me, self.fingerprint_of, self.quantize = me, fingerprint_of, quantize
         self.lane: Lane | None = None
         self._sessions: dict[tuple[int, str], _Session] = {}
-        self.refused: list[str] = []
+        self.refused: deque[str] = deque(maxlen=100)  # the latest refusals, for logs and tests
 
     def _session(self, step: int, digest: str) -> _Session:
         key = (step, digest)
