@@ -24,3 +24,5 @@ def test_bad_options_are_refused_with_the_reason(tmp_path):
     no_cert = runner.invoke(app, ["peer", "--peer-id", "a", "--tls-dir", str(tmp_path), "--run-dir", str(tmp_path / "r")])
     assert no_cert.exit_code == 1 and "potluck peer cert a" in no_cert.output
     assert runner.invoke(app, ["peer", "up", "--peers", "0"]).exit_code == 2
+    wildcard = runner.invoke(app, ["peer", "--peer-id", "a", "--host", "0.0.0.0", "--tls-dir", str(tmp_path)])
+    assert wildcard.exit_code == 2 and "--advertise" in wildcard.output

@@ -55,7 +55,8 @@ def peer(
     bootstrap: Optional[list[str]] = typer.Option(None, metavar="HOST:PORT", help="DHT address of any running peer (repeatable); none: start a new swarm."),
     run_id: str = typer.Option("potluck", help="Names the swarm: peers only see records of the same run id."),
     run_dir: Optional[Path] = typer.Option(None, help="This peer's run directory; resumed if it holds a committed step.  [default: runs/peer-ID]"),
-    host: str = typer.Option("127.0.0.1", help="Address to listen on and to publish (others dial it)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (lane and DHT)."),
+    advertise: Optional[str] = typer.Option(None, help="Address to publish for others to dial.  [default: --host]"),
     port: int = typer.Option(0, min=0, max=65535, help="Lane (mutual TLS) port; 0: any free port."),
     dht_port: int = typer.Option(0, min=0, max=65535, help="DHT (UDP) port; 0: any free port."),
     outer_steps: int = typer.Option(10, help="Outer steps to run (DiLoCo rounds)."),
@@ -83,7 +84,7 @@ def peer(
         from potluck.peer.runner import PeerConfig
 
         cfg = PeerConfig(peer_id=peer_id, tls_dir=tls_dir, run_dir=run_dir or Path("runs") / f"peer-{peer_id}",
-                         run_id=run_id, task=task, data_path=data_path, host=host, port=port, dht_port=dht_port,
+                         run_id=run_id, task=task, data_path=data_path, host=host, advertise=advertise, port=port, dht_port=dht_port,
                          bootstrap=tuple(_address(b) for b in bootstrap or []), outer_steps=outer_steps,
                          inner_epochs=inner_epochs, outer_lr=outer_lr, outer_momentum=outer_momentum,
                          group_size=group_size, quantize=quantize, ttl=ttl, deadline_floor=deadline_floor,

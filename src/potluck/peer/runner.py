@@ -59,6 +59,7 @@ class PeerConfig:
     task: str = "digits"
     data_path: Path | None = None
     host: str = "127.0.0.1"
+    advertise: str | None = None
     port: int = 0
     dht_port: int = 0
     bootstrap: tuple[tuple[str, int], ...] = ()
@@ -81,6 +82,8 @@ class PeerConfig:
         for name in ("outer_steps", "inner_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if (self.advertise or self.host) in ("0.0.0.0", "::", ""):
+            raise ConfigError(f"--host {self.host} listens everywhere; pass --advertise with the address others dial")
         if self.wait_for_peers < 1:
             raise ConfigError(f"--wait-for-peers must be at least 1, got {self.wait_for_peers}")
         if self.group_size < 2:
@@ -171,7 +174,7 @@ class _Peer:
 
     async def start(self) -> None:
         cfg = self.cfg
-        self.address = (cfg.host, await self.lane.start(cfg.host, cfg.port))
+        self.address = (cfg.advertise or cfg.host, await self.lane.start(cfg.host, cfg.port))
         dht_port = await self.dht.start(cfg.host, cfg.dht_port, cfg.bootstrap)
         self.dht.keep_published(members_key(cfg.run_id, cfg.peer_id), lambda: self._record("member"), cfg.ttl / 3)
         if cfg.port_file is not None:
