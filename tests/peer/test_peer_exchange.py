@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from potluck.core.errors import AccessDenied, ResultRejected
-from potluck.peer.allreduce import butterfly
+from potluck.peer.allreduce import butterfly, group_digest
 from potluck.peer.exchange import Exchange, Member
 from potluck.peer.lane import Lane
 
@@ -151,3 +151,29 @@ def test_a_part_that_reached_only_some_members_is_repaired_from_them(identities)
         assert out.complete
         np.testing.assert_allclose(out.values, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(outcomes[0].values, outcomes[1].values)
+
+
+def test_malformed_and_non_finite_requests_are_refused_with_the_reason(identities):
+    async def main():
+        exchanges, lanes, members = await _peers(identities, 2)
+        exchanges[0]._join(7, ("peer-0", "peer-1"), 4, "a")  # joined: requests are checked on arrival
+        digest = group_digest(7, ["peer-0", "peer-1"])
+        base = {"step": 7, "group": digest}
+        try:
+            with pytest.raises(ResultRejected, match="NaN"):
+                await lanes[1].call(members[0].address, "peer-0", members[0].fingerprint,
+                                    {**base, "op": "gather", "part": 1, "weight": 1.0},
+                                    np.array([np.nan, 0], np.float32).tobytes())
+            with pytest.raises(ResultRejected, match="malformed"):
+                await lanes[1].call(members[0].address, "peer-0", members[0].fingerprint,
+                                    {**base, "op": "reduce", "part": 0, "weight": "heavy", "anchor": "a"},
+                                    np.zeros(2, np.float32).tobytes())
+            with pytest.raises(ResultRejected, match="trained from model"):
+                await lanes[1].call(members[0].address, "peer-0", members[0].fingerprint,
+                                    {**base, "op": "reduce", "part": 0, "weight": 1.0, "anchor": "b"},
+                                    np.zeros(2, np.float32).tobytes())
+        finally:
+            for lane in lanes:
+                await lane.stop()
+
+    asyncio.run(main())

@@ -105,8 +105,11 @@ class Exchange:
             if len(session.pending) >= 64:
                 raise ResultRejected(f"too many early requests for step {step}")
             session.pending.append((caller.peer_id, header, payload))
-        else:
+            return {"ok": True}, b""
+        try:
             self._accept(session, caller.peer_id, header, payload)
+        except (TypeError, ValueError, KeyError) as exc:  # a header field of the wrong type
+            raise ResultRejected(f"malformed {op} from {caller.peer_id!r}: {exc}") from None
         return {"ok": True}, b""
 
     def _serve_parts(self, step: int, digest: str, wanted: object) -> tuple[Header, bytes]:
@@ -136,6 +139,8 @@ class Exchange:
         else:
             if sender != session.members[part]:
                 raise ResultRejected(f"{sender!r} does not own part {part}")
+            if not np.isfinite(values).all() or not weight > 0:
+                raise ResultRejected(f"reduced part {part} from {sender!r} holds NaN/Inf or a weight ≤ 0")
             contributors = tuple(str(c) for c in header.get("contributors", ()))
             values.setflags(write=False)
             session.parts[part] = ReducedPart(part, values, weight, contributors)
@@ -183,7 +188,7 @@ class Exchange:
         for sender, header, payload in session.pending:
             try:
                 self._accept(session, sender, header, payload)
-            except PotluckError as exc:
+            except (PotluckError, TypeError, ValueError, KeyError) as exc:
                 self.refused.append(str(exc))
         session.pending.clear()
         return session
