@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import zlib
 from collections.abc import Callable
@@ -114,7 +115,9 @@ class StepRecord:
     model_digest: str
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.__dict__, "group": list(self.group)}
+        """A JSON-ready dict; NaN (no training at step 0) becomes null, which JSON has."""
+        out = {**self.__dict__, "group": list(self.group)}
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in out.items()}
 
 
 def split_holdout(data: Dataset, seed: int, fraction: float = 0.2) -> tuple[Dataset, Dataset]:
