@@ -177,3 +177,22 @@ def test_malformed_and_non_finite_requests_are_refused_with_the_reason(identitie
                 await lane.stop()
 
     asyncio.run(main())
+
+
+def test_members_that_saw_different_groups_settle_on_identical_views(identities):
+    """peer-0 and peer-1 saw {0, 1}; peer-2 saw {0, 1, 2} (a late record): 0 and 1 average
+    together, peer-2 goes alone, nobody waits past the budget."""
+    async def main():
+        exchanges, lanes, members = await _peers(identities, 3)
+        views = [members[:2], members[:2], members]
+        started = time.monotonic()
+        try:
+            agreed = await asyncio.gather(*[ex.agree(5, view, 3.0) for ex, view in zip(exchanges, views)])
+            return [[m.peer_id for m in group] for group in agreed], time.monotonic() - started
+        finally:
+            for lane in lanes:
+                await lane.stop()
+
+    agreed, took = asyncio.run(main())
+    assert agreed == [["peer-0", "peer-1"], ["peer-0", "peer-1"], ["peer-2"]]
+    assert took < 3.0 + 2.0

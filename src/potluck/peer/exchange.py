@@ -27,6 +27,7 @@ is zero on every member (``allreduce.py``). Nothing waits past D.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -80,6 +81,8 @@ class Exchange:
         self.me, self.fingerprint_of, self.quantize = me, fingerprint_of, quantize
         self.lane: Lane | None = None
         self._sessions: dict[tuple[int, str], _Session] = {}
+        self._views: dict[int, dict[str, tuple[str, ...]]] = {}
+        self._view_arrived = asyncio.Event()
         self.refused: deque[str] = deque(maxlen=100)  # the latest refusals, for logs and tests
 
     def _session(self, step: int, digest: str) -> _Session:
@@ -96,6 +99,8 @@ class Exchange:
         if self.fingerprint_of(caller.peer_id) != caller.fingerprint:
             raise ResultRejected(f"{caller.peer_id!r} has no live member record with this certificate")
         op, step, digest = header.get("op"), header.get("step"), header.get("group")
+        if op == "view" and isinstance(step, int) and isinstance(header.get("members"), list):
+            return self._store_view(caller.peer_id, step, header["members"])
         if op not in ("reduce", "gather", "parts?") or not isinstance(step, int) or not isinstance(digest, str):
             raise ResultRejected(f"malformed request from {caller.peer_id!r}: op {op!r}")
         if op == "parts?":
@@ -111,6 +116,34 @@ class Exchange:
         except (TypeError, ValueError, KeyError) as exc:  # a header field of the wrong type
             raise ResultRejected(f"malformed {op} from {caller.peer_id!r}: {exc}") from None
         return {"ok": True}, b""
+
+    def _store_view(self, sender: str, step: int, members: list[object]) -> tuple[Header, bytes]:
+        views = self._views.setdefault(step, {})
+        while len(self._views) > MAX_SESSIONS:
+            del self._views[min(self._views)]
+        if len(views) < 256:
+            views[sender] = tuple(sorted(str(m) for m in members))
+            self._view_arrived.set()
+        return {"ok": True}, b""
+
+    async def agree(self, step: int, members: Sequence[Member], budget: float) -> list[Member]:
+        """Settle the group before averaging: send this peer's view (the member ids) to
+        every member of it, and keep the members whose view arrived within ``budget``
+        seconds and equals this one. Members with identical views so form the same
+        group; one that saw another set averages with those that saw the same, or alone."""
+        mine = tuple(sorted(m.peer_id for m in members))
+        if len(mine) < 2:
+            return list(members)
+        until = time.monotonic() + budget
+        header: Header = {"op": "view", "step": step, "members": list(mine)}
+        sends = [asyncio.ensure_future(self._call(m, header, b"", until)) for m in members if m.peer_id != self.me]
+        views = self._views.setdefault(step, {})
+        while any(p not in views for p in mine if p != self.me) and time.monotonic() < until:
+            self._view_arrived.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._view_arrived.wait(), until - time.monotonic())
+        await asyncio.gather(*sends, return_exceptions=True)
+        return [m for m in members if m.peer_id == self.me or views.get(m.peer_id) == mine]
 
     def _serve_parts(self, step: int, digest: str, wanted: object) -> tuple[Header, bytes]:
         session = self._sessions.get((step, digest))

@@ -196,18 +196,21 @@ class _Peer:
         return record
 
     async def _average(self, step: int, group: list[Member], mixed: bool, gradient: np.ndarray, weight: float,
-                       deadline: float) -> tuple[np.ndarray, int]:
-        """The group's mean pseudo-gradient and the count of lost parts. When the members'
-        anchors differ, [θ, v, g] is averaged and this peer adopts θ̄ and v̄ (diloco.py)."""
+                       deadline: float) -> tuple[np.ndarray, int, list[Member]]:
+        """The group's mean pseudo-gradient, the count of lost parts and the group as agreed
+        (a fifth of the deadline settles it, exchange.agree). When the members' anchors
+        differ, [θ, v, g] is averaged and this peer adopts θ̄ and v̄ (diloco.py)."""
+        group = await self.exchange.agree(step, group, 0.2 * deadline)
+        deadline *= 0.8
         vector = mixed_vector(self.anchor, self.outer.velocity, gradient) if mixed else gradient
         outcome = await self.exchange.allreduce(step, group, vector, weight, deadline=deadline, seed=self.cfg.seed,
                                                 anchor="mixed" if mixed else self.anchor.digest)
         if not mixed:
-            return outcome.values, len(outcome.missing_parts)
+            return outcome.values, len(outcome.missing_parts), group
         bounds = part_bounds(vector.shape[0], len(group))
         theta, velocity, mean = split_mixed(outcome.values, vector, [bounds[i] for i in outcome.missing_parts])
         self.anchor, self.outer.velocity = unflatten(theta, self.anchor), velocity
-        return mean, len(outcome.missing_parts)
+        return mean, len(outcome.missing_parts), group
 
     def _commit(self, record: StepRecord) -> None:
         self.rundir.commit(record.step, self.anchor, self.outer.state(), record.to_json())
@@ -234,7 +237,7 @@ class _Peer:
         reduce_started = time.monotonic()
         values, missing = gradient, 0
         if len(group) >= 2:
-            values, missing = await self._average(step, group, len(set(anchors.values())) > 1, gradient, weight,
+            values, missing, group = await self._average(step, group, len(set(anchors.values())) > 1, gradient, weight,
                                                   allreduce_deadline)
             self.deadlines.observe_allreduce(time.monotonic() - reduce_started)
         reduce_seconds = time.monotonic() - reduce_started
