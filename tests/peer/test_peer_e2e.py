@@ -1,0 +1,84 @@
+"""End to end: peer processes on 127.0.0.1 over the real kademlia DHT and the mTLS lane."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from potluck.apps.peer import Peers, UpSettings, follow, prepare, run_up, start_peers
+from potluck.peer.rundir import PeerRunDir
+
+pytestmark = pytest.mark.slow
+
+DHT_SLACK = 3 * 5.0 + 2.0  # a matchmaking poll may end one DHT round trip (≤ 3 × 5 s) after its deadline
+
+
+def test_three_peers_train_digits_to_one_model(tmp_path):
+    lines = run_up(UpSettings(peers=3, outer_steps=3, seed=1), tmp_path / "swarm")
+    assert sorted(lines) == ["peer-000", "peer-001", "peer-002"]
+    finals = {records[-1]["model_digest"] for records in lines.values()}
+    assert len(finals) == 1, "every peer ends with the same model"
+    final = finals.pop()
+    for peer_id, records in lines.items():
+        assert [r["step"] for r in records] == [0, 1, 2, 3]
+        assert records[-1]["loss"] < records[0]["loss"] * 0.8, f"{peer_id} did not learn: {records}"
+        assert all(len(r["group"]) == 3 and r["missing_parts"] == 0 for r in records[1:])
+        assert all(r["allreduce_seconds"] <= r["allreduce_deadline"] + 1.0 for r in records[1:])
+        committed = PeerRunDir(tmp_path / "swarm" / peer_id, "swarm", peer_id).resume()
+        assert committed is not None and (committed.step, committed.anchor.digest) == (3, final)
+
+
+def test_killing_a_peer_mid_run_leaves_the_others_going_within_their_deadlines(tmp_path):
+    run_dir = tmp_path / "swarm"
+    settings = UpSettings(peers=3, outer_steps=6, seed=2, ttl=4.0, extra=("--deadline-floor", "3"))
+    run_dir.mkdir()
+    peers = start_peers(settings, run_dir, prepare(settings, run_dir))
+    try:
+        _wait_for_step(peers, 2, timeout=600)
+        peers.procs["peer-002"].kill()  # SIGKILL: no goodbye, its records just stop being renewed
+        peers.procs["peer-002"].wait()
+        lines = follow(peers)
+    finally:
+        peers.stop_all()
+    for peer_id in ("peer-000", "peer-001"):
+        assert peers.procs[peer_id].returncode == 0, peers.tail(peer_id)
+        records = lines[peer_id]
+        assert records[-1]["step"] == 6
+        assert records[-1]["loss"] < records[0]["loss"]
+        for r in records[1:]:
+            assert r["allreduce_seconds"] <= r["allreduce_deadline"] + 1.0, r
+            assert r["matchmaking_seconds"] <= r["matchmaking_deadline"] + DHT_SLACK, r
+        assert records[-1]["group"] == ["peer-000", "peer-001"], "the dead peer aged out of the groups"
+    assert lines["peer-000"][-1]["model_digest"] == lines["peer-001"][-1]["model_digest"]
+
+
+def _wait_for_step(peers: Peers, step: int, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        done = 0
+        for peer_id in peers.procs:
+            path = peers.run_dir / peer_id / "state.json"
+            try:
+                done += json.loads(path.read_text())["step"] >= step
+            except (OSError, ValueError):
+                pass
+        if done == len(peers.procs):
+            return
+        assert all(p.poll() is None for p in peers.procs.values()), "a peer exited early"
+        time.sleep(0.2)
+    raise AssertionError(f"the peers did not reach step {step} within {timeout} s")
+
+
+def test_peer_up_prints_every_peers_loss_per_step(tmp_path):
+    from typer.testing import CliRunner
+
+    from potluck.cli.main import app
+
+    result = CliRunner().invoke(app, ["peer", "up", "--peers", "3", "--rounds", "2", "--run-dir", str(tmp_path / "up")])
+    assert result.exit_code == 0, result.output
+    for peer_id in ("peer-000", "peer-001", "peer-002"):
+        for step in (0, 1, 2):
+            assert any(line.startswith(f"{peer_id}  step {step:>3}  loss ") for line in result.output.splitlines())
+    assert "3 peers finished with the same model" in result.output
