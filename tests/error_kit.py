@@ -28,6 +28,8 @@ def instances(cls: type[PotluckError]) -> list[PotluckError]:
     """One instance of ``cls`` (PayloadError: one per reason that codes differently)."""
     if issubclass(cls, NodeError):
         return [cls("node-a", "it stopped answering")]
+    if cls.__name__ == "RecordError":
+        return [cls("expired", "a record older than its lifetime")]  # type: ignore[call-arg]
     if cls.__name__ == "PayloadError":
         return [cls("oversize", "payload too big"), cls("digest", "payload does not match")]  # type: ignore[call-arg]
     return [cls(f"a {cls.__name__} for the test")]

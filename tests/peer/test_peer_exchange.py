@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from potluck.core.errors import AccessDenied, ResultRejected
+from potluck.core.errors import AccessDenied, PeerRefused
 from potluck.peer.allreduce import butterfly, group_digest
 from potluck.peer.exchange import Exchange, Member
 from potluck.peer.lane import Lane
@@ -112,7 +112,7 @@ def test_the_lane_refuses_an_impostor_and_strangers(identities):
                 await lanes[0].call(impostor.address, impostor.peer_id, impostor.fingerprint, {"op": "reduce"})
             stranger = Exchange("peer-3", lambda p: identities[3].fingerprint)
             lane3 = Lane(identities[3], stranger.handle)
-            with pytest.raises(ResultRejected, match="no live member record"):
+            with pytest.raises(PeerRefused, match="no live member record"):
                 await lane3.call(members[0].address, "peer-0", members[0].fingerprint,
                                  {"op": "reduce", "step": 1, "group": "x"})
         finally:
@@ -160,15 +160,15 @@ def test_malformed_and_non_finite_requests_are_refused_with_the_reason(identitie
         digest = group_digest(7, ["peer-0", "peer-1"])
         base = {"step": 7, "group": digest}
         try:
-            with pytest.raises(ResultRejected, match="NaN"):
+            with pytest.raises(PeerRefused, match="NaN"):
                 await lanes[1].call(members[0].address, "peer-0", members[0].fingerprint,
                                     {**base, "op": "gather", "part": 1, "weight": 1.0},
                                     np.array([np.nan, 0], np.float32).tobytes())
-            with pytest.raises(ResultRejected, match="malformed"):
+            with pytest.raises(PeerRefused, match="malformed"):
                 await lanes[1].call(members[0].address, "peer-0", members[0].fingerprint,
                                     {**base, "op": "reduce", "part": 0, "weight": "heavy", "anchor": "a"},
                                     np.zeros(2, np.float32).tobytes())
-            with pytest.raises(ResultRejected, match="trained from model"):
+            with pytest.raises(PeerRefused, match="trained from model"):
                 await lanes[1].call(members[0].address, "peer-0", members[0].fingerprint,
                                     {**base, "op": "reduce", "part": 0, "weight": 1.0, "anchor": "b"},
                                     np.zeros(2, np.float32).tobytes())

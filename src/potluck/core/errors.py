@@ -36,6 +36,10 @@ defined beside the code that raises them are drawn here too, with their module::
     ├── UnexpectedResult       a result the server does not wait for: another round,
     │                          another node's instruction, or after the deadline (its
     │                          content is never looked at; the node skips it, goes on)
+    ├── PeerRefused            a peer refused a request of the group all-reduce: not a
+    │                          member, malformed, too early (peer mode)
+    ├── RecordError            (peer.records) a DHT record was ignored: unknown key,
+    │                          expired, from the future, another run or CA
     ├── SignatureError         a signature does not verify, is missing, or was made with
     │                          another key than the one registered for its signer
     ├── LedgerError            a ledger entry does not verify (broken chain, signature,
@@ -157,3 +161,8 @@ class LedgerError(PotluckError):
 class TransportError(PotluckError):
     """The other side cannot be reached, the connection broke mid-call, or an address
     cannot be bound. A node answers it by backing off and rejoining."""
+
+
+class PeerRefused(PotluckError):
+    """A peer refused a request of the group all-reduce (peer mode): the caller is not a
+    member of the group, or sent a malformed or premature request."""

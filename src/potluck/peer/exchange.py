@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from potluck.core.errors import PotluckError, ResultRejected
+from potluck.core.errors import PeerRefused, PotluckError
 from potluck.peer.allreduce import AllReduceOutcome, PartReducer, ReducedPart, assemble, group_digest, part_bounds
 from potluck.peer.lane import Caller, Header, Lane
 from potluck.updates.quantize import check_range, dequantize, stochastic_codes
@@ -97,24 +97,24 @@ class Exchange:
 
     async def handle(self, caller: Caller, header: Header, payload: bytes) -> tuple[Header, bytes]:
         if self.fingerprint_of(caller.peer_id) != caller.fingerprint:
-            raise ResultRejected(f"{caller.peer_id!r} has no live member record with this certificate")
+            raise PeerRefused(f"{caller.peer_id!r} has no live member record with this certificate")
         op, step, digest = header.get("op"), header.get("step"), header.get("group")
         if op == "view" and isinstance(step, int) and isinstance(header.get("members"), list):
             return self._store_view(caller.peer_id, step, header["members"])
         if op not in ("reduce", "gather", "parts?") or not isinstance(step, int) or not isinstance(digest, str):
-            raise ResultRejected(f"malformed request from {caller.peer_id!r}: op {op!r}")
+            raise PeerRefused(f"malformed request from {caller.peer_id!r}: op {op!r}")
         if op == "parts?":
             return self._serve_parts(step, digest, header.get("parts"))
         session = self._session(step, digest)
         if not session.members:
             if len(session.pending) >= 64:
-                raise ResultRejected(f"too many early requests for step {step}")
+                raise PeerRefused(f"too many early requests for step {step}")
             session.pending.append((caller.peer_id, header, payload))
             return {"ok": True}, b""
         try:
             self._accept(session, caller.peer_id, header, payload)
         except (TypeError, ValueError, KeyError) as exc:  # a header field of the wrong type
-            raise ResultRejected(f"malformed {op} from {caller.peer_id!r}: {exc}") from None
+            raise PeerRefused(f"malformed {op} from {caller.peer_id!r}: {exc}") from None
         return {"ok": True}, b""
 
     def _store_view(self, sender: str, step: int, members: list[object]) -> tuple[Header, bytes]:
@@ -155,25 +155,25 @@ class Exchange:
 
     def _accept(self, session: _Session, sender: str, header: Header, payload: bytes) -> None:
         if sender not in session.members:
-            raise ResultRejected(f"{sender!r} is not a member of group {session.digest} (step {session.step})")
+            raise PeerRefused(f"{sender!r} is not a member of group {session.digest} (step {session.step})")
         part = header.get("part")
         if not isinstance(part, int) or not 0 <= part < len(session.members):
-            raise ResultRejected(f"{sender!r} sent part {part!r} of a group of {len(session.members)}")
+            raise PeerRefused(f"{sender!r} sent part {part!r} of a group of {len(session.members)}")
         start, stop = session.bounds[part]
         values = _decode(header, payload, stop - start)
         weight = float(header.get("weight", 0))
         if header["op"] == "reduce":
             if session.closed_reduce or session.reducer is None or part != session.reducer.part:
-                raise ResultRejected(f"chunk of part {part} from {sender!r} is late or not for {self.me!r}")
+                raise PeerRefused(f"chunk of part {part} from {sender!r} is late or not for {self.me!r}")
             if header.get("anchor") != session.anchor:
-                raise ResultRejected(f"{sender!r} trained from model {str(header.get('anchor'))[:12]}…, "
+                raise PeerRefused(f"{sender!r} trained from model {str(header.get('anchor'))[:12]}…, "
                                      f"this group's anchor is {session.anchor[:12]}…")
             session.reducer.add(sender, values, weight)
         else:
             if sender != session.members[part]:
-                raise ResultRejected(f"{sender!r} does not own part {part}")
+                raise PeerRefused(f"{sender!r} does not own part {part}")
             if not np.isfinite(values).all() or not weight > 0:
-                raise ResultRejected(f"reduced part {part} from {sender!r} holds NaN/Inf or a weight ≤ 0")
+                raise PeerRefused(f"reduced part {part} from {sender!r} holds NaN/Inf or a weight ≤ 0")
             contributors = tuple(str(c) for c in header.get("contributors", ()))
             values.setflags(write=False)
             session.parts[part] = ReducedPart(part, values, weight, contributors)
@@ -306,10 +306,10 @@ def _decode(header: Header, payload: bytes, length: int) -> np.ndarray:
     if enc == "q8":
         lo, scale = header.get("lo"), header.get("scale")
         if not isinstance(lo, float) or not isinstance(scale, float) or len(payload) != length:
-            raise ResultRejected(f"a q8 chunk of {len(payload)} bytes for a part of {length} values")
+            raise PeerRefused(f"a q8 chunk of {len(payload)} bytes for a part of {length} values")
         check_range(lo, scale, 8, np.dtype(np.float32), "chunk")
         return dequantize(np.frombuffer(payload, np.uint8), lo, scale).astype(np.float32)
     if enc != "f32" or len(payload) != 4 * length:
-        raise ResultRejected(f"a {enc!r} chunk of {len(payload)} bytes for a part of {length} values")
+        raise PeerRefused(f"a {enc!r} chunk of {len(payload)} bytes for a part of {length} values")
     values: np.ndarray = np.frombuffer(payload, np.float32).copy()
     return values

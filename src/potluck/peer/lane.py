@@ -12,7 +12,7 @@ Frame (integers big-endian), one request then one reply per connection::
 
 A header over 64 KiB or a payload over ``max_payload`` is refused before it is read.
 Every read and write has a deadline: a peer that stalls costs at most ``timeout``.
-A reply header ``{"ok": false, "error": TEXT}`` is raised to the caller as ResultRejected.
+A reply header ``{"ok": false, "error": TEXT}`` is raised to the caller as PeerRefused.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from potluck.core.errors import AccessDenied, PotluckError, ResultRejected, TransportError
+from potluck.core.errors import AccessDenied, PeerRefused, PotluckError, TransportError
 from potluck.peer.identity import PeerIdentity
-from potluck.transport.bulk import client_context, server_context
+from potluck.transport.bulk.wire import client_context, server_context
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class Lane:
 
         AccessDenied when the certificate there is not ``fingerprint``; TransportError
         when it cannot be reached or does not answer within ``timeout`` (whole call);
-        ResultRejected when it refuses the request.
+        PeerRefused when it refuses the request.
         """
         limit = self.timeout if timeout is None else timeout
         try:
@@ -160,7 +160,7 @@ class Lane:
             with contextlib.suppress(OSError, ssl.SSLError, asyncio.TimeoutError):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
         if reply.get("ok") is False:
-            raise ResultRejected(f"peer {peer_id} refused: {reply.get('error')}")
+            raise PeerRefused(f"peer {peer_id} refused: {reply.get('error')}")
         return reply, body
 
     async def stop(self) -> None:

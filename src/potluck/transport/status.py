@@ -58,6 +58,8 @@ STATUS: dict[str, grpc.StatusCode] = {
     "UnknownId": Code.NOT_FOUND,
     "SchemaMismatch": Code.FAILED_PRECONDITION,
     "UnexpectedResult": Code.ABORTED,
+    "PeerRefused": Code.INTERNAL,  # peers speak their own lane, not gRPC
+    "RecordError": Code.INTERNAL,
     "ParamsError": Code.INVALID_ARGUMENT,
     "NonFiniteError": Code.INVALID_ARGUMENT,
     "WireError": Code.INVALID_ARGUMENT,
