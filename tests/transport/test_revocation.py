@@ -27,7 +27,7 @@ from potluck.cli.main import app
 from potluck.core.errors import AccessDenied, ConfigError
 from potluck.core.messages import FitInstruction, FitResult
 from potluck.core.params import Params, ParamsKind
-from potluck.ledger.signing import StaleCertificate, derived_key, public_bytes, sign_update
+from potluck.ledger.signing import NodeKeys, StaleCertificate, derived_key, public_bytes, sign_update
 from potluck.transport.certs import CRL_NAME, PemBundle, init_ca, issue_node, issue_server, load_pem_bundle
 from potluck.transport.fleet_messages import IncomingResult, JoinInfo
 from potluck.transport.revocation import (
@@ -272,3 +272,22 @@ def test_a_bundle_without_a_crl_path_checks_nothing(root):
         join(client(root, f"127.0.0.1:{port}", "a"), "a")  # no CRL given: the caller chose to check none
     finally:
         server.stop(0)
+
+
+def test_the_registered_certificate_survives_a_restart_of_the_server(root, tmp_path):
+    registry = tmp_path / "node-keys.json"
+    older = stamp_of(pem(root, "a"))
+    issue_node(root / "tls", "a")
+    newer = stamp_of(pem(root, "a"))
+    first, second = public_bytes(derived_key(0, "1")), public_bytes(derived_key(0, "2"))
+    NodeKeys(registry).register("a", first, newer)
+    NodeKeys(registry).register("a", first, older)  # the same key with an older certificate: the newer stays on record
+    restarted = NodeKeys(registry)
+    assert restarted.certificate_of("a") == newer
+    with pytest.raises(StaleCertificate, match="a new key needs a certificate issued after the registered one"):
+        restarted.register("a", second, older)
+    with pytest.raises(AccessDenied, match="a new key needs a new certificate"):
+        restarted.register("a", second, newer)
+    issue_node(root / "tls", "a")
+    restarted.register("a", second, stamp_of(pem(root, "a")))
+    assert NodeKeys(registry).key_of("a") == second
