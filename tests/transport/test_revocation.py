@@ -93,6 +93,10 @@ def test_revoke_writes_a_crl_signed_by_the_ca_and_is_idempotent(root):
     assert {r.serial_number for r in crl} == {serial(root, "a"), serial(root, "b")}
     assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 2
     assert crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    shown = certs("show", "--tls-dir", tls)
+    assert shown.exit_code == 0 and shown.output.count("(REVOKED: on crl.pem)") == 2
+    issue_node(root / "tls", "a")  # a's new certificate is not revoked
+    assert certs("show", "--tls-dir", tls).output.count("(REVOKED: on crl.pem)") == 1
 
 
 def test_revoking_an_unknown_node_or_a_foreign_certificate_says_why(root):

@@ -128,7 +128,7 @@ def revoke(
 
 @app.command("show", help="""Show certificates: subject, issuer, SHA-256 fingerprint, validity, SANs.
 
-Without paths, shows every .crt in --tls-dir and its nodes/ folder.
+Without paths, shows every .crt in --tls-dir and its nodes/ folder. Certificates on --tls-dir's crl.pem are marked REVOKED.
 
 Example:
 
@@ -142,20 +142,23 @@ def show(
         files = paths or certs.find_certificates(tls_dir)
         if not files:
             raise certs.CertificateError(f"no certificates in {tls_dir}: run `potluck certs init --tls-dir {tls_dir}` first")
+        revoked = revocation.revoked_serials(tls_dir) if (tls_dir / "ca.crt").is_file() else frozenset()
         for i, path in enumerate(files):
             if i:
                 typer.echo("")
             typer.echo(str(path))
-            _print_info(certs.describe(path))
+            _print_info(certs.describe(path), revoked)
 
 
-def _print_info(info: certs.CertInfo) -> None:
+def _print_info(info: certs.CertInfo, revoked: frozenset[int] = frozenset()) -> None:
     now = datetime.now(timezone.utc)
     state = " (EXPIRED)" if now > info.not_after else " (not yet valid)" if now < info.not_before else ""
+    state += " (REVOKED: on crl.pem)" if info.serial in revoked and not info.is_ca else ""
     rows = [
         ("subject", info.subject),
         ("issuer", info.issuer),
         ("sha256", info.fingerprint),
+        ("serial", f"{info.serial:x}"),
         ("not before", f"{info.not_before:%Y-%m-%d %H:%M:%S} UTC"),
         ("not after", f"{info.not_after:%Y-%m-%d %H:%M:%S} UTC{state}"),
         ("SANs", ", ".join(info.sans) or "-"),

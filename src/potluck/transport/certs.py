@@ -69,6 +69,7 @@ class CertInfo:
     not_after: datetime
     sans: tuple[str, ...]
     is_ca: bool
+    serial: int = 0
 
 
 def init_ca(tls_dir: Path, *, name: str = "potluck project CA", days: int = 3650, force: bool = False) -> CertInfo:
@@ -355,6 +356,7 @@ def _info(cert: x509.Certificate, path: Path) -> CertInfo:
         path=path, subject=cert.subject.rfc4514_string(), issuer=cert.issuer.rfc4514_string(),
         fingerprint=cert.fingerprint(hashes.SHA256()).hex(":").upper(),
         not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc, sans=sans, is_ca=_is_ca(cert),
+        serial=cert.serial_number,
     )
 
 

@@ -141,6 +141,15 @@ def read_crl(path: Path, ca: x509.Certificate) -> x509.CertificateRevocationList
     return crl
 
 
+def revoked_serials(tls_dir: Path) -> frozenset[int]:
+    """The serials ``tls_dir/crl.pem`` lists (none without the file); CertificateError if it does not verify."""
+    path = tls_dir / CRL_NAME
+    if not path.exists():
+        return frozenset()
+    ca = _certificate(read_file(tls_dir / "ca.crt"), str(tls_dir / "ca.crt"))
+    return frozenset(r.serial_number for r in read_crl(path, ca))
+
+
 class Revocations:
     """The revocation list a server checks peers against, re-read when its file changes.
 
