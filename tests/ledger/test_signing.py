@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from datetime import datetime, timedelta, timezone
 
 import blake3
 import numpy as np
@@ -21,6 +22,7 @@ from potluck.ledger.signing import (
     update_statement,
     verify,
 )
+from potluck.transport.revocation import CertificateStamp
 
 UPDATE = Params.from_arrays({"w": np.ones(3, np.float32)}, ParamsKind.DELTA)
 
@@ -72,11 +74,13 @@ def test_simulated_keys_follow_from_the_seed():
 def test_the_registry_refuses_a_new_key_unless_the_certificate_is_new_too(tmp_path):
     keys = NodeKeys(tmp_path / "node-keys.json")
     first, second = public_bytes(derived_key(0, "1")), public_bytes(derived_key(0, "2"))
-    keys.register("a", first, "cert-1")
-    keys.register("a", first, "cert-2")  # a renewed certificate, same key: fine
+    day = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    cert = [CertificateStamp(day + timedelta(days=i), i, f"cert-{i}") for i in range(4)]
+    keys.register("a", first, cert[1])
+    keys.register("a", first, cert[2])  # a renewed certificate, same key: fine
     with pytest.raises(AccessDenied, match=r"registered signing key .* a new key needs a new certificate"):
-        keys.register("a", second, "cert-2")
-    keys.register("a", second, "cert-3")  # re-issued by the CA: the key may change with it
+        keys.register("a", second, cert[2])
+    keys.register("a", second, cert[3])  # re-issued by the CA: the key may change with it
     assert NodeKeys(tmp_path / "node-keys.json").key_of("a") == second  # kept across restarts
     plain = NodeKeys()
     plain.register("b", first)

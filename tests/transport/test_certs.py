@@ -19,7 +19,7 @@ import pytest
 from cryptography import x509
 
 from potluck.core.errors import ConfigError
-from potluck.transport import certs, tls_files
+from potluck.transport import certs, revocation, tls_files
 from potluck.transport.certs import CertificateError
 
 NOW = datetime.now(timezone.utc)
@@ -269,6 +269,33 @@ def test_openssl_agrees(tls: Path, other_ca: Path) -> None:
     fingerprint = subprocess.run([OPENSSL, "x509", "-noout", "-fingerprint", "-sha256", "-in", str(tls / "ca.crt")],
                                  capture_output=True, text=True, timeout=TIMEOUT).stdout
     assert fingerprint.strip().endswith(certs.describe(tls / "ca.crt").fingerprint)
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="openssl is not on PATH")
+def test_openssl_agrees_on_the_revocation_list(tls: Path) -> None:
+    revocation.revoke_node(tls, "node-1")
+    certs.issue_node(tls, "node-2")
+
+    def verify(node: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([OPENSSL, "verify", "-crl_check", "-CAfile", str(tls / "ca.crt"), "-CRLfile",
+                               str(tls / certs.CRL_NAME), str(tls / "nodes" / f"{node}.crt")],
+                              capture_output=True, text=True, timeout=TIMEOUT)
+
+    revoked = verify("node-1")
+    assert revoked.returncode != 0 and "certificate revoked" in revoked.stdout + revoked.stderr
+    assert verify("node-2").returncode == 0
+
+
+def test_serials_grow_in_the_order_of_issue(tls: Path) -> None:
+    stamps = []
+    for _ in range(3):
+        info = certs.issue_node(tls, "node-1")
+        stamps.append(revocation.stamp_of(info.path.read_bytes()))
+    serials = [s.serial for s in stamps]
+    assert serials == sorted(serials) and len(set(serials)) == 3 and all(0 < s < 2**159 for s in serials)  # 20 octets
+    assert stamps == sorted(stamps)  # a certificate issued later is newer, even within one second
+    backdated = revocation.stamp_of(node_window(tls, "node-1", -timedelta(days=2), timedelta(days=1)))
+    assert backdated < stamps[0]  # an earlier validity start orders first, whatever its serial
 
 
 def handshake(tls: Path, client_dir: Path, node_id: str, server_hostname: str = "127.0.0.1") -> tuple[object, object]:

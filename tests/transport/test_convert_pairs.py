@@ -5,6 +5,7 @@ naming the message, never protobuf's ValueError or TypeError."""
 from __future__ import annotations
 
 import math
+from datetime import datetime, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -23,6 +24,7 @@ from potluck.transport.fleet_messages import (
     ProofInfo,
     Welcome,
 )
+from potluck.transport.revocation import CertificateStamp
 from potluck.transport.v1 import fleet_pb2 as pb
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True)
@@ -47,7 +49,8 @@ def test_join(info):
     request = convert.join_to_proto(info)
     assert request.protocol == PROTOCOL
     assert trip(request, convert.join_from_proto) == info
-    assert trip(request, lambda r: convert.join_from_proto(r, "ab" * 32)).certificate_sha256 == "ab" * 32
+    stamp = CertificateStamp(datetime(2026, 1, 1, tzinfo=timezone.utc), 7, "ab" * 32)
+    assert trip(request, lambda r: convert.join_from_proto(r, stamp)).certificate == stamp
 
 
 @FUZZ

@@ -31,6 +31,7 @@ from potluck.tasks.builtin import resolve_task
 from potluck.tasks.data.dataset import Dataset
 from potluck.tasks.protocol import DataInfo, Task
 from potluck.transport.certs import load_pem_bundle
+from potluck.transport.revocation import reload_on_sighup
 from potluck.transport.server import ServerOptions, start_server
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ def run_server(
     set_process_log_fields(run_id=pool.run_id, round=lambda: pool.current_round)  # gRPC threads: the round under way
     monitor = run.monitor(pool.run_id, pool)
     server, port = _serve(config, monitor.handler if monitor else pool, pool)
+    restore_sighup = reload_on_sighup(server.revocations)  # SIGHUP: re-read tls/crl.pem
     completed = False
     try:
         if monitor is not None:
@@ -84,6 +86,7 @@ def run_server(
         if completed:  # only then: an interrupted server's nodes must wait for it to return
             pool.close(linger=2 * config.heartbeat_seconds)
         server.stop(grace=2.0).wait(5.0)
+        restore_sighup()
         if monitor is not None:  # last, and once the final round was scraped
             monitor.close(wait_for_final_scrape=completed)
         set_process_log_fields(round=None)  # the run id stays: later lines are still about this run

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from potluck.cli.common import failures_as_exit_codes
-from potluck.transport import certs
+from potluck.transport import certs, revocation
 
 HELP = """Make the TLS material for a deployment: a project CA, a server certificate, one per node.
 
@@ -24,6 +24,8 @@ Example:
   potluck certs issue node hospital-a
 
   potluck certs show
+
+  potluck certs revoke hospital-b
 """
 
 app = typer.Typer(help=HELP, no_args_is_help=True)
@@ -98,9 +100,35 @@ def issue_node(
         _print_info(info)
 
 
+@app.command("revoke", help="""Revoke a node's certificate: add it to crl.pem, signed by the project CA.
+
+A running server re-reads crl.pem when it changes (and on SIGHUP) and refuses every later call of that certificate, on gRPC and on the bulk lane. Revokes nodes/NODE_ID.crt, or the file --cert names (e.g. a copy of an older certificate). To let the node back in, issue it a new certificate.
+
+Example:
+
+  potluck certs revoke hospital-b
+
+  potluck certs issue node hospital-b
+""")
+def revoke(
+    node_id: str = typer.Argument(..., metavar="NODE_ID", help="The node whose certificate to revoke."),
+    cert: Optional[Path] = typer.Option(None, "--cert", metavar="PATH",
+                                        help="The certificate to revoke (default: nodes/NODE_ID.crt)."),
+    tls_dir: Path = _tls_dir(),
+) -> None:
+    with failures_as_exit_codes(_err):
+        done = revocation.revoke_node(tls_dir, node_id, cert_path=cert)
+        what = "was already revoked" if done.already else "revoked"
+        typer.echo(f"node {node_id}: certificate serial {done.serial:x} {what}; {done.crl_path} lists {done.listed}")
+        if not done.already:
+            typer.echo("running servers refuse it from their next call (they re-read the file when it changes, "
+                       "and on SIGHUP)")
+        typer.echo(f"next: potluck certs issue node {node_id} --tls-dir {tls_dir}  (a new certificate for the node)")
+
+
 @app.command("show", help="""Show certificates: subject, issuer, SHA-256 fingerprint, validity, SANs.
 
-Without paths, shows every .crt in --tls-dir and its nodes/ folder.
+Without paths, shows every .crt in --tls-dir and its nodes/ folder. Certificates on --tls-dir's crl.pem are marked REVOKED.
 
 Example:
 
@@ -114,20 +142,23 @@ def show(
         files = paths or certs.find_certificates(tls_dir)
         if not files:
             raise certs.CertificateError(f"no certificates in {tls_dir}: run `potluck certs init --tls-dir {tls_dir}` first")
+        revoked = revocation.revoked_serials(tls_dir) if (tls_dir / "ca.crt").is_file() else frozenset()
         for i, path in enumerate(files):
             if i:
                 typer.echo("")
             typer.echo(str(path))
-            _print_info(certs.describe(path))
+            _print_info(certs.describe(path), revoked)
 
 
-def _print_info(info: certs.CertInfo) -> None:
+def _print_info(info: certs.CertInfo, revoked: frozenset[int] = frozenset()) -> None:
     now = datetime.now(timezone.utc)
     state = " (EXPIRED)" if now > info.not_after else " (not yet valid)" if now < info.not_before else ""
+    state += " (REVOKED: on crl.pem)" if info.serial in revoked and not info.is_ca else ""
     rows = [
         ("subject", info.subject),
         ("issuer", info.issuer),
         ("sha256", info.fingerprint),
+        ("serial", f"{info.serial:x}"),
         ("not before", f"{info.not_before:%Y-%m-%d %H:%M:%S} UTC"),
         ("not after", f"{info.not_after:%Y-%m-%d %H:%M:%S} UTC{state}"),
         ("SANs", ", ".join(info.sans) or "-"),

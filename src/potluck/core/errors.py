@@ -30,6 +30,10 @@ defined beside the code that raises them are drawn here too, with their module::
     ├── BudgetExhausted        the next round would exceed a budget (e.g. privacy ε)
     ├── RunDirError            a run directory is missing, inconsistent or not writable
     ├── AccessDenied           a peer is not allowed: certificate identity, allow-list
+    │   ├── CertificateRevoked (transport.revocation) its certificate is on the project
+    │   │                      CA's revocation list (``potluck certs revoke``)
+    │   └── StaleCertificate   (ledger.signing) a new signing key came with a certificate
+    │                          no newer than the one the registered key came with
     ├── CertificateError       (transport.tls_files) TLS material is missing, unreadable, would
     │                          be overwritten, or does not verify
     ├── UnknownId              a run, session or instruction id is unknown (or expired)

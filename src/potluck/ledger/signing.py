@@ -3,7 +3,8 @@
 Every node and the server have an Ed25519 signing key, made on first start and kept in
 a PEM (PKCS#8) file of mode 0600 in a folder of mode 0700; a key file readable by
 others is refused. A node registers its public key when it joins; the server binds it
-to the node id its TLS certificate proves (:class:`NodeKeys`).
+to the node id its TLS certificate proves (:class:`NodeKeys`), and lets it change only
+with a newer certificate.
 
 What a node signs for each update (:func:`update_statement`), as compact JSON::
 
@@ -29,6 +30,8 @@ import logging
 import os
 import stat
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -40,6 +43,7 @@ from potluck.core.errors import AccessDenied, ConfigError, SignatureError
 from potluck.core.files import atomic_write, reason
 from potluck.core.messages import ConfigDict, UpdateSignature
 from potluck.core.params import Params
+from potluck.transport.revocation import CertificateStamp
 
 log = logging.getLogger(__name__)
 
@@ -147,15 +151,29 @@ def sign_update(key: SigningKey, run_id: str, rnd: int, update: Params, num_exam
 
 # -- the server's registry --------------------------------------------------------------
 
+class StaleCertificate(AccessDenied):
+    """A node presented a new signing key with a certificate no newer than the one its
+    registered key came with: an older (perhaps leaked) certificate cannot replace a key."""
+
+
+@dataclass(frozen=True)
+class _Registered:
+    key: bytes
+    certificate: CertificateStamp | None  # None: registered without TLS (--insecure)
+
+
 class NodeKeys:
     """Node id → the public key it registered, bound to its TLS certificate.
 
     The first join registers the node's key. A later join with the same key is fine
-    (a renewed certificate included). A different key is accepted only together with a
-    different certificate, i.e. one the CA's operator issued again for that node id
+    (a renewed certificate included; the newest certificate seen stays on record). A
+    different key is accepted only together with a *newer* certificate
+    (:class:`~potluck.transport.revocation.CertificateStamp`: later validity start,
+    then larger serial), i.e. one the CA's operator issued again for that node id
     (``potluck certs issue node ID``): that is the documented way to replace a lost or
-    leaked key, and the rotation is logged. A different key under the same certificate,
-    or without certificates (``--insecure``), is refused with :class:`AccessDenied`.
+    leaked key, and the rotation is logged. A different key under the same
+    certificate, or without certificates (``--insecure``), is refused with
+    :class:`AccessDenied`; under an older certificate with :class:`StaleCertificate`.
 
     ``path`` (JSON, written atomically) keeps the registry across server restarts;
     ``None`` keeps it in memory.
@@ -163,42 +181,73 @@ class NodeKeys:
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
-        self._keys: dict[str, dict[str, str]] = {}
+        self._keys: dict[str, _Registered] = {}
         if path is not None and path.exists():
             try:
                 raw = json.loads(path.read_text(encoding="utf-8"))
-                self._keys = {str(k): {"key": str(v["key"]), "certificate": str(v.get("certificate", ""))}
-                              for k, v in raw.items()}
+                self._keys = {str(k): _Registered(bytes.fromhex(v["key"]), _stamp_from_json(v)) for k, v in raw.items()}
             except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
                 raise ConfigError(f"{path} is not a node key registry: {exc}") from exc
 
     def key_of(self, node_id: str) -> bytes | None:
         entry = self._keys.get(node_id)
-        return bytes.fromhex(entry["key"]) if entry else None
+        return entry.key if entry else None
 
-    def register(self, node_id: str, public_key: bytes, certificate: str = "") -> None:
+    def certificate_of(self, node_id: str) -> CertificateStamp | None:
+        """The newest certificate ``node_id`` registered its key with (None: unknown, or no TLS)."""
+        entry = self._keys.get(node_id)
+        return entry.certificate if entry else None
+
+    def register(self, node_id: str, public_key: bytes, certificate: CertificateStamp | None = None) -> None:
         """Record ``node_id``'s key, or refuse a changed one (see the class docstring).
 
-        ``certificate`` is the SHA-256 of the node's TLS certificate ("" without TLS).
+        ``certificate`` is the stamp of the node's TLS certificate (None without TLS).
         """
         if len(public_key) != PUBLIC_KEY_BYTES:
             raise SignatureError(f"node {node_id!r} sent a signing key of {len(public_key)} bytes; "
                                  f"an Ed25519 public key has {PUBLIC_KEY_BYTES}")
         old = self._keys.get(node_id)
-        new = {"key": public_key.hex(), "certificate": certificate}
-        if old == new:
-            return
-        if old is not None and old["key"] != new["key"]:
-            if not certificate or certificate == old["certificate"]:
-                raise AccessDenied(
-                    f"node {node_id!r} registered signing key {old['key'][:16]}… before and now presents "
-                    f"{new['key'][:16]}…; a new key needs a new certificate for the node "
-                    f"(`potluck certs issue node {node_id}`)")
-            log.warning("node %s rotated its signing key %s… → %s… with a new certificate", node_id,
-                        old["key"][:16], new["key"][:16])
-        self._keys[node_id] = new
+        if old is not None and old.key != public_key:
+            _check_rotation(node_id, old, public_key, certificate)
+            log.warning("node %s rotated its signing key %s… → %s… with a newer certificate (%s)", node_id,
+                        old.key.hex()[:16], public_key.hex()[:16], certificate.describe() if certificate else "-")
+        elif old is not None and (certificate is None or (old.certificate is not None and certificate <= old.certificate)):
+            return  # the same key: the newest certificate seen stays on record
+        self._keys[node_id] = _Registered(public_key, certificate)
         if self.path is not None:
-            atomic_write(self.path, json.dumps(self._keys, indent=1, sort_keys=True).encode())
+            atomic_write(self.path, json.dumps({k: _entry_json(v) for k, v in self._keys.items()},
+                                               indent=1, sort_keys=True).encode())
 
     def snapshot(self) -> Mapping[str, bytes]:
-        return {k: bytes.fromhex(v["key"]) for k, v in self._keys.items()}
+        return {k: v.key for k, v in self._keys.items()}
+
+
+def _check_rotation(node_id: str, old: _Registered, key: bytes, certificate: CertificateStamp | None) -> None:
+    """Refuse ``node_id``'s new ``key`` unless ``certificate`` is newer than the registered one."""
+    was, now = old.key.hex()[:16], key.hex()[:16]
+    same = certificate is not None and old.certificate is not None and certificate.sha256 == old.certificate.sha256
+    if certificate is None or same:
+        raise AccessDenied(f"node {node_id!r} registered signing key {was}… before and now presents {now}…; "
+                           f"a new key needs a new certificate for the node (`potluck certs issue node {node_id}`)")
+    if old.certificate is not None and certificate <= old.certificate:
+        raise StaleCertificate(
+            f"node {node_id!r} registered signing key {was}… with its certificate ({old.certificate.describe()}) "
+            f"and now presents key {now}… with an older one ({certificate.describe()}): a new key needs a "
+            f"certificate issued after the registered one (`potluck certs issue node {node_id}`); if the older "
+            f"certificate leaked, revoke it (`potluck certs revoke {node_id} --cert FILE`)")
+
+
+def _entry_json(entry: _Registered) -> dict[str, str]:
+    out = {"key": entry.key.hex(), "certificate": ""}
+    if entry.certificate is not None:
+        c = entry.certificate
+        out.update(certificate=c.sha256, serial=f"{c.serial:x}", not_before=c.not_before.isoformat())
+    return out
+
+
+def _stamp_from_json(v: Mapping[str, str]) -> CertificateStamp | None:
+    """The stamp a registry entry keeps; one written before stamps were kept orders first."""
+    if not v.get("certificate"):
+        return None
+    not_before = datetime.fromisoformat(v["not_before"]) if v.get("not_before") else datetime.min.replace(tzinfo=timezone.utc)
+    return CertificateStamp(not_before, int(v.get("serial") or "0", 16), str(v["certificate"]))

@@ -5,11 +5,14 @@ A TLS directory (``potluck certs`` writes it, default ``./tls``)::
     tls/ca.crt  ca.key           the project CA; ca.key stays with whoever issues certs
     tls/server.crt  server.key   serverAuth; SANs name every host/IP nodes dial
     tls/nodes/<id>.crt  .key     clientAuth; CN = node id = the node's identity
+    tls/crl.pem                  revoked node certificates (``potluck certs revoke``, revocation.py)
 
 Every key is ECDSA P-256 (gRPC's BoringSSL handles it; Ed25519 certificates it does
 not reliably), stored as unencrypted PKCS#8 PEM with mode 0600; directories are made
 0700. Files are written atomically (temp file, fsync, rename), and a key file is
 created 0600 from the start, so it is never readable by others, even briefly.
+Serial numbers start with the time of issue in nanoseconds (then 64 random bits), so
+a later certificate has a larger serial (``revocation.CertificateStamp`` orders them).
 
 Example::
 
@@ -23,6 +26,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -44,6 +49,7 @@ NODE_ID_RULE = "1-64 characters of A-Z a-z 0-9 . _ -, not starting with '.' or '
 _NODE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 _CLOCK_SKEW = timedelta(minutes=5)  # certificates start this much in the past
+CRL_NAME = "crl.pem"  # in the TLS directory, beside ca.crt
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,7 @@ class CertInfo:
     not_after: datetime
     sans: tuple[str, ...]
     is_ca: bool
+    serial: int = 0
 
 
 def init_ca(tls_dir: Path, *, name: str = "potluck project CA", days: int = 3650, force: bool = False) -> CertInfo:
@@ -215,11 +222,13 @@ def tls_paths(tls_dir: Path, role: Role, node_id: str | None = None) -> tuple[Pa
 
 @dataclass(frozen=True)
 class PemBundle:
-    """The PEM bytes gRPC credentials take: root CA, own certificate chain, own private key."""
+    """The PEM bytes gRPC credentials take: root CA, own certificate chain, own private key;
+    and, for a server, the CRL file it checks peers against (``revocation.Revocations``)."""
 
     ca: bytes
     cert: bytes
     key: bytes
+    crl: Path | None = None
 
 
 def load_pem_bundle(tls_dir: Path, role: Role, node_id: str | None = None, *, now: datetime | None = None) -> PemBundle:
@@ -229,7 +238,8 @@ def load_pem_bundle(tls_dir: Path, role: Role, node_id: str | None = None, *, no
     ``ca.crt`` or is out of its validity window, or the key does not belong to it.
     """
     ca_path, crt_path, key_path = tls_paths(tls_dir, role, node_id)
-    bundle = PemBundle(read_file(ca_path), read_file(crt_path), read_file(key_path))
+    crl = tls_dir / CRL_NAME if role == "server" else None  # absent: nothing is revoked
+    bundle = PemBundle(read_file(ca_path), read_file(crt_path), read_file(key_path), crl)
     verify_chain(bundle.cert, bundle.ca, now=now)
     try:
         key = serialization.load_pem_private_key(bundle.key, password=None)
@@ -253,7 +263,7 @@ def _issue(
     For a node, *common_name* is the node id. Tests use this to make expired or
     not-yet-valid certificates.
     """
-    ca_cert, ca_key = _load_ca(tls_dir)
+    ca_cert, ca_key = load_ca(tls_dir)
     key = ec.generate_private_key(ec.SECP256R1())
     usage = ExtendedKeyUsageOID.SERVER_AUTH if role == "server" else ExtendedKeyUsageOID.CLIENT_AUTH
     ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -261,7 +271,7 @@ def _issue(
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca_cert.subject).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
+        .serial_number(time.time_ns() << 64 | secrets.randbits(64))  # ordered by issue, 64 random bits
         .not_valid_before(not_before).not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(cert_sign=False), critical=True)
@@ -279,7 +289,8 @@ def _issue(
     return _info(cert, crt_path)
 
 
-def _load_ca(tls_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def load_ca(tls_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The CA certificate and its private key (what signs certificates and the CRL)."""
     crt, key_path = tls_dir / "ca.crt", tls_dir / "ca.key"
     missing = [str(p) for p in (crt, key_path) if not p.is_file()]
     if missing:
@@ -345,6 +356,7 @@ def _info(cert: x509.Certificate, path: Path) -> CertInfo:
         path=path, subject=cert.subject.rfc4514_string(), issuer=cert.issuer.rfc4514_string(),
         fingerprint=cert.fingerprint(hashes.SHA256()).hex(":").upper(),
         not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc, sans=sans, is_ca=_is_ca(cert),
+        serial=cert.serial_number,
     )
 
 

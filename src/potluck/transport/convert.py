@@ -37,6 +37,7 @@ from potluck.transport.fleet_messages import (
     ProofInfo,
     Welcome,
 )
+from potluck.transport.revocation import CertificateStamp
 from potluck.transport.v1 import fleet_pb2 as pb
 
 M = TypeVar("M")
@@ -143,7 +144,7 @@ def build_message(cls: Callable[..., M], what: str, **fields: Any) -> M:
 
 
 def join_to_proto(info: JoinInfo) -> pb.JoinRequest:
-    """The node's join request; ``certificate_sha256`` is never sent (the server reads it)."""
+    """The node's join request; ``certificate`` is never sent (the server reads it)."""
     resources = build_message(pb.Resources, "join resources", cpus=info.cpus, memory_bytes=info.memory_bytes, gpus=info.gpus)
     return build_message(pb.JoinRequest, f"join of node {info.node_id[:40]!r}", node_id=info.node_id,
                   task_name=info.task_name, task_version=info.task_version, schema_digest=info.schema_digest,
@@ -151,13 +152,13 @@ def join_to_proto(info: JoinInfo) -> pb.JoinRequest:
                   signing_key=info.public_key)
 
 
-def join_from_proto(request: pb.JoinRequest, certificate_sha256: str = "") -> JoinInfo:
-    """``certificate_sha256``: of the certificate the node presented (the servicer's, never the node's word)."""
+def join_from_proto(request: pb.JoinRequest, certificate: CertificateStamp | None = None) -> JoinInfo:
+    """``certificate``: of the certificate the node presented (the servicer's, never the node's word)."""
     r = request.resources
     return JoinInfo(node_id=request.node_id, task_name=request.task_name, schema_digest=request.schema_digest,
                     num_examples=request.num_examples, task_version=request.task_version, cpus=r.cpus,
                     memory_bytes=r.memory_bytes, gpus=r.gpus, public_key=request.signing_key,
-                    certificate_sha256=certificate_sha256)
+                    certificate=certificate)
 
 
 def welcome_to_proto(w: Welcome, bulk_port: int = 0) -> pb.JoinReply:

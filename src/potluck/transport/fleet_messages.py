@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from potluck.core.messages import Scalar
+from potluck.transport.revocation import CertificateStamp
 
 PROTOCOL = "potluck.v1"
 InstructionKind = Literal["fit", "evaluate", "exchange"]
@@ -27,7 +28,7 @@ class JoinInfo:
     memory_bytes: int = 0
     gpus: int = 0
     public_key: bytes = b""  # raw Ed25519 key the node signs updates with
-    certificate_sha256: str = ""  # of the client certificate; set by the servicer, never by the node
+    certificate: CertificateStamp | None = None  # the client certificate's; set by the servicer, never by the node
 
 
 @dataclass(frozen=True)

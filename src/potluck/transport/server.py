@@ -4,7 +4,8 @@
 dataclasses to a :class:`~potluck.transport.fleet_messages.FleetHandler`, and ledger
 queries to a :class:`~potluck.transport.fleet_messages.LedgerHandler` when the server
 keeps a ledger. Under mutual TLS a node's identity is its certificate's common name,
-never what it claims.
+never what it claims, and a certificate the project CA revoked is refused at every
+call (``revocation.py``).
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from potluck.core.sections import TransportSection
 from potluck.transport import convert, frames
 from potluck.transport.addresses import split_address
 from potluck.transport.bulk import MIN_BULK_BYTES, BulkOptions, BulkServer
-from potluck.transport.certs import CertificateError, PemBundle, certificate_sha256
+from potluck.transport.certs import PemBundle
 from potluck.transport.chunks import PayloadError, Reassembly, split
 from potluck.transport.convert import WireError
 from potluck.transport.fleet_messages import PROTOCOL, FleetHandler, IncomingResult, LedgerHandler
+from potluck.transport.revocation import Revocations, stamp_of
 from potluck.transport.status import details_of, status_of
 from potluck.transport.v1 import fleet_pb2 as pb
 from potluck.transport.v1 import fleet_pb2_grpc as pb_grpc
@@ -78,15 +80,10 @@ def _peer(context: grpc.ServicerContext) -> str | None:
     return names[0].decode() if names else None
 
 
-def _peer_certificate(context: grpc.ServicerContext) -> str:
-    """SHA-256 of the client certificate ("" without TLS)."""
+def _peer_pem(context: grpc.ServicerContext) -> bytes | None:
+    """The client certificate (PEM), None without TLS."""
     pems = context.auth_context().get("x509_pem_cert")
-    if not pems:
-        return ""
-    try:
-        return certificate_sha256(pems[0])
-    except CertificateError:
-        return ""
+    return pems[0] if pems else None
 
 
 def _refusing(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -124,8 +121,9 @@ class FleetServicer(pb_grpc.FleetServicer):
     """The gRPC calls, and what the bulk lane asks of the server (``bulk.BulkHandler``)."""
 
     def __init__(self, handler: FleetHandler, options: ServerOptions, *, secure: bool,
-                 ledger: LedgerHandler | None = None) -> None:
+                 ledger: LedgerHandler | None = None, revocations: Revocations | None = None) -> None:
         self.handler, self.options, self.secure, self.ledger = handler, options, secure, ledger
+        self.revocations = revocations
         self.bulk_port = 0  # announced at join once the lane listens
 
     @property
@@ -150,6 +148,8 @@ class FleetServicer(pb_grpc.FleetServicer):
         peer = _peer(context)
         if self.secure and peer is None:
             raise AccessDenied("no client certificate: nodes must present one issued by the project CA")
+        if self.revocations is not None:
+            self.revocations.check_pem(_peer_pem(context), self.handler.count_refusal)
         return peer
 
     def check_parsed(self, message: object) -> None:
@@ -166,7 +166,8 @@ class FleetServicer(pb_grpc.FleetServicer):
         if peer is not None and request.node_id != peer:
             self.handler.count_refusal("identity")
             raise AccessDenied(f"node id {request.node_id!r} does not match its certificate ({peer!r})")
-        info = convert.join_from_proto(request, _peer_certificate(context) if peer else "")
+        pem = _peer_pem(context) if peer else None
+        info = convert.join_from_proto(request, stamp_of(pem) if pem else None)
         return convert.welcome_to_proto(self.handler.join(info, peer), self.bulk_port)
 
     @_refusing
@@ -287,8 +288,8 @@ def _handlers(servicer: FleetServicer) -> grpc.GenericRpcHandler:
 class FleetServer:
     """The gRPC server and, when it runs, the bulk lane beside it: stopped together."""
 
-    def __init__(self, server: grpc.Server, bulk: BulkServer | None) -> None:
-        self.grpc, self.bulk = server, bulk
+    def __init__(self, server: grpc.Server, bulk: BulkServer | None, revocations: Revocations | None = None) -> None:
+        self.grpc, self.bulk, self.revocations = server, bulk, revocations
 
     @property
     def bulk_port(self) -> int:
@@ -353,7 +354,8 @@ def _start_lane(servicer: FleetServicer, where: str, tls: PemBundle, options: Se
                 required: bool) -> BulkServer | None:
     """The bulk lane at ``where``; without one (a warning) if it cannot listen and is not ``required``."""
     try:
-        lane = BulkServer(servicer, where, tls, BulkOptions(handshake_timeout=options.handshake_timeout)).start()
+        lane = BulkServer(servicer, where, tls, BulkOptions(handshake_timeout=options.handshake_timeout),
+                          revocations=servicer.revocations).start()
     except TransportError as exc:
         if required:
             raise
@@ -372,12 +374,15 @@ def start_server(
     started server and the bound port. ``tls=None`` serves plaintext (--insecure).
     ``ledger`` answers the ledger calls (``None``: they are refused with LedgerError).
     ``bulk`` places the bulk lane (:func:`bulk_address_for`; never without TLS).
+    ``tls.crl`` (``tls_dir/crl.pem``), when set, lists revoked certificates: checked at
+    every call on both lanes (CertificateError at start if it does not verify).
     ConfigError for an address that is not HOST:PORT, TransportError for one that
     cannot be listened at."""
     options = options or ServerOptions()
     split_address(address, "bind address")
+    revocations = Revocations(tls.crl, tls.ca) if tls is not None and tls.crl is not None else None
     server = _grpc_server(options)
-    servicer = FleetServicer(handler, options, secure=tls is not None, ledger=ledger)
+    servicer = FleetServicer(handler, options, secure=tls is not None, ledger=ledger, revocations=revocations)
     server.add_generic_rpc_handlers((_handlers(servicer),))
     port = _bind(server, address, tls)
     where = bulk_address_for(address, port, bulk)
@@ -389,4 +394,4 @@ def start_server(
             server.stop(0)
             raise
     server.start()
-    return FleetServer(server, lane), port
+    return FleetServer(server, lane, revocations), port

@@ -52,6 +52,8 @@ Code = grpc.StatusCode
 # Every PotluckError by name. INTERNAL: the server's own failure, never a verdict on a call.
 STATUS: dict[str, grpc.StatusCode] = {
     "AccessDenied": Code.PERMISSION_DENIED,
+    "CertificateRevoked": Code.PERMISSION_DENIED,
+    "StaleCertificate": Code.PERMISSION_DENIED,
     "SignatureError": Code.UNAUTHENTICATED,
     "LedgerError": Code.DATA_LOSS,
     "LedgerMismatch": Code.DATA_LOSS,

@@ -112,7 +112,7 @@ class NodeRegistry:
                                      "signed updates (update the node)")
             return
         try:
-            self.keys.register(info.node_id, info.public_key, info.certificate_sha256)
+            self.keys.register(info.node_id, info.public_key, info.certificate)
         except AccessDenied:
             self.rejections.note("key_changed")
             raise

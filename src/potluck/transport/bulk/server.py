@@ -34,6 +34,7 @@ from potluck.transport.bulk.wire import (
 from potluck.transport.certs import PemBundle
 from potluck.transport.chunks import PayloadError
 from potluck.transport.convert import WireError
+from potluck.transport.revocation import CertificateRevoked, Revocations
 from potluck.transport.status import details_of
 from potluck.transport.v1 import fleet_pb2 as pb
 
@@ -67,10 +68,12 @@ class BulkOptions:
 
 
 class BulkServer:
-    """The lane's listener: a thread per connection, within the limits of ``options``."""
+    """The lane's listener: a thread per connection, within the limits of ``options``.
+    Every request of a peer whose certificate is in ``revocations`` is refused."""
 
-    def __init__(self, handler: BulkHandler, address: str, tls: PemBundle, options: BulkOptions | None = None) -> None:
-        self.handler, self.options = handler, options or BulkOptions()
+    def __init__(self, handler: BulkHandler, address: str, tls: PemBundle, options: BulkOptions | None = None,
+                 *, revocations: Revocations | None = None) -> None:
+        self.handler, self.options, self.revocations = handler, options or BulkOptions(), revocations
         self.context = server_context(tls)
         host, port = split_address(address, "bulk lane address")
         try:
@@ -153,7 +156,7 @@ class BulkServer:
             timer.start()
             with self.context.wrap_socket(conn, server_side=True) as tls:
                 timer.cancel()
-                peer = common_name(tls)
+                peer, der = common_name(tls), tls.getpeercert(binary_form=True) or b""
                 with self._lock:
                     self._open.discard(conn)
                     self._open.add(tls)
@@ -166,7 +169,7 @@ class BulkServer:
                 if peer is None or crowded:  # gRPC refuses a certificate without a common name too
                     self.handler.count_refusal("identity" if peer is None else "bulk_busy")
                     return
-                while not self._stopped and self._request(tls, peer):
+                while not self._stopped and self._request(tls, peer, der):
                     pass
         except (ssl.SSLError, OSError, EOFError, ValueError) as exc:  # ValueError: a socket shut by stop()
             log.debug("bulk connection closed: %s", exc)
@@ -186,8 +189,8 @@ class BulkServer:
                 self._threads.discard(threading.current_thread())
             conn.close()
 
-    def _request(self, tls: ssl.SSLSocket, peer: str) -> bool:
-        """Serve one request; False when the connection should close."""
+    def _request(self, tls: ssl.SSLSocket, peer: str, der: bytes) -> bool:
+        """Serve one request of the peer whose certificate is ``der``; False when the connection should close."""
         tls.settimeout(self.options.idle_timeout)
         head = bytearray(REQUEST.size)
         try:
@@ -201,6 +204,8 @@ class BulkServer:
         recv_exact(tls, memoryview(head)[first:], deadline)
         magic, op, header_len = REQUEST.unpack(head)
         try:
+            if self.revocations is not None:  # before anything more of the request is read
+                self.revocations.check_der(der, self.handler.count_refusal)
             if magic != MAGIC or op not in (GET, PUT) or header_len > self.options.max_header_bytes:
                 self.handler.count_refusal("bulk_malformed")
                 raise WireError(f"not a bulk-lane request (magic {bytes(magic)!r}, op {op!r}, header {header_len:,} bytes)")
@@ -215,7 +220,8 @@ class BulkServer:
             tls.sendall(REPLY.pack(ERROR, len(body)) + body)
             # Refused before its payload or after all of it, the stream is in step; a
             # malformed request, or a payload cut short, leaves it out of step: close.
-            return not isinstance(exc, WireError) and not (isinstance(exc, PayloadError) and exc.reason == "truncated")
+            return not isinstance(exc, (WireError, CertificateRevoked)) and \
+                not (isinstance(exc, PayloadError) and exc.reason == "truncated")
         self._count("put")  # before the reply: the node may act on it at once
         tls.sendall(REPLY.pack(OK, 1) + (b"\x01" if duplicate else b"\x00"))
         return True
