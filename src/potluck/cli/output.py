@@ -71,8 +71,8 @@ def round_figures(record: RoundRecord, sep: str = "  ") -> str:
 
 def best_text(records: list[RoundRecord]) -> str:
     """The best held-out primary metric of ``records`` in its direction, e.g.
-    ``best 11.2345 in round 7, lowest``; empty when no round has a number."""
+    ``11.2345 in round 7 (lower is better)``; empty when no round has a number."""
     best = best_record(records)
     if best is None:
         return ""
-    return f"best {best.primary:.4f} in round {best.round}, {'highest' if best.higher_is_better else 'lowest'}"
+    return f"{best.primary:.4f} in round {best.round} ({'higher' if best.higher_is_better else 'lower'} is better)"

@@ -98,8 +98,10 @@ def summary(records: list[RoundRecord], final: Params, run_dir: Path, seconds: f
     table.add_column(style="bold")
     table.add_column()
     table.add_row("rounds", f"{last.round}" + (f" (resumed after round {resumed_from})" if resumed_from else ""))
+    table.add_row(f"{last.metric} (held-out)", f"{last.primary:.4f}")
     best = best_text(records)
-    table.add_row(f"{last.metric} (held-out)", f"{last.primary:.4f}" + (f"  ({best})" if best else ""))
+    if best:
+        table.add_row(f"best {last.metric}", best)
     if last.metric != "loss":
         table.add_row("loss (held-out)", f"{last.loss:.4f}")
     if not math.isnan(last.federated_primary):
