@@ -22,7 +22,6 @@ updates' digests are computed beforehand, as the server has them anyway.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import tempfile
 import time
@@ -48,7 +47,7 @@ def timed(fn) -> float:
 
 
 def round_record(rnd: int, model: Params, contributions: tuple[Contribution, ...]) -> RoundRecord:
-    return RoundRecord(rnd, 0.9, 0.3, len(contributions), len(contributions), 0.1, model.digest,
+    return RoundRecord(rnd, len(contributions), len(contributions), 0.1, model.digest, metrics={"loss": 0.3},
                        provenance=RoundProvenance(settings_digest(SETTINGS), contributions))
 
 
@@ -83,7 +82,7 @@ def one_round(folder: Path, model: Params, start: RunStart, contributions: tuple
     with_ledger.attach_ledger(ledger)
     for run in (with_ledger, plain):
         run.create("")
-        run.commit(RoundRecord(0, math.nan, math.nan, 0, 0, 0.0, model.digest), model, {})
+        run.commit(RoundRecord(0, 0, 0, 0.0, model.digest), model, {})
     record = round_record(1, model, contributions)
     seal = timed(lambda: ledger.seal(record, model.digest, model.digest))
     extra = timed(lambda: with_ledger.commit(record, model, {})) - timed(lambda: plain.commit(record, model, {}))

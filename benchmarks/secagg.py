@@ -103,7 +103,7 @@ def simulate_seconds(rounds: int, **settings: object) -> tuple[float, float]:
     """Median seconds per round and the final accuracy of one ``potluck simulate`` run."""
     with tempfile.TemporaryDirectory() as tmp:
         result = run_simulation(SimulationConfig(rounds=rounds, run_dir=str(Path(tmp) / "r"), **settings))
-    return statistics.median(r.seconds for r in result.records), result.records[-1].accuracy
+    return statistics.median(r.seconds for r in result.records), result.records[-1].metrics["accuracy"]
 
 
 def main() -> None:

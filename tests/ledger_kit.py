@@ -4,7 +4,6 @@ contributions from derived keys, and a server that rewrites its history."""
 from __future__ import annotations
 
 import hashlib
-import math
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +51,7 @@ def record(rnd: int, nodes=("a", "b", "c"), absent=()) -> RoundRecord:
     failures: dict[str, int] = {}
     for _, why in absent:
         failures[why] = failures.get(why, 0) + 1
-    return RoundRecord(rnd, 0.5, 0.5, len(nodes), len(nodes) + len(absent), 0.1, params_for(rnd).digest,
+    return RoundRecord(rnd, len(nodes), len(nodes) + len(absent), 0.1, params_for(rnd).digest, metrics={"loss": 0.5},
                        num_examples=10 * len(nodes), failures=failures, extras={"epsilon": 0.5 * rnd},
                        provenance=provenance)
 
@@ -68,7 +67,7 @@ def make_run(path: Path, rounds: int = 3, absent_in: dict[int, tuple] | None = N
     run = RunDirectory(path)
     run.attach_ledger(new_ledger())
     run.create(CONFIG)
-    run.commit(RoundRecord(0, math.nan, math.nan, 0, 0, 0.0, params_for(0).digest), params_for(0), {})
+    run.commit(RoundRecord(0, 0, 0, 0.0, params_for(0).digest), params_for(0), {})
     for rnd in range(1, rounds + 1):
         run.commit(record(rnd, absent=(absent_in or {}).get(rnd, ())), params_for(rnd), {})
     return run

@@ -24,11 +24,14 @@ def zero_delta(params: Params) -> Params:
 class ScriptedPool(NodePool):
     """Each node is a function of its instruction. ``order`` (optional) reorders results,
     to test that the coordinator does not depend on arrival order. A script that raises
-    yields ``NodeFailed`` (or the ``NodeError`` it raised)."""
+    yields ``NodeFailed`` (or the ``NodeError`` it raised). Asked to evaluate, every node
+    reports a loss of 0 on one example and ``metrics`` (none by default)."""
 
-    def __init__(self, scripts: Mapping[str, FitScript], order: Callable[[list[str]], list[str]] | None = None) -> None:
+    def __init__(self, scripts: Mapping[str, FitScript], order: Callable[[list[str]], list[str]] | None = None,
+                 metrics: Mapping[str, float] | None = None) -> None:
         self.scripts = dict(scripts)
         self.order = order
+        self.metrics = dict(metrics or {})
         self.calls: list[FitInstruction] = []
 
     def node_ids(self) -> Sequence[str]:
@@ -48,7 +51,7 @@ class ScriptedPool(NodePool):
 
     def evaluate(self, instructions: Sequence[EvaluateInstruction], timeout: float) -> Iterator[EvaluateOutcome]:
         for ins in instructions:
-            yield EvaluateResult(ins.round, ins.node_id, 0.0, 1, {"accuracy": 1.0})
+            yield EvaluateResult(ins.round, ins.node_id, 0.0, 1, dict(self.metrics))
 
     def close(self) -> None:
         """Nothing to release."""

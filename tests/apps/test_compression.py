@@ -55,7 +55,7 @@ def test_compressed_updates_over_mutual_tls(deployment):  # noqa: F811
     assert not result.rejections
     assert all(r.bytes_up == 3 * wire_size(fleet.config) for r in result.records)
     assert wire_size(fleet.config) * 9 < wire_size(ServerConfig())  # 5 % of the entries
-    assert result.records[-1].accuracy > 0.5
+    assert result.records[-1].metrics["accuracy"] > 0.5
     for agent in fleet.agents:  # each node kept its error-feedback residual between rounds
         residual = agent._runner.update_state[agent.config.node_id]["topk"]["residual"]
         assert residual.shape == (4810,) and np.count_nonzero(residual) > 3000
@@ -78,7 +78,7 @@ def acceptance_runs(tmp: Path, rounds: int = 30) -> dict[str, tuple[float, float
                            ("topk", {"compression": "topk", "compression_ratio": 0.01})]:
         cfg = SimulationConfig.from_mapping({"run_dir": str(tmp / name), "rounds": rounds, **settings})
         records = run_simulation(cfg).records
-        out[name] = (records[-1].accuracy, float(np.mean([r.bytes_up for r in records])))
+        out[name] = (records[-1].metrics["accuracy"], float(np.mean([r.bytes_up for r in records])))
     return out
 
 

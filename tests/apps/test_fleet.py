@@ -100,8 +100,8 @@ def test_three_nodes_over_mutual_tls_commit_every_round(deployment):
     result = fleet.finish()
     assert [r.round for r in result.records] == [1, 2, 3]
     assert all(r.num_nodes == 3 and not r.failures for r in result.records)
-    assert result.records[-1].accuracy > 0.85
-    assert result.records[-1].federated_accuracy > 0.8
+    assert result.records[-1].metrics["accuracy"] > 0.85
+    assert result.records[-1].federated_metrics["accuracy"] > 0.8
     assert all(agent.rounds_done == 3 for agent in fleet.agents)
     ledger = audit_ledger(result.run_dir)  # signed by the nodes and the server, and verified by every node
     assert ledger.ok and [len(e["contributions"]) for e in ledger.entries] == [0, 3, 3, 3]
@@ -191,7 +191,7 @@ def test_secure_aggregation_runs_over_the_deployed_fleet(deployment):
     result = fleet.finish()
     assert [r.round for r in result.records] == [1, 2]
     assert all(r.num_nodes == 3 and not r.failures for r in result.records)
-    assert result.records[-1].accuracy > 0.8
+    assert result.records[-1].metrics["accuracy"] > 0.8
     assert audit_ledger(result.run_dir).ok
     # every node took part in the key agreement (its session is cleared once a round is unmasked)
     assert all("secagg" in agent._runner.update_state[agent.config.node_id] for agent in fleet.agents)

@@ -20,7 +20,7 @@ ATTACK = dict(attack="scale", attack_fraction=0.2)
 def final_accuracy(make, tmp_path, name: str, **changes) -> float:
     result = run_simulation(make(tmp_path / name, **SETTINGS, **changes))
     assert [r.num_nodes for r in result.records] == [20] * 15  # attackers' updates are accepted, not rejected
-    return result.records[-1].accuracy
+    return result.records[-1].metrics["accuracy"]
 
 
 @pytest.mark.slow

@@ -39,6 +39,8 @@ def test_run_directory_contents(tmp_path, small_config):
     for line in lines:
         assert {"round", "accuracy", "loss", "num_nodes", "seconds"} <= set(line)
         assert 0 <= line["accuracy"] <= 1 and line["num_nodes"] == 5
+        assert line["metrics"] == {"accuracy": line["accuracy"], "loss": line["loss"]}
+        assert line["metric"] == "accuracy" and line["higher_is_better"] is True
     assert lines[1]["federated_accuracy"] is not None and lines[0]["federated_accuracy"] is None
     final = Params.decode((run / "model.safetensors").read_bytes())
     assert final.digest == result.final_params.digest == lines[-1]["model_digest"]
@@ -112,7 +114,7 @@ def test_strongly_non_iid_converges(tmp_path, small_config, strategy, options, p
         rounds=15, nodes=10, fit={"epochs": 2},
     )
     result = run_simulation(cfg)
-    accuracies = [r.accuracy for r in result.records]
+    accuracies = [r.metrics["accuracy"] for r in result.records]
     assert accuracies[-1] > 0.7 > accuracies[0] - 0.3
     assert np.isfinite([r.loss for r in result.records]).all()
 

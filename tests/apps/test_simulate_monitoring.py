@@ -25,7 +25,8 @@ def test_metrics_are_served_during_the_run_and_may_change_on_resume(tmp_path, sm
     run_simulation(config, hooks=[Scrape()])
     assert len(pages) == 2
     assert re.search(r'^potluck_current_round\{run_id="run"\} 1\.0$', pages[1], re.M)  # hooks before it ran first
-    assert "potluck_evaluation_accuracy" in pages[1]
+    assert "potluck_evaluation_accuracy" in pages[1]  # the classifier's gauge, kept for older dashboards
+    assert re.search(r'^potluck_eval_metric\{name="accuracy",run_id="run",split="held_out"\} ', pages[1], re.M)
     url = re.search(r"metrics at (\S+)", caplog.text).group(1)
     with pytest.raises(OSError):
         urllib.request.urlopen(url, timeout=2)  # closed with the run

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,8 @@ def run(tmp_path) -> Path:
     run.create('task = "digits"\n')
     for rnd in range(4):
         params = Params.from_arrays({"w": np.full(5, rnd, np.float32)})
-        record = RoundRecord(rnd, 0.9, 0.3, 2, 2, 0.1, params.digest) if rnd else \
-            RoundRecord(0, math.nan, math.nan, 0, 0, 0.0, params.digest)
+        record = RoundRecord(rnd, 2, 2, 0.1, params.digest, metrics={"loss": 0.3}) if rnd else \
+            RoundRecord(0, 0, 0, 0.0, params.digest)
         run.commit(record, params, {})
     run.write_final(params)
     return run.path

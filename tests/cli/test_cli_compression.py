@@ -63,7 +63,7 @@ def test_bytes_up_row():
     plain = model.encoded_size  # a DELTA of this model is the same size
 
     def record(rnd, sent, nodes=2):
-        return RoundRecord(rnd, 0.9, 0.1, nodes, nodes, 1.0, "d", bytes_up=sent)
+        return RoundRecord(rnd, nodes, nodes, 1.0, "d", metrics={"loss": 0.1}, bytes_up=sent)
 
     assert bytes_up_row([record(1, 0)], model) == ""  # a run from before bytes were recorded
     assert bytes_up_row([record(1, 2 * plain)], model) == f"{2 * plain / 1024:.1f} KiB"

@@ -76,7 +76,7 @@ def test_the_dashboard_is_well_formed():
         if var["type"] == "query":
             assert var["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
     titles = " ".join(p["title"].lower() for p in all_panels)
-    for topic in ("progress", "round duration", "nodes", "rejected", "bytes", "accuracy", "loss", "ε", "cpu", "memory"):
+    for topic in ("progress", "round duration", "nodes", "rejected", "bytes", "primary metric", "loss", "ε", "cpu", "memory"):
         assert topic in titles, f"no panel about {topic}"
 
 
@@ -191,7 +191,7 @@ def test_every_metric_the_dashboard_queries_is_exported(live):
     missing = sorted(used - exported)
     assert not missing, f"the dashboard queries metrics nobody exports: {missing}"
     for name in ("potluck_round_duration_seconds_bucket", "potluck_results_rejected_total", "potluck_node_rss_bytes",
-                 "potluck_privacy_epsilon", "potluck_evaluation_accuracy"):
+                 "potluck_privacy_epsilon", "potluck_eval_primary"):
         assert name in used, f"the dashboard does not show {name}"
 
 
@@ -206,13 +206,17 @@ def test_the_live_pages_hold_the_runs_figures(live):
 
     server, node = samples(server_page), samples(node_page)
 
-    def get(table: dict, name: str, **labels: str) -> float:
+    def get(table: dict, name: str, /, **labels: str) -> float:
         return table[(name, tuple(sorted(labels.items())))]
 
     run_id = next(dict(labels)["run_id"] for name, labels in server if name == "potluck_current_round")
     assert get(server, "potluck_rounds_committed_total", run_id=run_id) == 2
     assert get(server, "potluck_current_round", run_id=run_id) == records[-1].round == 2
-    assert get(server, "potluck_evaluation_accuracy", run_id=run_id, split="held_out") == pytest.approx(records[-1].accuracy)
+    last = records[-1]
+    assert get(server, "potluck_eval_primary", run_id=run_id, split="held_out", name=last.metric) == pytest.approx(last.primary)
+    for name, value in last.metrics.items():
+        assert get(server, "potluck_eval_metric", run_id=run_id, split="held_out", name=name) == pytest.approx(value)
+    assert get(server, "potluck_evaluation_accuracy", run_id=run_id, split="held_out") == pytest.approx(last.primary)
     assert get(server, "potluck_evaluation_loss", run_id=run_id, split="held_out") == pytest.approx(records[-1].loss)
     assert get(server, "potluck_round_duration_seconds_count", run_id=run_id) == 2
     assert get(server, "potluck_aggregation_seconds_count", run_id=run_id) == 2

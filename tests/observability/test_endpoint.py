@@ -15,7 +15,7 @@ from potluck.observability.metrics import RunMetrics, RunMonitor
 
 
 def record(rnd: int) -> RoundRecord:
-    return RoundRecord(round=rnd, accuracy=0.5, loss=1.0, num_nodes=1, sampled=1, seconds=0.1, model_digest="d")
+    return RoundRecord(round=rnd, num_nodes=1, sampled=1, seconds=0.1, model_digest="d", metrics={"loss": 1.0})
 
 def test_the_endpoint_serves_the_registry_on_loopback_and_stops():
     reg = CollectorRegistry()

@@ -90,21 +90,24 @@ def test_extras_exceptions_nan_and_newlines(capture):
     try:
         raise ValueError("boom")
     except ValueError:
-        logger.exception("failed\nover two lines", extra={"accuracy": math.nan, "nodes": 3})
+        logger.exception("failed\nover two lines", extra={"perplexity": math.nan, "nodes": 3})
     out = lines()
     assert len(out) == 1
     (line,) = out
     assert line["message"] == "failed\nover two lines"
-    assert line["accuracy"] is None and line["nodes"] == 3
+    assert line["perplexity"] is None and line["nodes"] == 3
     assert "ValueError: boom" in line["exception"]
 
 
 def test_round_log_writes_the_round_figures(capture):
     logger, lines = capture
-    record = RoundRecord(round=2, accuracy=0.9, loss=0.3, num_nodes=3, sampled=3, seconds=0.5, model_digest="d")
+    record = RoundRecord(round=2, num_nodes=3, sampled=3, seconds=0.5, model_digest="d",
+                         metrics={"loss": 2.5, "perplexity": 12.25}, metric="perplexity")
     RoundLog(logger).on_commit(record, None, None)
     (line,) = lines()
-    assert line["round"] == 2 and line["accuracy"] == 0.9 and line["nodes"] == 3
+    assert line["round"] == 2 and line["metric"] == "perplexity" and line["nodes"] == 3
+    assert line["metrics"] == {"loss": 2.5, "perplexity": 12.25} and line["loss"] == 2.5
+    assert line["message"].startswith("round 2 committed: perplexity 12.2500, loss 2.5000, 3 of 3 nodes")
 
 
 def test_the_text_format_is_unchanged():

@@ -25,12 +25,13 @@ MODEL = Params.from_arrays({"w": np.zeros((4, 3), np.float32), "b": np.zeros(3, 
 
 
 def record(rnd: int, **changes) -> RoundRecord:
-    base = dict(round=rnd, accuracy=0.5 + rnd / 10, loss=1.0 / rnd, num_nodes=3, sampled=4, seconds=0.2 * rnd,
-                model_digest="d", attempts=1, train_loss=0.7, failures={"timed_out": 1}, bytes_up=1000)
+    base = dict(round=rnd, num_nodes=3, sampled=4, seconds=0.2 * rnd, model_digest="d",
+                metrics={"accuracy": 0.5 + rnd / 10, "loss": 1.0 / rnd}, metric="accuracy", higher_is_better=True,
+                attempts=1, train_loss=0.7, failures={"timed_out": 1}, bytes_up=1000)
     return RoundRecord(**{**base, **changes})
 
 
-def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+def value(registry: CollectorRegistry, name: str, /, **labels: str) -> float | None:
     return registry.get_sample_value(name, labels)
 
 
@@ -41,7 +42,7 @@ def test_round_figures_follow_the_committed_records():
     assert value(reg, "potluck_current_round", run_id="r1") == 2
     assert value(reg, "potluck_rounds_planned", run_id="r1") == 10
     run.on_commit(record(3, aggregate_seconds=0.004), None, None)
-    run.on_commit(record(4, attempts=3, federated_accuracy=0.8, federated_loss=0.4), None, None)
+    run.on_commit(record(4, attempts=3, federated_metrics={"accuracy": 0.8, "loss": 0.4}), None, None)
     assert value(reg, "potluck_rounds_committed_total", run_id="r1") == 2
     assert value(reg, "potluck_current_round", run_id="r1") == 4
     assert value(reg, "potluck_round_retries_total", run_id="r1") == 2
@@ -54,6 +55,9 @@ def test_round_figures_follow_the_committed_records():
     assert value(reg, "potluck_evaluation_accuracy", run_id="r1", split="held_out") == pytest.approx(0.9)
     assert value(reg, "potluck_evaluation_loss", run_id="r1", split="held_out") == pytest.approx(0.25)
     assert value(reg, "potluck_evaluation_accuracy", run_id="r1", split="federated") == pytest.approx(0.8)
+    assert value(reg, "potluck_eval_metric", run_id="r1", split="held_out", name="accuracy") == pytest.approx(0.9)
+    assert value(reg, "potluck_eval_metric", run_id="r1", split="federated", name="loss") == pytest.approx(0.4)
+    assert value(reg, "potluck_eval_primary", run_id="r1", split="held_out", name="accuracy") == pytest.approx(0.9)
     assert value(reg, "potluck_train_loss", run_id="r1") == pytest.approx(0.7)
     assert value(reg, "potluck_round_nodes", run_id="r1", state="sampled") == 4
     assert value(reg, "potluck_round_nodes", run_id="r1", state="aggregated") == 3
@@ -64,12 +68,26 @@ def test_round_figures_follow_the_committed_records():
 def test_missing_figures_leave_no_series_and_nan_keeps_the_last_value():
     reg = CollectorRegistry()
     run = RunMetrics(reg, "r1")
-    run.on_commit(record(1, accuracy=math.nan, loss=math.nan, train_loss=math.nan), None, None)
-    for name in ("potluck_evaluation_accuracy", "potluck_train_loss", "potluck_privacy_epsilon"):
+    run.on_commit(record(1, metrics={"accuracy": math.nan, "loss": math.nan}, train_loss=math.nan), None, None)
+    for name in ("potluck_evaluation_accuracy", "potluck_eval_metric", "potluck_train_loss", "potluck_privacy_epsilon"):
         assert not [s for m in reg.collect() if m.name == name for s in m.samples], name
-    run.on_commit(record(2, federated_accuracy=0.6), None, None)
+    run.on_commit(record(2, federated_metrics={"accuracy": 0.6}), None, None)
     run.on_commit(record(3), None, None)  # no federated evaluation this round: the gauge keeps 0.6
     assert value(reg, "potluck_evaluation_accuracy", run_id="r1", split="federated") == pytest.approx(0.6)
+
+
+def test_a_gauge_per_metric_the_task_reports_and_none_it_does_not():
+    reg = CollectorRegistry()
+    run = RunMetrics(reg, "r1")
+    run.on_commit(record(1, metrics={"loss": 2.5, "perplexity": 12.2}, metric="perplexity", higher_is_better=False,
+                         federated_metrics={"loss": 2.6, "perplexity": 13.5}), None, None)
+    assert value(reg, "potluck_eval_metric", run_id="r1", split="held_out", name="perplexity") == pytest.approx(12.2)
+    assert value(reg, "potluck_eval_metric", run_id="r1", split="federated", name="perplexity") == pytest.approx(13.5)
+    assert value(reg, "potluck_eval_primary", run_id="r1", split="federated", name="perplexity") == pytest.approx(13.5)
+    assert value(reg, "potluck_evaluation_loss", run_id="r1", split="held_out") == pytest.approx(2.5)
+    assert not [s for m in reg.collect() if m.name == "potluck_evaluation_accuracy" for s in m.samples]
+    names = {s.labels["name"] for m in reg.collect() if m.name == "potluck_eval_metric" for s in m.samples}
+    assert names == {"loss", "perplexity"}
 
 
 def test_epsilon_is_set_when_a_record_carries_it():

@@ -138,6 +138,8 @@ def test_prometheus_scrapes_a_deployment_and_records_its_rounds(tmp_path):
         assert prometheus.only("last_over_time(potluck_rounds_planned[10m])") == ROUNDS
         accuracy = prometheus.only('last_over_time(potluck_evaluation_accuracy{split="held_out"}[10m])')
         assert accuracy == pytest.approx(last["accuracy"], rel=1e-12)
+        primary = prometheus.only(f'last_over_time(potluck_eval_primary{{split="held_out",name="{last["metric"]}"}}[10m])')
+        assert primary == pytest.approx(last["metrics"][last["metric"]], rel=1e-12)
         loss = prometheus.only('last_over_time(potluck_evaluation_loss{split="held_out"}[10m])')
         assert loss == pytest.approx(last["loss"], rel=1e-12)
         assert prometheus.only("last_over_time(potluck_round_duration_seconds_count[10m])") == ROUNDS

@@ -117,19 +117,42 @@ def test_run_calls_hooks_once_per_committed_round_and_evaluates():
 
     class Hook:
         def on_commit(self, record, params, strategy):
-            seen.append((record.round, record.accuracy, params.digest))
+            seen.append((record.round, record.primary, params.digest))
 
-    from potluck.tasks.protocol import EvalOutput
+    from potluck.tasks.protocol import EvalOutput, MetricSpec
 
     pool = ScriptedPool({n: honest(n) for n in DELTAS})
     coord = Coordinator(
         pool, make_strategy("fedavg"), RoundPolicy(rounds=3),
-        evaluator=lambda p: EvalOutput(float(np.abs(p["w"]).sum()), 1, {"accuracy": 0.5}),
-        hooks=[Hook()],
+        evaluator=lambda p: EvalOutput(float(np.abs(p["w"]).sum()), 1, {"perplexity": 7.5}),
+        hooks=[Hook()], metric=MetricSpec("perplexity", higher_is_better=False),
     )
     final = coord.run(START, first_round=2)
     assert [r for r, _, _ in seen] == [2, 3]
-    assert seen[-1][2] == final.digest and seen[-1][1] == 0.5
+    assert seen[-1][2] == final.digest and seen[-1][1] == 7.5
+
+
+def test_records_carry_every_metric_and_the_nodes_weighted_means():
+    from potluck.core.messages import EvaluateResult
+    from potluck.tasks.protocol import EvalOutput, MetricSpec
+
+    class Validating(ScriptedPool):
+        def evaluate(self, instructions, timeout):
+            for ins, (loss, n, mse) in zip(instructions, [(1.0, 1, 2.0), (4.0, 3, 6.0), (9.0, 0, 9.0)]):
+                yield EvaluateResult(ins.round, ins.node_id, loss, n, {"mse": mse, "r2": 0.5})
+
+    coord = Coordinator(Validating({n: honest(n) for n in list(DELTAS)[:3]}), make_strategy("fedavg"),
+                        RoundPolicy(rounds=2, federated_eval_every=0),
+                        evaluator=lambda p: EvalOutput(0.25, 10, {"mse": 0.25, "rmse": 0.5}),
+                        metric=MetricSpec("mse", higher_is_better=False))
+    _, first = coord.run_round(1, START)
+    _, last = coord.run_round(2, START)
+    assert first.federated_metrics == {}  # federated evaluation only in the last round
+    assert last.metrics == {"loss": 0.25, "mse": 0.25, "rmse": 0.5}
+    assert (last.metric, last.higher_is_better, last.primary, last.loss) == ("mse", False, 0.25, 0.25)
+    # weighted by examples: (1 × 1 + 3 × 4) / 4; the node without examples does not count
+    assert last.federated_metrics == {"loss": 13 / 4, "mse": 20 / 4, "r2": 0.5}
+    assert last.federated_primary == 5.0 and last.federated_loss == 13 / 4
 
 
 def test_round_seconds_use_the_injected_clock():

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import math
 import os
 import shutil
 import stat
@@ -63,7 +62,7 @@ def record_for(rnd: int) -> RoundRecord:
     signed = sign_update(derived_key(0, "a"), "run-1", rnd, update, 10, {"lr": 0.1})
     contribution = Contribution("a", update_digest(update), 10, signed.public_key.hex(), signed.signature.hex())
     provenance = RoundProvenance(settings_digest({"lr": 0.1}), (contribution,), (("b", "timed_out"),))
-    return RoundRecord(rnd, 0.5 + rnd / 100, 1 / (rnd + 1), 2, 2, 0.25, params_for(rnd).digest,
+    return RoundRecord(rnd, 2, 2, 0.25, params_for(rnd).digest, metrics={"loss": 1 / (rnd + 1)},
                        failures={"timed_out": 1}, provenance=provenance)
 
 
@@ -247,7 +246,7 @@ def _committed_run(path: Path, rounds: int = ROUNDS) -> RunDirectory:
     run = with_ledger(RunDirectory(path))
     run.create(CONFIG)
     for rnd in range(rounds + 1):
-        record = record_for(rnd) if rnd else RoundRecord(0, math.nan, math.nan, 0, 0, 0.0, params_for(0).digest)
+        record = record_for(rnd) if rnd else RoundRecord(0, 0, 0, 0.0, params_for(0).digest)
         run.commit(record, params_for(rnd), {"momentum": np.full(3, rnd, np.float32)})
     return run
 
@@ -327,7 +326,7 @@ def test_new_run_may_reuse_a_folder_only_while_nothing_is_committed(tmp_path):
     (run.checkpoints / ".round-0000.safetensors.tmp-5").write_bytes(b"half")
     run.create(CONFIG)  # stopped before round 0 was committed: start afresh
     assert run.read_config() == CONFIG and not run.leftovers(-1)
-    run.commit(RoundRecord(0, math.nan, math.nan, 0, 0, 0.0, params_for(0).digest), params_for(0), {})
+    run.commit(RoundRecord(0, 0, 0, 0.0, params_for(0).digest), params_for(0), {})
     with pytest.raises(RunDirError, match="already holds a run"):
         run.create(CONFIG)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -73,8 +72,8 @@ def params_for(rnd: int, size: int = 8) -> Params:
 
 def commit(run: RunDirectory, rnd: int, size: int = 8) -> None:
     params = params_for(rnd, size)
-    record = RoundRecord(rnd, 0.5, 1.0, 2, 2, 0.1, params.digest) if rnd else \
-        RoundRecord(0, math.nan, math.nan, 0, 0, 0.0, params.digest)
+    record = RoundRecord(rnd, 2, 2, 0.1, params.digest, metrics={"loss": 1.0}) if rnd else \
+        RoundRecord(0, 0, 0, 0.0, params.digest)
     run.commit(record, params, {"momentum": np.full(3, rnd, np.float32)})
 
 

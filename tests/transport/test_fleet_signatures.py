@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 
@@ -99,7 +98,7 @@ def test_the_ledger_calls_serve_headers_and_own_proofs_only(tls):
         ledger = Ledger(derived_key(0, "server"), RunStart("m", MODEL.schema_digest, "fedavg", {}, {}, "0" * 64),
                         run_id="r1")
         pool.ledger = ledger
-        ledger.advance(ledger.seal(RoundRecord(0, math.nan, math.nan, 0, 0, 0.0, MODEL.digest), MODEL.digest, "0" * 64))
+        ledger.advance(ledger.seal(RoundRecord(0, 0, 0, 0.0, MODEL.digest), MODEL.digest, "0" * 64))
         c = client(tls, address)
         session = join(c)
         t, outcomes = dispatch(pool, ["a"])
@@ -107,7 +106,7 @@ def test_the_ledger_calls_serve_headers_and_own_proofs_only(tls):
         assert (ins.ledger_round, ins.ledger_head) == (0, ledger.head().hash)  # every instruction names the head
         signed_push(c, session, ins)
         t.join(5)
-        record = RoundRecord(1, 0.5, 0.5, 1, 1, 0.1, MODEL.digest, provenance=RoundProvenance(
+        record = RoundRecord(1, 1, 1, 0.1, MODEL.digest, metrics={"loss": 0.5}, provenance=RoundProvenance(
             settings_digest(ins.config), (contribution(outcomes[0]),)))
         ledger.advance(ledger.seal(record, MODEL.digest, "0" * 64))
 

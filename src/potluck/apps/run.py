@@ -10,7 +10,6 @@ the monitor and the coordinator and finishes the run.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -29,6 +28,7 @@ from potluck.runtime.rundir import RunDirectory
 from potluck.runtime.secure import SecureAggregation
 from potluck.strategies.base import Strategy
 from potluck.strategies.registry import make_strategy
+from potluck.tasks.protocol import LOSS_METRIC, MetricSpec
 from potluck.updates.pipeline import UpdatePipeline
 
 
@@ -69,10 +69,13 @@ class AssembledRun:
         return RunMonitor(run_id, rounds=self.config.rounds, first_round=self.first_round, pool=pool,
                           host=self.config.metrics_host, port=self.config.metrics_port)
 
-    def coordinator(self, pool: Any, evaluator: Evaluator | None, hooks: Sequence[RoundHook]) -> Coordinator:
-        """The round loop over ``pool``; the run directory commits first, then ``hooks``."""
+    def coordinator(self, pool: Any, evaluator: Evaluator | None, hooks: Sequence[RoundHook],
+                    metric: MetricSpec = LOSS_METRIC) -> Coordinator:
+        """The round loop over ``pool``; the run directory commits first, then ``hooks``.
+        ``metric`` is the task's primary metric (``tasks.protocol.metric_of``), named in each record."""
         return Coordinator(pool, self.strategy, self.policy, fit_config=self.config.fit, evaluator=evaluator,
-                           hooks=[self.run_dir, *hooks], updates=self.updates, guards=self.guards, secure=self.secure)
+                           hooks=[self.run_dir, *hooks], updates=self.updates, guards=self.guards, secure=self.secure,
+                           metric=metric)
 
     def finish(self, final: Params, title: str) -> list[RoundRecord]:
         """Write the final model and the report; the committed rounds' records."""
@@ -116,7 +119,7 @@ def open_run(run_dir: RunDirectory, config_toml: str, initial: Params, strategy:
     """
     if not resume or not run_dir.committed_rounds():
         run_dir.create(config_toml)
-        record = RoundRecord(0, math.nan, math.nan, 0, 0, 0.0, initial.digest)
+        record = RoundRecord(0, 0, 0, 0.0, initial.digest)
         run_dir.commit(record, initial, strategy.state())
         return initial, 1
     if run_dir.load(0).params.digest != initial.digest:  # checked before resume tidies anything

@@ -29,7 +29,7 @@ from potluck.runtime.logcontext import set_process_log_fields
 from potluck.runtime.rundir import RunDirectory
 from potluck.tasks.builtin import resolve_task
 from potluck.tasks.data.dataset import Dataset
-from potluck.tasks.protocol import DataInfo, Task
+from potluck.tasks.protocol import DataInfo, Task, metric_of
 from potluck.transport.certs import load_pem_bundle
 from potluck.transport.revocation import reload_on_sighup
 from potluck.transport.server import ServerOptions, start_server
@@ -78,7 +78,8 @@ def run_server(
             on_ready(port)
         _wait_for_nodes(config, pool, run.first_round)
         evaluator = (lambda p: task.evaluate(p, data)) if len(data) else None
-        coordinator = run.coordinator(pool, evaluator, [*hooks, *([monitor.run] if monitor else [])])
+        coordinator = run.coordinator(pool, evaluator, [*hooks, *([monitor.run] if monitor else [])],
+                                      metric_of(task))
         final = coordinator.run(run.params, run.first_round)
         records = run.finish(final, f"potluck server: {task.name}, {config.strategy}")
         completed = True

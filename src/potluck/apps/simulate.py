@@ -25,6 +25,7 @@ from potluck.runtime.logcontext import set_process_log_fields
 from potluck.runtime.pool import NodePool
 from potluck.runtime.rundir import RunDirectory
 from potluck.strategies.base import Strategy
+from potluck.tasks.protocol import metric_of
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,8 @@ def run_simulation(
     try:
         if monitor is not None:
             log.info("metrics at %s", monitor.serve())
-        coordinator = run.coordinator(pool, evaluator, [*hooks, *([monitor.run] if monitor else [])])
+        coordinator = run.coordinator(pool, evaluator, [*hooks, *([monitor.run] if monitor else [])],
+                                      metric_of(federation.task))
         final = coordinator.run(run.params, run.first_round)
         completed = True
     finally:

@@ -13,6 +13,7 @@ import typer
 
 from potluck.core.config import LOG_FORMATS
 from potluck.core.errors import ConfigError
+from potluck.core.records import RoundRecord, best_record
 from potluck.observability.logs import configure_logging
 
 
@@ -59,3 +60,19 @@ class CommandOutput:
 
 def metrics_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}/metrics" if ":" in host else f"http://{host}:{port}/metrics"
+
+
+def round_figures(record: RoundRecord, sep: str = "  ") -> str:
+    """A round's held-out primary metric and loss, e.g. ``perplexity 12.3456  loss 2.5126``
+    (only the loss when the task ranks by loss)."""
+    loss = f"loss {record.loss:.4f}"
+    return loss if record.metric == "loss" else f"{record.metric} {record.primary:.4f}{sep}{loss}"
+
+
+def best_text(records: list[RoundRecord]) -> str:
+    """The best held-out primary metric of ``records`` in its direction, e.g.
+    ``11.2345 in round 7 (lower is better)``; empty when no round has a number."""
+    best = best_record(records)
+    if best is None:
+        return ""
+    return f"{best.primary:.4f} in round {best.round} ({'higher' if best.higher_is_better else 'lower'} is better)"

@@ -9,7 +9,7 @@ import typer
 
 from potluck.cli.common import failures_as_exit_codes
 from potluck.cli.options import Given, option, settings_command
-from potluck.cli.output import CommandOutput
+from potluck.cli.output import CommandOutput, round_figures
 from potluck.cli.signals import on_sigterm
 from potluck.core.config import SERVER_RUN_DIR, ServerConfig
 
@@ -48,7 +48,7 @@ def _server(given: Given[ServerConfig]) -> None:
         last = result.records[-1] if result.records else None
         if last:
             eps = f", ε {last.extras['epsilon']:.3f}" if "epsilon" in last.extras else ""
-            out.result(f"potluck server: {last.round} rounds committed, accuracy {last.accuracy:.4f}{eps}, "
+            out.result(f"potluck server: {last.round} rounds committed, {round_figures(last, ', ')}{eps}, "
                        f"model {result.final_params.digest}")
         if result.stopped:
             out.result(f"potluck server: stopped after round {last.round if last else 0}: {result.stopped}")

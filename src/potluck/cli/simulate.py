@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from rich.table import Table
 
 from potluck.cli.common import failures_as_exit_codes
 from potluck.cli.options import Given, option, settings_command
-from potluck.cli.output import CommandOutput, metrics_url
+from potluck.cli.output import CommandOutput, best_text, metrics_url, round_figures
 from potluck.core.config import SimulationConfig
 from potluck.core.params import Params, ParamsKind
 from potluck.core.records import RoundRecord
@@ -43,21 +44,19 @@ _console = Console(stderr=True)
 
 
 class ProgressDisplay:
-    """A live bar with the current round, accuracy, loss and privacy spent (a RoundHook)."""
+    """A live bar with the current round, the task's primary metric, loss and privacy spent (a RoundHook)."""
 
     def __init__(self, rounds: int, first_round: int) -> None:
         self.progress = Progress(
             TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(),
-            TextColumn("accuracy {task.fields[acc]}  loss {task.fields[loss]}{task.fields[eps]}"), TimeElapsedColumn(),
+            TextColumn("{task.fields[figures]}{task.fields[eps]}"), TimeElapsedColumn(),
             console=_console, transient=False,
         )
-        self.bar = self.progress.add_task("rounds", total=rounds, completed=first_round - 1, acc="-", loss="-",
-                                          eps="")
+        self.bar = self.progress.add_task("rounds", total=rounds, completed=first_round - 1, figures="", eps="")
 
     def on_commit(self, record: RoundRecord, params: Params, strategy: Any) -> None:
         eps = f"  ε {record.extras['epsilon']:.2f}" if "epsilon" in record.extras else ""
-        self.progress.update(self.bar, completed=record.round, acc=f"{record.accuracy:.4f}", loss=f"{record.loss:.4f}",
-                             eps=eps)
+        self.progress.update(self.bar, completed=record.round, figures=round_figures(record), eps=eps)
 
 
 def _simulate(given: Given[SimulationConfig]) -> None:
@@ -99,10 +98,14 @@ def summary(records: list[RoundRecord], final: Params, run_dir: Path, seconds: f
     table.add_column(style="bold")
     table.add_column()
     table.add_row("rounds", f"{last.round}" + (f" (resumed after round {resumed_from})" if resumed_from else ""))
-    table.add_row("accuracy (held-out)", f"{last.accuracy:.4f}  (best {max(r.accuracy for r in records):.4f})")
-    table.add_row("loss (held-out)", f"{last.loss:.4f}")
-    if last.federated_accuracy == last.federated_accuracy:  # not NaN
-        table.add_row("accuracy (nodes' validation)", f"{last.federated_accuracy:.4f}")
+    table.add_row(f"{last.metric} (held-out)", f"{last.primary:.4f}")
+    best = best_text(records)
+    if best:
+        table.add_row(f"best {last.metric}", best)
+    if last.metric != "loss":
+        table.add_row("loss (held-out)", f"{last.loss:.4f}")
+    if not math.isnan(last.federated_primary):
+        table.add_row(f"{last.metric} (nodes' validation)", f"{last.federated_primary:.4f}")
     failed = sum(sum(r.failures.values()) for r in records)
     table.add_row("results not aggregated", str(failed))
     sent = bytes_up_row(records, final)

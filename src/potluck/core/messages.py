@@ -70,6 +70,10 @@ class EvaluateInstruction:
 
 @dataclass(frozen=True)
 class EvaluateResult:
+    """A node's evaluation on its validation split: the mean ``loss`` over ``num_examples``
+    and every further metric the task reports, by the task's names (the coordinator
+    averages each over the nodes, weighted by ``num_examples``)."""
+
     round: int
     node_id: str
     loss: float

@@ -109,15 +109,19 @@ def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: Any) -> Non
 
 
 class RoundLog:
-    """A RoundHook that logs each committed round (for runs without a progress bar)."""
+    """A RoundHook that logs each committed round (for runs without a progress bar): the
+    primary metric and loss in the message; ``metric``, every held-out figure under
+    ``metrics``, ``loss`` and the node counts as fields of a JSON line."""
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self.log = logger or logging.getLogger("potluck.rounds")
 
     def on_commit(self, record: RoundRecord, params: Any, strategy: Any) -> None:
+        primary = "" if record.metric == "loss" else f"{record.metric} {record.primary:.4f}, "
         self.log.info(
-            "round %d committed: accuracy %.4f, loss %.4f, %d of %d nodes, %.2f s",
-            record.round, record.accuracy, record.loss, record.num_nodes, record.sampled, record.seconds,
-            extra={"round": record.round, "accuracy": record.accuracy, "loss": record.loss,
-                   "nodes": record.num_nodes, "sampled": record.sampled, "seconds": record.seconds},
+            "round %d committed: %sloss %.4f, %d of %d nodes, %.2f s",
+            record.round, primary, record.loss, record.num_nodes, record.sampled, record.seconds,
+            extra={"round": record.round, "metric": record.metric, "metrics": dict(record.metrics),
+                   "loss": record.loss, "nodes": record.num_nodes, "sampled": record.sampled,
+                   "seconds": record.seconds},
         )

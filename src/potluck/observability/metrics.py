@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from potluck.core.records import RoundRecord
+from potluck.core.records import COMPAT_METRICS, RoundRecord
 from potluck.observability.endpoint import MetricsServer, final_scrape, serve_metrics
 from potluck.transport.fleet_messages import HeartbeatInfo, IncomingResult, JoinInfo, OutgoingInstruction, Welcome
 
@@ -48,10 +48,15 @@ class RunMetrics:
 
     ``potluck_current_round`` is the last committed round (0 before the first), also
     after a resume; ``potluck_rounds_committed_total`` counts commits made by this
-    process. Evaluation gauges carry ``split="held_out"`` (the server's or simulation's
-    test set) or ``split="federated"`` (the nodes' validation splits, on rounds that
-    ran it); a NaN figure leaves its gauge as it was. ``potluck_privacy_epsilon`` is set
-    when a record carries ``extras["epsilon"]``.
+    process. ``potluck_eval_metric{name=…}`` holds each metric the task reports
+    (``loss``, ``perplexity``, ``mse``, …) and ``potluck_eval_primary``
+    the task's primary metric (labelled with its ``name``); evaluation gauges carry
+    ``split="held_out"`` (the server's or simulation's test set) or
+    ``split="federated"`` (the nodes' validation splits, on rounds that ran it). A NaN
+    figure leaves its gauge as it was. ``potluck_evaluation_loss`` and, for each of
+    ``core.records.COMPAT_METRICS``, ``potluck_evaluation_<name>`` are kept as they were
+    named before tasks declared their metrics. ``potluck_privacy_epsilon`` is set when a
+    record carries ``extras["epsilon"]``.
     """
 
     def __init__(self, registry: CollectorRegistry, run_id: str) -> None:
@@ -73,8 +78,12 @@ class RunMetrics:
                                     "Sampled nodes whose result was not aggregated, by reason.", ["reason"])
         self._update_bytes = make(Counter, "potluck_aggregated_update_bytes",
                                   "Encoded size of the updates aggregated (after any compression).").labels(run_id)
-        self._accuracy = make(Gauge, "potluck_evaluation_accuracy", "Accuracy of the last committed model.", ["split"])
-        self._loss = make(Gauge, "potluck_evaluation_loss", "Loss of the last committed model.", ["split"])
+        self._metric = make(Gauge, "potluck_eval_metric", "Each metric the task reports, of the last committed model.",
+                            ["split", "name"])
+        self._primary = make(Gauge, "potluck_eval_primary", "The task's primary metric, of the last committed model.",
+                             ["split", "name"])
+        self._compat = {name: make(Gauge, f"potluck_evaluation_{name}", f"The {name} of the last committed model.",
+                                   ["split"]) for name in ("loss", *COMPAT_METRICS)}
         # Figures a run may not have (no test set, no federated evaluation, no DP) appear once set.
         self._train_loss = make(Gauge, "potluck_train_loss", "Mean local training loss of the last committed round.")
         self._epsilon = make(Gauge, "potluck_privacy_epsilon", "Differential privacy spent so far (ε).")
@@ -97,10 +106,12 @@ class RunMetrics:
         for reason, count in record.failures.items():
             self._not_aggregated.labels(run_id, reason).inc(count)
         self._update_bytes.inc(record.bytes_up)
-        for split, accuracy, loss in (("held_out", record.accuracy, record.loss),
-                                      ("federated", record.federated_accuracy, record.federated_loss)):
-            _set_finite(self._accuracy, (run_id, split), accuracy)
-            _set_finite(self._loss, (run_id, split), loss)
+        for split, figures in (("held_out", record.metrics), ("federated", record.federated_metrics)):
+            for name, value in figures.items():
+                _set_finite(self._metric, (run_id, split, name), value)
+                if name in self._compat:
+                    _set_finite(self._compat[name], (run_id, split), value)
+            _set_finite(self._primary, (run_id, split, record.metric), figures.get(record.metric))
         _set_finite(self._train_loss, (run_id,), record.train_loss)
         _set_finite(self._epsilon, (run_id,), record.extras.get("epsilon"))
 

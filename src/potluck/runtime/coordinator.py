@@ -29,7 +29,7 @@ from potluck.runtime.logcontext import log_fields
 from potluck.runtime.pool import NodePool
 from potluck.runtime.secure import SecureAggregation
 from potluck.strategies.base import Strategy
-from potluck.tasks.protocol import EvalOutput
+from potluck.tasks.protocol import LOSS_METRIC, EvalOutput, MetricSpec
 from potluck.updates.pipeline import UpdatePipeline
 
 Evaluator = Callable[[Params], EvalOutput]
@@ -99,9 +99,11 @@ class Coordinator:
         updates: UpdatePipeline | None = None,
         guards: Sequence[RoundGuard] = (),
         secure: SecureAggregation | None = None,
+        metric: MetricSpec = LOSS_METRIC,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.pool, self.strategy, self.policy = pool, strategy, policy
+        self.metric = metric  # the task's primary metric, named in each record
         self.fit_config = dict(fit_config or {})
         self.evaluator = evaluator
         self.hooks = list(hooks)
@@ -172,22 +174,22 @@ class Coordinator:
         extras: dict[str, float] = {}
         for guard in self.guards:
             extras.update(guard.round_extras(rnd))
-        central = self.evaluator(new_params) if self.evaluator else None
-        fed_loss, fed_acc = self._federated_eval(rnd, new_params)
+        central = self.evaluator(new_params).as_dict() if self.evaluator else {}
+        federated = self._federated_eval(rnd, new_params)
         absent = tuple(a for t in tries for a in t.absent)  # every attempt's, for the ledger
         record = RoundRecord(
             round=rnd,
-            accuracy=float(central.metrics.get("accuracy", math.nan)) if central else math.nan,
-            loss=central.loss if central else math.nan,
             num_nodes=len(done.contributions),
             sampled=len(done.sampled),
             seconds=self.clock() - started,
             model_digest=new_params.digest,
+            metrics={name: float(value) for name, value in central.items()},
+            federated_metrics=federated,
+            metric=self.metric.name,
+            higher_is_better=self.metric.higher_is_better,
             attempts=done.attempt,
             num_examples=done.examples,
             train_loss=done.train_loss,
-            federated_accuracy=fed_acc,
-            federated_loss=fed_loss,
             failures=done.failure_counts(),
             bytes_up=done.bytes_up,
             extras=extras,
@@ -210,20 +212,21 @@ class Coordinator:
         chosen = rng_for(p.seed, "sample", rnd, attempt).choice(len(available), min(want, len(available)), replace=False)
         return [available[i] for i in np.sort(chosen)]
 
-    def _federated_eval(self, rnd: int, params: Params) -> tuple[float, float]:
+    def _federated_eval(self, rnd: int, params: Params) -> dict[str, float]:
+        """Every metric the nodes report on their validation splits, ``loss`` included, each
+        the mean of the nodes' values weighted by their examples; empty on rounds without
+        federated evaluation or when no node evaluated any example."""
         every = self.policy.federated_eval_every
         due = rnd == self.policy.rounds or (every > 0 and rnd % every == 0)
         if not due:
-            return math.nan, math.nan
-        nodes = list(self.pool.node_ids())
-        instructions = [EvaluateInstruction(rnd, node, params) for node in nodes]
-        loss_sum, correct, count = 0.0, 0.0, 0
+            return {}
+        instructions = [EvaluateInstruction(rnd, node, params) for node in self.pool.node_ids()]
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
         for outcome in self.pool.evaluate(instructions, self.policy.round_timeout):
             if isinstance(outcome, NodeError) or outcome.num_examples == 0:
                 continue
-            loss_sum += outcome.loss * outcome.num_examples
-            correct += float(outcome.metrics.get("accuracy", math.nan)) * outcome.num_examples
-            count += outcome.num_examples
-        if count == 0:
-            return math.nan, math.nan
-        return loss_sum / count, correct / count
+            for name, value in {"loss": outcome.loss, **outcome.metrics}.items():
+                sums[name] = sums.get(name, 0.0) + float(value) * outcome.num_examples
+                counts[name] = counts.get(name, 0) + outcome.num_examples
+        return {name: sums[name] / counts[name] for name in sums}

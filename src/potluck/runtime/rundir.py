@@ -9,7 +9,7 @@ Layout::
     metrics.jsonl                        one JSON line per committed round from 1
     ledger.jsonl                         the provenance ledger: entry k per committed round k
     model.safetensors                    the final model
-    report.png                           accuracy and loss per round
+    report.png                           the task's primary metric and loss per round
 
 Commit of round k: the model, then the strategy state, each written with
 :func:`~potluck.core.files.atomic_write` (temp file, fsync, rename, fsync of the
