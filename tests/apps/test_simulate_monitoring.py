@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import urllib.error
 import urllib.request
 
 import pytest
@@ -27,7 +28,7 @@ def test_metrics_are_served_during_the_run_and_may_change_on_resume(tmp_path, sm
     assert re.search(r'^potluck_current_round\{run_id="run"\} 1\.0$', pages[1], re.M)  # hooks before it ran first
     assert "potluck_evaluation_accuracy" in pages[1]
     url = re.search(r"metrics at (\S+)", caplog.text).group(1)
-    with pytest.raises(OSError):
+    with pytest.raises(urllib.error.URLError, match="Connection refused"):
         urllib.request.urlopen(url, timeout=2)  # closed with the run
 
     resumed = run_simulation(config.replace(rounds=3, metrics_port=None, log_format="json"), resume=True)

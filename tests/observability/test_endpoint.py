@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import urllib.error
 import urllib.request
 
 import pytest
@@ -30,7 +31,7 @@ def test_the_endpoint_serves_the_registry_on_loopback_and_stops():
     finally:
         server.close()
         server.close()  # idempotent
-    with pytest.raises(OSError):
+    with pytest.raises(urllib.error.URLError, match="Connection refused"):
         urllib.request.urlopen(server.url, timeout=2)
 
 

@@ -139,7 +139,7 @@ def test_fedavg_is_stateless() -> None:
     s = FedAvg()
     assert s.state() == {}
     s.load_state({})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"strategy fedavg keeps no state, got \['x'\]"):
         s.load_state({"x": np.zeros(1)})
 
 
