@@ -25,6 +25,8 @@ from potluck.tasks.builtin import load_digits
 from potluck.tasks.data.partition import iid
 from potluck.transport.certs import init_ca, issue_node, issue_server
 
+pytestmark = pytest.mark.slow  # deployments: a gRPC server and training nodes, several rounds
+
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):

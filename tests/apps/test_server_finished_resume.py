@@ -7,10 +7,14 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from potluck.apps.node import NodeAgent, NodeConfig
 from potluck.apps.server import run_server
 from potluck.apps.up import prepare
 from potluck.core.config import ServerConfig, SimulationConfig
+
+pytestmark = pytest.mark.slow  # deployments: a gRPC server started twice, training nodes
 
 
 def serve(config: ServerConfig) -> tuple[threading.Thread, list[int], dict]:

@@ -108,6 +108,7 @@ def test_task_whose_parameters_change_shape_fails_with_reason(tmp_path, small_co
         run_simulation(small_config(tmp_path, task=f"{__name__}:GrowingDigits", max_retries=0))
 
 
+@pytest.mark.slow
 def test_process_pool_matches_in_process_digest(tmp_path, small_config):
     one = run_simulation(small_config(tmp_path / "one", rounds=2))
     two = run_simulation(small_config(tmp_path / "two", rounds=2, workers=2))
