@@ -54,8 +54,9 @@ def test_closing_waits_for_a_final_scrape_only_when_something_scrapes():
 
     scraper = threading.Thread(target=scrape)
     scraper.start()
-    while not bodies:
+    while not bodies and scraper.is_alive():  # the first page, or the scraper's error
         stop.wait(0.05)
+    assert bodies, "the endpoint never answered"
     monitor.run.on_commit(record(1), None, None)
     monitor.close(wait_for_final_scrape=True)
     stop.set()
