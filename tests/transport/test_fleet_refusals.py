@@ -32,7 +32,7 @@ def test_a_round_and_an_idempotent_repeat_push(fleet, tls):
     result = IncomingResult(session, ins.instruction_id, 1, 10, payload=delta(0.5))
     assert c.push(result) is False
     assert c.push(result) is True  # acknowledged, ignored
-    t.join(5)
+    t.join(60)
     assert len(outcomes) == 1 and outcomes[0].params["w"][0, 0] == 0.5
 
 
@@ -190,5 +190,5 @@ def test_a_node_that_restarts_mid_round_is_given_its_instruction_again(fleet, tl
     ins = again.pull(session, 5)
     assert ins is not None and ins.instruction_id == lost.instruction_id
     assert again.push(IncomingResult(session, ins.instruction_id, ins.round, 10, payload=delta())) is False
-    t.join(5)
+    t.join(60)
     assert not t.is_alive() and isinstance(outcomes[0], FitResult)  # answered long before the 20 s deadline
