@@ -13,7 +13,7 @@ import pytest
 
 from potluck.apps.simulate import run_simulation
 
-SAFETY = 4.0  # the deadline is this many healthy rounds
+SAFETY = 3.0  # the deadline is this many healthy rounds
 
 
 @pytest.mark.slow
