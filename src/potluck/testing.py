@@ -1,6 +1,11 @@
 """Test helpers users can use too: a pool of scripted in-memory nodes and a fake clock.
 
 >>> pool = ScriptedPool({"a": lambda ins: FitResult(ins.round, "a", zero_delta(ins.params), 10)})
+
+Both keep a test independent of the machine's speed: a ``ScriptedPool`` answers at once
+and in a chosen order, and a ``FakeClock`` given to whatever takes a ``clock`` (the
+``Coordinator``, ``InProcessPool``, ``FleetPool``) makes its deadlines pass only when
+the test says so.
 """
 
 from __future__ import annotations
@@ -58,7 +63,18 @@ class ScriptedPool(NodePool):
 
 
 class FakeClock:
-    """A clock that moves only when told to: ``clock.advance(5)``."""
+    """A clock that moves only when told to: ``clock.advance(5)``.
+
+    A float in seconds, like ``time.monotonic()``; reading it from other threads is
+    safe. Code that *sleeps* or waits on a condition still waits in real time: a
+    ``FleetPool`` on a fake clock re-checks its deadline at least every 0.2 s, so after
+    ``advance`` past a deadline its round ends within that.
+
+    >>> clock = FakeClock()
+    >>> clock.advance(2.5)
+    >>> clock()
+    2.5
+    """
 
     def __init__(self, start: float = 0.0) -> None:
         self.now = start

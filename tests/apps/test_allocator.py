@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # starts Python processes (the tuning is process-wide)
+
 PROBE = """
 import os, sys
 from potluck.apps.allocator import reuse_freed_memory

@@ -45,6 +45,7 @@ def test_up_passes_compression_to_its_server(tmp_path):
     assert cmd[at:at + 6] == ["--compression", "topk+quantize", "--compression-bits", "4", "--compression-ratio", "0.05"]
 
 
+@pytest.mark.slow
 def test_compressed_updates_over_mutual_tls(deployment):  # noqa: F811
     fleet = Fleet(deployment, run="run-topk", compression="topk", compression_ratio=0.05).start()
     for node in ("n0", "n1", "n2"):

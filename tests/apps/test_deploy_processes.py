@@ -56,6 +56,7 @@ def records(run_dir: Path) -> list[dict]:
 
 
 def wait_until(predicate, timeout: float, what: str) -> None:
+    """Poll until ``predicate()``; ``timeout`` only catches a hang (a busy machine is slow, not stuck)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -121,13 +122,13 @@ def test_killed_node_is_dropped_and_rejoins_later(tmp_path, procs):
                                        "--quorum", "0.5", "-F", "epochs=15"))
     for node in ids:
         procs.start(node, *node_args(work, node, port))
-    wait_until(lambda: len(records(run)) >= 2, 120, "two rounds")
+    wait_until(lambda: len(records(run)) >= 2, 600, "two rounds")
     victim = procs.children[ids[2]]
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
-    wait_until(lambda: any(r["num_nodes"] == 2 for r in records(run)), 60, "a round without the killed node")
+    wait_until(lambda: any(r["num_nodes"] == 2 for r in records(run)), 300, "a round without the killed node")
     procs.start(ids[2] + "-again", *node_args(work, ids[2], port))
-    wait_until(lambda: procs.children["server"].poll() is not None, 300, "the run to finish")
+    wait_until(lambda: procs.children["server"].poll() is not None, 900, "the run to finish")
     assert procs.children["server"].returncode == 0, procs.log("server")
     rs = records(run)
     assert [r["round"] for r in rs] == list(range(1, 41))
@@ -145,13 +146,13 @@ def test_server_restart_resumes_and_nodes_reconnect(tmp_path, procs):
     procs.start("server", *args)
     for node in ids:
         procs.start(node, *node_args(work, node, port))
-    wait_until(lambda: len(records(run)) >= 3, 120, "three rounds")
+    wait_until(lambda: len(records(run)) >= 3, 600, "three rounds")
     procs.children["server"].send_signal(signal.SIGTERM)
     assert procs.children["server"].wait(30) == 0
     assert "start again with --run-dir" in procs.log("server")
     committed = len(records(run))
     procs.start("server-again", *args)
-    wait_until(lambda: procs.children["server-again"].poll() is not None, 300, "the resumed run to finish")
+    wait_until(lambda: procs.children["server-again"].poll() is not None, 900, "the resumed run to finish")
     assert procs.children["server-again"].returncode == 0, procs.log("server-again")
     rs = records(run)
     assert [r["round"] for r in rs] == list(range(1, 31))

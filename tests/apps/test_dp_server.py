@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 from dp_accounting import dp_event
 from dp_accounting.rdp.rdp_privacy_accountant import RdpAccountant
 
@@ -15,6 +16,8 @@ from potluck.core.seeds import derive_seed
 from potluck.runtime.federation import stratified_split
 from potluck.tasks.builtin import load_digits
 from potluck.transport.certs import init_ca, issue_node, issue_server
+
+pytestmark = pytest.mark.slow  # a deployment: a gRPC server and training nodes until the budget stops it
 
 
 def local_epsilon(z: float, rounds: int) -> float:

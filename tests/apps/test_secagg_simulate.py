@@ -13,6 +13,7 @@ def last_record(tmp_path, name, **settings):
     return result.records[-1]
 
 
+@pytest.mark.slow
 def test_secure_aggregation_with_dropouts_matches_the_plain_run(tmp_path):
     plain = last_record(tmp_path, "plain")
     masked = last_record(tmp_path, "masked", secagg=True, secagg_dropout=0.3, secagg_dropout_at="unmask")

@@ -7,10 +7,14 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from potluck.apps.node import NodeAgent, NodeConfig
 from potluck.apps.server import run_server
 from potluck.apps.up import prepare
 from potluck.core.config import ServerConfig, SimulationConfig
+
+pytestmark = pytest.mark.slow  # deployments: a gRPC server started twice, training nodes
 
 
 def serve(config: ServerConfig) -> tuple[threading.Thread, list[int], dict]:
@@ -26,7 +30,7 @@ def serve(config: ServerConfig) -> tuple[threading.Thread, list[int], dict]:
 
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
-    assert ready.wait(60) and "error" not in out, out
+    assert ready.wait(300) and "error" not in out, out
     return thread, ports, out
 
 
@@ -47,10 +51,10 @@ def test_restart_after_the_last_commit_tells_returning_nodes_the_run_is_over(tmp
         "data_path": str(test), "rounds": 1, "min_nodes": 2, "fit": {"epochs": 1}, "heartbeat_seconds": 0.5})
     first, ports, out = serve(config)
     nodes = [agent(work, node_id, ports[0]) for node_id in ids]
-    first.join(60)
+    first.join(300)  # upper bounds only, here and below: each returns when its thread ends
     assert "result" in out, out
     for _, thread in nodes:
-        thread.join(10)
+        thread.join(120)
         assert not thread.is_alive()
 
     # As after a SIGKILL between the last commit and telling the nodes: every round is
@@ -60,9 +64,9 @@ def test_restart_after_the_last_commit_tells_returning_nodes_the_run_is_over(tmp
     returning = [agent(work, node_id, ports[0]) for node_id in ids]
     try:
         for _, thread in returning:
-            thread.join(20)
+            thread.join(120)
             assert not thread.is_alive(), "a node that came back was never told the run is over"
-        again.join(20)
+        again.join(120)
         assert not again.is_alive() and out["result"].resumed_from == 1
     finally:
         for node, _ in returning:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import urllib.error
 import urllib.request
 
 import pytest
@@ -28,7 +29,7 @@ def test_metrics_are_served_during_the_run_and_may_change_on_resume(tmp_path, sm
     assert "potluck_evaluation_accuracy" in pages[1]  # the classifier's gauge, kept for older dashboards
     assert re.search(r'^potluck_eval_metric\{name="accuracy",run_id="run",split="held_out"\} ', pages[1], re.M)
     url = re.search(r"metrics at (\S+)", caplog.text).group(1)
-    with pytest.raises(OSError):
+    with pytest.raises(urllib.error.URLError, match="Connection refused"):
         urllib.request.urlopen(url, timeout=2)  # closed with the run
 
     resumed = run_simulation(config.replace(rounds=3, metrics_port=None, log_format="json"), resume=True)

@@ -8,7 +8,7 @@ from potluck.tasks.builtin import resolve_task
 
 
 class FlakyDigits:
-    """node-001 hangs (longer than any test deadline), node-002 raises; others train."""
+    """node-001 hangs for an hour (longer than any test deadline; the pool kills it), node-002 raises; others train."""
 
     def __init__(self) -> None:
         self._inner = resolve_task("digits")
@@ -22,7 +22,7 @@ class FlakyDigits:
 
     def fit(self, params, data, config, seed):
         if data.source.startswith("node-001"):
-            time.sleep(60)
+            time.sleep(3600)
         if data.source.startswith("node-002"):
             raise RuntimeError("simulated crash in user code")
         return self._inner.fit(params, data, config, seed)

@@ -19,7 +19,8 @@ from potluck.core.params import Params
 POTLUCK = [sys.executable, "-m", "potluck.cli"]
 
 
-def potluck(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def potluck(*args: str, cwd: Path, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    """Run the CLI; the default timeout only catches a hang (a busy machine is slow, not stuck)."""
     return subprocess.run([*POTLUCK, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
@@ -42,17 +43,19 @@ def test_default_simulation_reaches_93_percent(tmp_path):
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_digest(tmp_path):
     args = ["simulate", "--rounds", "8", "--nodes", "6", "--fit", "epochs=1"]
+    started = time.monotonic()
     whole = potluck(*args, "--run-dir", "whole", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
+    patience = 3 * (time.monotonic() - started) + 30  # from this machine's speed now, not a fixed figure
 
     proc = subprocess.Popen([*POTLUCK, *args, "--run-dir", "cut"], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marks = tmp_path / "cut" / "checkpoints"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + patience
     while time.monotonic() < deadline and not (marks / "round-0003.json").exists():
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
+    proc.wait(timeout=patience)
     killed_at = len(list(marks.glob("round-*.json"))) - 1
     assert 3 <= killed_at < 8, "the run should have been killed part-way"
 

@@ -148,13 +148,13 @@ def test_arrays_are_read_only():
     p = Params.from_arrays(mixed_arrays())
     for name in p:
         assert not p[name].flags.writeable
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="read-only"):
             p[name][...] = 0
 
 
 def test_decoded_arrays_are_read_only():
     q = Params.decode(Params.from_arrays(mixed_arrays()).encode())
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="read-only"):
         q["zeta.weight"][0, 0] = 1.0
 
 
@@ -447,7 +447,7 @@ def test_pickle_round_trip_keeps_digest_kind_order_and_read_only(kind):
     assert list(q) == list(p)
     for name in q:
         assert not q[name].flags.writeable
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="read-only"):
         q["alpha"][0] = 1.0
 
 

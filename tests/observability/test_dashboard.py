@@ -183,6 +183,7 @@ def live(tmp_path_factory):
     return server_scraper.bodies[-1], node_scraper.bodies[-1], result["server"].records
 
 
+@pytest.mark.slow
 def test_every_metric_the_dashboard_queries_is_exported(live):
     server_page, node_page, _ = live
     exported = exported_names(server_page) | exported_names(node_page)
@@ -195,6 +196,7 @@ def test_every_metric_the_dashboard_queries_is_exported(live):
         assert name in used, f"the dashboard does not show {name}"
 
 
+@pytest.mark.slow
 def test_the_live_pages_hold_the_runs_figures(live):
     from prometheus_client.parser import text_string_to_metric_families
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import urllib.error
 import urllib.request
 
 import pytest
@@ -30,7 +31,7 @@ def test_the_endpoint_serves_the_registry_on_loopback_and_stops():
     finally:
         server.close()
         server.close()  # idempotent
-    with pytest.raises(OSError):
+    with pytest.raises(urllib.error.URLError, match="Connection refused"):
         urllib.request.urlopen(server.url, timeout=2)
 
 
@@ -53,8 +54,9 @@ def test_closing_waits_for_a_final_scrape_only_when_something_scrapes():
 
     scraper = threading.Thread(target=scrape)
     scraper.start()
-    while not bodies:
+    while not bodies and scraper.is_alive():  # the first page, or the scraper's error
         stop.wait(0.05)
+    assert bodies, "the endpoint never answered"
     monitor.run.on_commit(record(1), None, None)
     monitor.close(wait_for_final_scrape=True)
     stop.set()

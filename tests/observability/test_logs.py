@@ -115,7 +115,7 @@ def test_the_text_format_is_unchanged():
     handler = make_handler("text", buffer)
     handler.handle(logging.LogRecord("potluck.x", logging.INFO, __file__, 1, "plain %d", (1,), None))
     assert buffer.getvalue().rstrip().endswith(" INFO potluck.x: plain 1")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="log format must be one of text, json, got 'yaml'"):
         make_handler("yaml")
 
 

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from potluck.backends.fleet import FleetPool
-from potluck.core.errors import PotluckError
+from potluck.core.errors import AccessDenied, SchemaMismatch, UnknownId
 from potluck.core.messages import FitInstruction, FitResult
 from potluck.core.params import Params
 from potluck.core.records import RoundRecord
@@ -149,11 +149,11 @@ def test_fleet_counts_joins_results_bytes_and_maps_the_pools_refusals():
     assert value(reg, "potluck_nodes_connected", run_id="r1") == 1
     assert value(reg, "potluck_fleet_node_gpus", run_id="r1", node_id="a") == 1
     assert value(reg, "potluck_fleet_node_examples", run_id="r1", node_id="a") == 10
-    with pytest.raises(PotluckError):
-        handler.join(JoinInfo("c", "m", MODEL.schema_digest, 10), None)  # not on the allow-list
-    with pytest.raises(PotluckError):
+    with pytest.raises(AccessDenied, match="'c' is not on this server's allow-list"):
+        handler.join(JoinInfo("c", "m", MODEL.schema_digest, 10), None)
+    with pytest.raises(SchemaMismatch, match="this server trains model 'm'"):
         handler.join(JoinInfo("b", "other", MODEL.schema_digest, 10), None)
-    with pytest.raises(PotluckError):
+    with pytest.raises(UnknownId, match="unknown or expired session"):
         handler.heartbeat("no-such-session", None)
 
     outcomes = fleet_pool.fit([FitInstruction(1, "a", MODEL, {}, 0)], timeout=10.0)
@@ -166,7 +166,7 @@ def test_fleet_counts_joins_results_bytes_and_maps_the_pools_refusals():
     assert handler.submit(IncomingResult(session, ins.instruction_id, 1, 10, payload=update, run_id="r1"), None) is False
     assert handler.submit(IncomingResult(session, ins.instruction_id, 1, 10, payload=update, run_id="r1"), None) is True
     done.join(10)
-    with pytest.raises(PotluckError):
+    with pytest.raises(UnknownId, match="no instruction"):
         handler.submit(IncomingResult(session, "nope", 1, 10, payload=update), None)
 
     assert value(reg, "potluck_payload_bytes_sent_total", run_id="r1") == sent

@@ -10,7 +10,7 @@ from potluck.core.errors import ConfigError
 from potluck.core.messages import FitInstruction
 from potluck.core.params import Params, ParamsKind
 from potluck.runtime.attacks import SCALE, Attack, attacker_count, choose_attackers
-from potluck.runtime.node import NodeRunner
+from potluck.runtime.node import NodeData, NodeRunner
 from potluck.tasks.protocol import FitOutput
 
 HONEST = Params.from_arrays(
@@ -67,8 +67,8 @@ class Echo:
 
 def test_node_runner_corrupts_only_attackers():
     start = Params.from_arrays({"w": np.zeros(2, np.float32)})
-    runner = NodeRunner(Echo(), {"a": None, "b": None}, {"b": Attack("scale")})  # type: ignore[arg-type, dict-item]
-    runner._node = lambda node_id: type("D", (), {"train": None})()  # type: ignore[method-assign]
+    no_data = NodeData([], [])  # type: ignore[arg-type]  # Echo trains on nothing
+    runner = NodeRunner(Echo(), {"a": no_data, "b": no_data}, {"b": Attack("scale")})  # type: ignore[arg-type]
     honest = runner.fit(FitInstruction(1, "a", start, {}, 5))
     attacker = runner.fit(FitInstruction(1, "b", start, {}, 5))
     assert honest.params["w"].tolist() == [1.0, 1.0]

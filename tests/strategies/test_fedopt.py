@@ -202,5 +202,5 @@ def test_constructors_validate(cls, kwargs, text) -> None:
 
 
 def test_fedadagrad_has_no_beta2() -> None:
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'beta2'"):
         FedAdagrad(beta2=0.9)  # type: ignore[call-arg]

@@ -51,7 +51,7 @@ def served(tls, **options):
 
 def fit(pool, node="a", rnd=1):
     outcomes: list = []
-    t = threading.Thread(target=lambda: outcomes.extend(pool.fit([FitInstruction(rnd, node, BIG)], 10)), daemon=True)
+    t = threading.Thread(target=lambda: outcomes.extend(pool.fit([FitInstruction(rnd, node, BIG)], 60)), daemon=True)
     t.start()
     return t, outcomes
 
@@ -65,7 +65,7 @@ def good_round(pool, server, tls, address, node="b"):
     ins = c.pull(session, 5)
     assert Params.decode(ins.payload).digest == BIG.digest
     assert c.push(IncomingResult(session, ins.instruction_id, ins.round, 5, payload=update())) is False
-    t.join(5)
+    t.join(60)
     assert isinstance(outcomes[0], FitResult)
     assert server.bulk.transfers["get"] == before.get("get", 0) + 1
     assert server.bulk.transfers["put"] == before.get("put", 0) + 1
@@ -83,7 +83,7 @@ def test_large_payloads_travel_over_the_lane_both_ways(tls):
         result = IncomingResult(session, ins.instruction_id, 1, 5, payload=update(2.0))
         assert c.push(result) is False
         assert c.push(result) is True  # a repeated push over the lane is acknowledged and ignored
-        t.join(5)
+        t.join(60)
         assert outcomes[0].params.digest == Params.decode(update(2.0)).digest
         assert server.bulk.transfers == {"get": 1, "put": 2}
 
@@ -97,12 +97,12 @@ def test_small_payloads_stay_on_grpc(tls):
         c = client(tls, f"127.0.0.1:{port}")
         session = c.join(JoinInfo("a", "m", small.schema_digest, 5)).session
         out: list = []
-        t = threading.Thread(target=lambda: out.extend(pool.fit([FitInstruction(1, "a", small)], 10)), daemon=True)
+        t = threading.Thread(target=lambda: out.extend(pool.fit([FitInstruction(1, "a", small)], 60)), daemon=True)
         t.start()
         ins = c.pull(session, 5)
         c.push(IncomingResult(session, ins.instruction_id, 1, 5,
                               payload=Params.from_arrays({"w": np.ones(16, np.float32)}, ParamsKind.DELTA).encode()))
-        t.join(5)
+        t.join(60)
         assert isinstance(out[0], FitResult) and len(ins.payload) < MIN_BULK_BYTES
         assert not server.bulk.transfers
     finally:
@@ -116,7 +116,7 @@ def test_a_node_with_the_lane_off_uses_grpc_chunks(tls):
         t, outcomes = fit(pool)
         ins = c.pull(session, 5)
         c.push(IncomingResult(session, ins.instruction_id, 1, 5, payload=update()))
-        t.join(5)
+        t.join(60)
         assert isinstance(outcomes[0], FitResult) and c.lane is None and not server.bulk.transfers
 
 
@@ -128,7 +128,7 @@ def test_when_the_lane_fails_results_go_over_grpc_and_pulls_resume_after_a_rejoi
         ins = c.pull(session, 5)  # over the lane
         server.bulk.stop()  # the port closes mid-run (a firewall, a crash of the lane)
         c.push(IncomingResult(session, ins.instruction_id, 1, 5, payload=update()))  # falls back to gRPC
-        t.join(5)
+        t.join(60)
         assert isinstance(outcomes[0], FitResult) and server.bulk.transfers == {"get": 1}
         # A fresh node: its fetch fails, it rejoins, and gets the same instruction as gRPC chunks.
         fresh = client(tls, address, "b")
@@ -140,7 +140,7 @@ def test_when_the_lane_fails_results_go_over_grpc_and_pulls_resume_after_a_rejoi
         again = fresh.pull(session, 5)
         assert again is not None and Params.decode(again.payload).digest == BIG.digest
         fresh.push(IncomingResult(session, again.instruction_id, 2, 5, payload=update()))
-        t.join(5)
+        t.join(60)
         assert isinstance(outcomes[0], FitResult)
 
 
@@ -165,7 +165,7 @@ def test_a_fetch_is_refused_for_another_nodes_session_and_an_unknown_instruction
             _lane(tls, server).get(session, "not-an-instruction", 10, "0" * 64)
         assert pool.rejections["identity"] == 1 and pool.rejections["unknown_instruction"] == 1
         c.push(IncomingResult(session, ins.instruction_id, ins.round, 5, payload=update()))
-        t.join(5)
+        t.join(60)
         good_round(pool, server, tls, address)
 
 
@@ -191,14 +191,14 @@ def test_bad_pushes_over_the_lane_are_refused_with_their_reason(tls, case):
             assert struct.unpack(">BQ", raw.recv(9)) == (wire.CONTINUE, 0)  # the header passed its checks
             raw.sendall(payload[:1000])
             raw.close()  # the node dies mid-payload
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 60  # an upper bound: the loop ends with the count
             while not pool.rejections["payload_truncated"] and time.monotonic() < deadline:
                 time.sleep(0.05)
         if case != "truncated":
             assert caught.value.reason == case
         assert pool.rejections[f"payload_{case}"] == 1
         c.push(IncomingResult(session, ins.instruction_id, 1, 5, payload=payload))  # the good one still lands
-        t.join(5)
+        t.join(60)
         assert isinstance(outcomes[0], FitResult)
         good_round(pool, server, tls, address)
 
@@ -244,10 +244,12 @@ def test_the_lane_wants_a_certificate_from_the_project_ca_and_drops_silent_conne
             foreign.get("s", "i", 1, "0" * 64)
         silent = socket.create_connection(("127.0.0.1", server.bulk_port), timeout=5)
         assert _closed_by_server(silent)  # no handshake within handshake_timeout
-        deadline = time.monotonic() + 5
-        while pool.rejections["bulk_handshake"] + pool.rejections["bulk_timeout"] < 3 and time.monotonic() < deadline:
+        # The socket closes as the handshake fails, a moment before the server counts it;
+        # the foreign client may have tried twice, so wait for the timeout's own count.
+        deadline = time.monotonic() + 60
+        while not pool.rejections["bulk_timeout"] and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert pool.rejections["bulk_handshake"] >= 2 and pool.rejections["bulk_timeout"] >= 1
+        assert pool.rejections["bulk_handshake"] >= 2 and pool.rejections["bulk_timeout"] == 1
         good_round(pool, server, tls, address)
 
 
@@ -283,7 +285,7 @@ def test_a_push_for_the_wrong_round_is_refused_before_its_payload_moves(tls):
         lane = _lane(tls, server)
         header.round = 1  # the same connection's stream is still in step: the right push lands on a new one
         assert lane.put(header, payload) is False and server.bulk.transfers["put"] == 1
-        t.join(5)
+        t.join(60)
         assert isinstance(outcomes[0], FitResult)
 
 
@@ -293,7 +295,7 @@ def test_a_fetch_cut_short_is_a_transport_failure_and_a_dropped_connection_is_re
         session = c.join(JoinInfo("a", "m", BIG.schema_digest, 5)).session
         t, outcomes = fit(pool)
         ins = c.pull(session, 5)  # opens and keeps a lane connection
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60
         while not server.bulk._open and time.monotonic() < deadline:
             time.sleep(0.01)
         with server.bulk._lock:
@@ -301,7 +303,7 @@ def test_a_fetch_cut_short_is_a_transport_failure_and_a_dropped_connection_is_re
         for conn in kept:
             wire.shut(conn)  # the server drops it (an idle timeout, a restart of the lane)
         assert c.push(IncomingResult(session, ins.instruction_id, 1, 5, payload=update())) is False
-        t.join(5)
+        t.join(60)
         assert isinstance(outcomes[0], FitResult) and server.bulk.transfers == {"get": 1, "put": 1}  # not gRPC
         assert c._lane() is not None  # and the lane was not marked down
     # A lane that sends fewer bytes than announced, then closes: a transport failure, not a bad payload.

@@ -32,7 +32,7 @@ def test_a_round_and_an_idempotent_repeat_push(fleet, tls):
     result = IncomingResult(session, ins.instruction_id, 1, 10, payload=delta(0.5))
     assert c.push(result) is False
     assert c.push(result) is True  # acknowledged, ignored
-    t.join(5)
+    t.join(60)
     assert len(outcomes) == 1 and outcomes[0].params["w"][0, 0] == 0.5
 
 
@@ -75,8 +75,8 @@ def test_schema_mismatch_and_identity_mismatch(fleet, tls):
     well_behaved_round(pool, tls, address)
 
 
-def test_digest_mismatch_is_refused(fleet, tls):
-    pool, address = fleet
+def test_digest_mismatch_is_refused(clocked_fleet, tls):
+    pool, address, clock = clocked_fleet
     c = client(tls, address)
     session = join(c)
     t, outcomes = dispatch(pool, ["a"], timeout=3)
@@ -88,13 +88,14 @@ def test_digest_mismatch_is_refused(fleet, tls):
     with pytest.raises(grpc.RpcError) as info:
         stub.Push(iter([pb.ResultPart(header=header), pb.ResultPart(chunk=pb.Chunk(offset=0, data=payload))]), timeout=5)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "BLAKE3" in info.value.details()
-    t.join(6)
-    assert outcomes and outcomes[0].node_id == "a"
+    clock.advance(3)  # the deadline passes: the node is dropped for the round
+    t.join(60)
+    assert [type(o).__name__ for o in outcomes] == ["NodeTimedOut"] and outcomes[0].node_id == "a"
     well_behaved_round(pool, tls, address)
 
 
-def test_wrong_round_other_nodes_instruction_unknown_id_and_late(fleet, tls):
-    pool, address = fleet
+def test_wrong_round_other_nodes_instruction_unknown_id_and_late(clocked_fleet, tls):
+    pool, address, clock = clocked_fleet
     ca, cb = client(tls, address, "a"), client(tls, address, "b")
     sa, sb = join(ca, "a"), join(cb, "b")
     t, outcomes = dispatch(pool, ["a"], rnd=4, timeout=2)
@@ -107,7 +108,8 @@ def test_wrong_round_other_nodes_instruction_unknown_id_and_late(fleet, tls):
         ca.push(IncomingResult(sa, "deadbeef", 4, 10, payload=delta()))
     with pytest.raises(UnknownId, match="unknown or expired session"):
         ca.push(IncomingResult("nosuchsession", ins.instruction_id, 4, 10, payload=delta()))
-    t.join(5)  # the deadline passes
+    clock.advance(2)  # the deadline passes
+    t.join(60)
     assert type(outcomes[0]).__name__ == "NodeTimedOut"
     with pytest.raises(UnexpectedResult, match="round deadline passed"):
         ca.push(IncomingResult(sa, ins.instruction_id, 4, 10, payload=delta()))
@@ -115,8 +117,8 @@ def test_wrong_round_other_nodes_instruction_unknown_id_and_late(fleet, tls):
     well_behaved_round(pool, tls, address)
 
 
-def test_oversized_stream_nan_update_and_wrong_shape(fleet, tls):
-    pool, address = fleet
+def test_oversized_stream_nan_update_and_wrong_shape(clocked_fleet, tls):
+    pool, address, clock = clocked_fleet
     c = client(tls, address)
     session = join(c)
     t, outcomes = dispatch(pool, ["a"], timeout=3)
@@ -130,14 +132,15 @@ def test_oversized_stream_nan_update_and_wrong_shape(fleet, tls):
 
     with pytest.raises(NonFiniteError, match="'w' holds 12 NaN/Inf values"):
         c.push(IncomingResult(session, ins.instruction_id, 1, 10, payload=nan))
-    t.join(5)
+    t.join(60)  # a refused update ends the node's round at once, long before the (fake) deadline
     assert isinstance(outcomes[0], NodeFailed) and "NaN" in str(outcomes[0])
     t, outcomes = dispatch(pool, ["a"], rnd=2, timeout=3)
     ins = c.pull(session, 5)
     wrong = Params.from_arrays({"w": np.zeros((3, 4), np.float32), "b": np.zeros(3, np.float32)}).encode()
     with pytest.raises(SchemaMismatch, match="'w' has shape"):
         c.push(IncomingResult(session, ins.instruction_id, 2, 10, payload=wrong))
-    t.join(5)
+    t.join(60)
+    assert isinstance(outcomes[0], NodeFailed) and "shape" in str(outcomes[0])
     well_behaved_round(pool, tls, address)
 
 
@@ -187,5 +190,5 @@ def test_a_node_that_restarts_mid_round_is_given_its_instruction_again(fleet, tl
     ins = again.pull(session, 5)
     assert ins is not None and ins.instruction_id == lost.instruction_id
     assert again.push(IncomingResult(session, ins.instruction_id, ins.round, 10, payload=delta())) is False
-    t.join(5)
+    t.join(60)
     assert not t.is_alive() and isinstance(outcomes[0], FitResult)  # answered long before the 20 s deadline

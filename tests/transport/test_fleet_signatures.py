@@ -44,7 +44,7 @@ def test_a_signed_update_is_accepted_and_carries_its_signature(signed_fleet, tls
     session = join(c)
     t, outcomes = dispatch(pool, ["a"])
     assert signed_push(c, session, c.pull(session, 5)) is False
-    t.join(5)
+    t.join(60)
     (result,) = outcomes
     assert isinstance(result, FitResult) and result.signature.public_key == public_bytes(KEY_A)
 
@@ -66,7 +66,7 @@ def test_a_bad_signature_is_refused_at_the_wire_and_counted(signed_fleet, tls, t
     with pytest.raises(SignatureError, match=message):
         c.push(IncomingResult(session, ins.instruction_id, ins.round, examples, payload=update.encode(),
                               run_id=ins.run_id, signature=signed.signature))
-    t.join(5)
+    t.join(60)
     assert isinstance(outcomes[0], NodeResultInvalid) and pool.rejections[reason] == 1  # counted "rejected" in the round
 
 
@@ -80,7 +80,7 @@ def test_unsigned_updates_and_keyless_nodes_are_refused(signed_fleet, tls):
     ins = c.pull(session, 5)
     with pytest.raises(SignatureError, match="is not signed"):
         c.push(IncomingResult(session, ins.instruction_id, ins.round, 10, payload=delta(), run_id=ins.run_id))
-    t.join(5)
+    t.join(60)
     assert pool.rejections["no_key"] == 1 and pool.rejections["unsigned"] == 1
 
 
@@ -105,7 +105,7 @@ def test_the_ledger_calls_serve_headers_and_own_proofs_only(tls):
         ins = c.pull(session, 5)
         assert (ins.ledger_round, ins.ledger_head) == (0, ledger.head().hash)  # every instruction names the head
         signed_push(c, session, ins)
-        t.join(5)
+        t.join(60)
         record = RoundRecord(1, 1, 1, 0.1, MODEL.digest, metrics={"loss": 0.5}, provenance=RoundProvenance(
             settings_digest(ins.config), (contribution(outcomes[0]),)))
         ledger.advance(ledger.seal(record, MODEL.digest, "0" * 64))

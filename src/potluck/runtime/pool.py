@@ -1,8 +1,9 @@
 """The seam between *what to compute* and *where it runs*: a pool of nodes.
 
-The coordinator drives every backend (in-process, process pool, Ray, gRPC fleet)
-through this one interface, so sampling, deadlines, quorum, aggregation and commits
-behave the same in simulation and deployment.
+The coordinator drives every backend (in-process, process pool, the gRPC fleet; a
+Ray backend would be one more) through this one interface, so sampling, deadlines,
+quorum, aggregation and commits behave the same in simulation and deployment. An
+in-memory implementation for tests is :class:`potluck.testing.ScriptedPool`.
 """
 
 from __future__ import annotations
