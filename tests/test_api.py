@@ -205,3 +205,21 @@ def test_a_function_hook_returning_something_else_is_named(tmp_path):
     with pytest.raises(potluck.ConfigError, match="returned a str; return a potluck.RoundDecision or None"):
         potluck.simulate(task=f"{__name__}:RECORDER", rounds=2, nodes=2, fit={"lr": 1.0, "round": 0},
                          run_dir=str(tmp_path / "run"), hooks=[lambda record, params: "stop"])
+
+
+def test_run_rounds_runs_a_task_and_hooks_in_memory_and_names_a_broken_node():
+    from potluck.testing import run_rounds
+
+    data = RECORDER.load_data(None)
+    parts = {"a": data.subset(np.arange(0, 30)), "b": data.subset(np.arange(30, 60))}
+    final, records = run_rounds(RECORDER, parts, rounds=4, fit={"lr": 1.0, "round": 0}, hooks=[round_hook(
+        lambda record, params: potluck.RoundDecision(stop="halfway") if record.round == 2 else None)])
+    assert [r.round for r in records] == [1, 2] and np.isnan(records[0].loss)
+    np.testing.assert_allclose(final["w"], [2.0, 2.0])
+
+    class Broken(Recorder):
+        def fit(self, params, data, config, seed):
+            raise RuntimeError("out of memory")
+
+    with pytest.raises(potluck.RoundFailed, match="fit raised RuntimeError: out of memory"):
+        run_rounds(Broken(), parts, rounds=1, fit={"lr": 1.0, "round": 0})

@@ -80,3 +80,16 @@ def test_the_cli_runs_it_by_module_name_from_a_checkout(tmp_path):
     assert len(lines) == 2 and lines[-1]["accuracy"] > 0.5
     assert Params.decode((run / "model.safetensors").read_bytes()).digest == lines[-1]["model_digest"]
     assert 'task = "examples.numpy_task:NumpyLogReg"' in (run / "config.toml").read_text()
+
+
+def test_run_rounds_checks_a_task_learns_in_memory(example):
+    from potluck.testing import run_rounds
+
+    data = example.blobs(n=300, seed=5)
+    parts = {f"n{i}": data.subset(np.arange(i, 240, 3)) for i in range(3)}
+    test = data.subset(np.arange(240, 300))
+    final, records = run_rounds(example.NumpyLogReg(), parts, rounds=3, fit={"lr": 0.05}, test=test)
+    assert [r.round for r in records] == [1, 2, 3] and records[-1].model_digest == final.digest
+    assert records[-1].loss < records[0].loss < math.log(3) and records[-1].accuracy > 0.5
+    again, _ = run_rounds(example.NumpyLogReg(), parts, rounds=3, fit={"lr": 0.05}, test=test)
+    assert again.digest == final.digest  # seeded
