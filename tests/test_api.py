@@ -20,7 +20,7 @@ from potluck.testing import ScriptedPool
 
 # Removing one of these from the package root breaks users' imports: add, never drop silently.
 PUBLIC = {
-    "AggregationRule", "Aggregator", "ConfigError", "DataError", "DataInfo", "Dataset", "EvalOutput",
+    "AggregationRule", "Aggregator", "BufferedAggregator", "ConfigError", "DataError", "DataInfo", "Dataset", "EvalOutput",
     "EvaluateInstruction", "EvaluateOn", "EvaluateResult", "FedAvg", "FitInstruction", "FitOutput", "FitResult",
     "Hook", "LOSS_METRIC", "MetricSpec", "NodeError", "NodeFailed", "NodeLeft", "NodeTimedOut", "NonFiniteError",
     "Option", "Params", "ParamsError", "ParamsKind", "PlainStep", "PotluckError", "RoundDecision", "RoundFailed",

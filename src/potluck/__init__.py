@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from potluck.strategies import (
         AggregationRule,
         Aggregator,
+        BufferedAggregator,
         FedAvg,
         Option,
         PlainStep,
@@ -79,7 +80,7 @@ _LAZY = {
     "SimulationConfig": "potluck.core.config",
     "RoundRecord": "potluck.core.records",
     **dict.fromkeys(["RoundDecision", "RoundHook"], "potluck.runtime.coordinator"),
-    **dict.fromkeys(["AggregationRule", "Aggregator", "FedAvg", "Option", "PlainStep", "ServerStep", "Strategy",
+    **dict.fromkeys(["AggregationRule", "Aggregator", "BufferedAggregator", "FedAvg", "Option", "PlainStep", "ServerStep", "Strategy",
                      "WeightedMean", "make_strategy"], "potluck.strategies"),
     "Dataset": "potluck.tasks.data.dataset",
     **dict.fromkeys(["LOSS_METRIC", "DataInfo", "EvalOutput", "FitOutput", "MetricSpec", "Task"],
@@ -87,7 +88,7 @@ _LAZY = {
 }
 
 __all__ = [
-    "LOSS_METRIC", "AggregationRule", "Aggregator", "ConfigError", "DataError", "DataInfo", "Dataset", "EvalOutput",
+    "LOSS_METRIC", "AggregationRule", "Aggregator", "BufferedAggregator", "ConfigError", "DataError", "DataInfo", "Dataset", "EvalOutput",
     "EvaluateInstruction", "EvaluateOn", "EvaluateResult", "FedAvg", "FitInstruction", "FitOutput", "FitResult",
     "Hook", "MetricSpec", "NodeError", "NodeFailed", "NodeLeft", "NodeTimedOut", "NonFiniteError", "Option",
     "Params", "ParamsError", "ParamsKind", "PlainStep", "PotluckError", "RoundDecision", "RoundFailed", "RoundHook",
