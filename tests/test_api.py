@@ -223,3 +223,23 @@ def test_run_rounds_runs_a_task_and_hooks_in_memory_and_names_a_broken_node():
 
     with pytest.raises(potluck.RoundFailed, match="fit raised RuntimeError: out of memory"):
         run_rounds(Broken(), parts, rounds=1, fit={"lr": 1.0, "round": 0})
+
+
+def test_evaluate_on_extra_data_keeps_metrics_and_stops_at_a_threshold(tmp_path):
+    extra = potluck.Dataset(np.zeros((5, 2), np.float32), np.zeros(5, np.int64), source="extra.npz")
+    every_round = potluck.EvaluateOn(RECORDER, extra, stop_above=3.0)
+    every_other = potluck.EvaluateOn(RECORDER, extra, every=2)
+    result = potluck.simulate(task=f"{__name__}:RECORDER", rounds=5, nodes=2, fit={"lr": 1.0, "round": 0},
+                              run_dir=str(tmp_path / "run"), hooks=[every_round, every_other])
+    assert every_round.results == {1: {"loss": 2.0}, 2: {"loss": 4.0}}  # |w| summed: 1 + 1, then 2 + 2
+    assert every_other.results == {2: {"loss": 4.0}}
+    assert result.stopped == "loss 4 > 3 on extra.npz" and len(result.records) == 2
+
+
+def test_evaluate_on_names_a_metric_the_task_does_not_report(tmp_path):
+    extra = potluck.Dataset(np.zeros((5, 2), np.float32), np.zeros(5, np.int64))
+    with pytest.raises(potluck.ConfigError, match="reports \\['loss'\\], not 'accuracy'"):
+        potluck.simulate(task=f"{__name__}:RECORDER", rounds=2, nodes=2, fit={"lr": 1.0, "round": 0},
+                         run_dir=str(tmp_path / "run"), hooks=[potluck.EvaluateOn(RECORDER, extra, metric="accuracy")])
+    with pytest.raises(potluck.ConfigError, match="every must be ≥ 1"):
+        potluck.EvaluateOn(RECORDER, extra, every=0)
