@@ -157,7 +157,7 @@ class Coordinator:
                 stop = self._after_commit(record, params)
                 if stop is not None and rnd < self.policy.rounds:
                     self.stopped = stop
-                    log.warning("stopping after round %d: %s", rnd, stop)
+                    log.info("stopping after round %d: %s", rnd, stop)
                     break
         return params
 
