@@ -243,3 +243,11 @@ def test_evaluate_on_names_a_metric_the_task_does_not_report(tmp_path):
                          run_dir=str(tmp_path / "run"), hooks=[potluck.EvaluateOn(RECORDER, extra, metric="accuracy")])
     with pytest.raises(potluck.ConfigError, match="every must be ≥ 1"):
         potluck.EvaluateOn(RECORDER, extra, every=0)
+
+
+@pytest.mark.slow
+def test_a_hooks_fit_change_reaches_nodes_in_worker_processes(tmp_path):
+    result = potluck.simulate(task=f"{__name__}:RECORDER", rounds=3, nodes=2, workers=2, partition="iid",
+                              fit={"lr": 1.0, "round": 1}, run_dir=str(tmp_path / "run"), hooks=[CountRounds()])
+    assert result.stopped == "two rounds are plenty"
+    np.testing.assert_allclose(result.final_params["w"], [1.25, 1.25])  # lr 1.0, then the hook's 0.25
