@@ -60,9 +60,12 @@ class NumpyLogReg:
         unknown = sorted(set(config) - set(DEFAULTS))
         if unknown:
             raise TaskError(f"{self.name}: unknown fit setting {unknown[0]!r}; it takes {', '.join(DEFAULTS)}")
-        bad = [k for k in DEFAULTS if k in config and not float(config[k]) > 0]
-        if bad:
-            raise TaskError(f"{self.name}: fit setting {bad[0]} must be > 0, got {config[bad[0]]!r}")
+        for key, value in config.items():
+            whole = key != "lr"  # epochs and batch_size count things
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+            if not ok or (whole and value != int(value)):
+                need = "a whole number ≥ 1" if whole else "a number > 0"
+                raise TaskError(f"{self.name}: fit setting {key} must be {need}, got {value!r}")
 
     def fit(self, params: Params, data: Dataset, config: Mapping[str, Any], seed: int) -> FitOutput:
         lr = float(config.get("lr", DEFAULTS["lr"]))

@@ -46,8 +46,11 @@ def test_one_full_batch_step_is_the_softmax_gradient_step(example):
 def test_unknown_fit_settings_are_refused_before_the_run(example):
     with pytest.raises(TaskError, match="unknown fit setting 'momentum'"):
         example.NumpyLogReg().check_fit_config({"lr": 0.1, "momentum": 0.9})
-    with pytest.raises(TaskError, match="lr must be > 0"):
+    with pytest.raises(TaskError, match="lr must be a number > 0, got 0"):
         example.NumpyLogReg().check_fit_config({"lr": 0})
+    with pytest.raises(TaskError, match="epochs must be a whole number ≥ 1, got 0.5"):
+        example.NumpyLogReg().check_fit_config({"epochs": 0.5})
+    example.NumpyLogReg().check_fit_config({"lr": 0.1, "epochs": 2, "batch_size": 16})
 
 
 def test_the_python_api_run_learns(example, tmp_path):
