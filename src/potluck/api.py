@@ -27,7 +27,7 @@ when one of its names is first used, so ``import potluck`` stays light.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from potluck.apps.simulate import SimulationResult, run_simulation
 from potluck.core.config import SimulationConfig
@@ -98,6 +98,14 @@ class EvaluateOn(Hook):
         return None
 
 
+@runtime_checkable
+class _Committing(Protocol):
+    """What the coordinator calls: an object with ``on_commit`` (``runtime.coordinator.RoundHook``)."""
+
+    def on_commit(self, record: RoundRecord, params: Params, strategy: Strategy) -> RoundDecision | None:
+        ...
+
+
 class _FunctionHook:
     """A plain function ``(record, params) -> RoundDecision | None`` as a round hook."""
 
@@ -115,8 +123,8 @@ class _FunctionHook:
 def round_hook(hook: RoundHook | AfterRound) -> RoundHook:
     """``hook`` as the coordinator calls it: a :class:`Hook` (or anything with ``on_commit``)
     as it is, a function wrapped. Raises ``ConfigError`` for anything else."""
-    if isinstance(hook, Hook) or callable(getattr(hook, "on_commit", None)):
-        return hook  # type: ignore[return-value]
+    if isinstance(hook, _Committing):
+        return hook
     if callable(hook):
         return _FunctionHook(hook)
     raise ConfigError(f"a hook is a potluck.Hook or a function (record, params) -> RoundDecision | None; "
