@@ -251,3 +251,13 @@ def test_a_hooks_fit_change_reaches_nodes_in_worker_processes(tmp_path):
                               fit={"lr": 1.0, "round": 1}, run_dir=str(tmp_path / "run"), hooks=[CountRounds()])
     assert result.stopped == "two rounds are plenty"
     np.testing.assert_allclose(result.final_params["w"], [1.25, 1.25])  # lr 1.0, then the hook's 0.25
+
+
+def test_a_stopped_run_resumes_to_its_last_round_from_its_own_fit_settings(tmp_path):
+    settings = dict(task=f"{__name__}:RECORDER", rounds=4, nodes=2, fit={"lr": 1.0, "round": 1},
+                    run_dir=str(tmp_path / "run"))
+    stopped = potluck.simulate(hooks=[CountRounds()], **settings)
+    assert [r.round for r in stopped.records] == [1, 2]
+    resumed = potluck.simulate(resume=True, **settings)
+    assert [r.round for r in resumed.records] == [1, 2, 3, 4] and resumed.resumed_from == 2
+    np.testing.assert_allclose(resumed.final_params["w"], [3.25, 3.25])  # 1 + 0.25, then lr 1.0 again: a hook's change is not saved
