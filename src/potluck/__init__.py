@@ -20,7 +20,14 @@ Layers, top to bottom; imports point downward only (tests/test_layers.py checks 
 
 The seam between *what to compute* (Task, Strategy) and *where it runs* is
 :class:`potluck.runtime.pool.NodePool`.
+
+The names a user needs are exported here (``from potluck import Task, Strategy,
+simulate``); see docs/api.md. Those outside ``core`` are imported on first use, so
+``import potluck`` needs only numpy. ``potluck.api`` (:func:`simulate`, hooks) and
+``potluck.testing`` (a scripted pool, a fake clock) sit above the layers.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from potluck.core import (
     ConfigError,
@@ -30,17 +37,77 @@ from potluck.core import (
     FitInstruction,
     FitResult,
     NodeError,
+    NodeFailed,
+    NodeLeft,
+    NodeTimedOut,
+    NonFiniteError,
     Params,
     ParamsError,
     ParamsKind,
     PotluckError,
     RoundFailed,
+    RunDirError,
+    SchemaMismatch,
+    StrategyError,
     TaskError,
 )
 
+if TYPE_CHECKING:
+    from potluck.api import EvaluateOn, Hook, SimulationResult, simulate
+    from potluck.core.config import SimulationConfig
+    from potluck.core.records import RoundRecord
+    from potluck.runtime.coordinator import RoundDecision, RoundHook
+    from potluck.strategies import (
+        AggregationRule,
+        Aggregator,
+        BufferedAggregator,
+        FedAvg,
+        Option,
+        PlainStep,
+        ServerStep,
+        Strategy,
+        WeightedMean,
+        make_strategy,
+    )
+    from potluck.tasks.data.dataset import Dataset
+    from potluck.tasks.protocol import LOSS_METRIC, DataInfo, EvalOutput, FitOutput, MetricSpec, Task
+
 __version__ = "0.1.0"
 
+# name -> the module it is imported from on first use
+_LAZY = {
+    **dict.fromkeys(["EvaluateOn", "Hook", "SimulationResult", "simulate"], "potluck.api"),
+    "SimulationConfig": "potluck.core.config",
+    "RoundRecord": "potluck.core.records",
+    **dict.fromkeys(["RoundDecision", "RoundHook"], "potluck.runtime.coordinator"),
+    **dict.fromkeys(["AggregationRule", "Aggregator", "BufferedAggregator", "FedAvg", "Option", "PlainStep", "ServerStep", "Strategy",
+                     "WeightedMean", "make_strategy"], "potluck.strategies"),
+    "Dataset": "potluck.tasks.data.dataset",
+    **dict.fromkeys(["LOSS_METRIC", "DataInfo", "EvalOutput", "FitOutput", "MetricSpec", "Task"],
+                    "potluck.tasks.protocol"),
+}
+
 __all__ = [
-    "ConfigError", "DataError", "EvaluateInstruction", "EvaluateResult", "FitInstruction", "FitResult",
-    "NodeError", "Params", "ParamsError", "ParamsKind", "PotluckError", "RoundFailed", "TaskError", "__version__",
+    "LOSS_METRIC", "AggregationRule", "Aggregator", "BufferedAggregator", "ConfigError", "DataError", "DataInfo", "Dataset", "EvalOutput",
+    "EvaluateInstruction", "EvaluateOn", "EvaluateResult", "FedAvg", "FitInstruction", "FitOutput", "FitResult",
+    "Hook", "MetricSpec", "NodeError", "NodeFailed", "NodeLeft", "NodeTimedOut", "NonFiniteError", "Option",
+    "Params", "ParamsError", "ParamsKind", "PlainStep", "PotluckError", "RoundDecision", "RoundFailed", "RoundHook",
+    "RoundRecord", "RunDirError", "SchemaMismatch", "ServerStep", "SimulationConfig", "SimulationResult",
+    "Strategy", "StrategyError", "Task", "TaskError", "WeightedMean", "__version__", "make_strategy", "simulate",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The names outside ``core``, imported on first use (then cached in this module)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'potluck' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -13,13 +13,13 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
 from potluck.core.config import check_rules
-from potluck.core.errors import BudgetExhausted, NodeError, RoundFailed
+from potluck.core.errors import BudgetExhausted, ConfigError, NodeError, RoundFailed
 from potluck.core.messages import EvaluateInstruction, Scalar
 from potluck.core.params import Params
 from potluck.core.records import RoundProvenance, RoundRecord
@@ -78,11 +78,37 @@ class RoundGuard(Protocol):
         """Figures for round ``rnd``'s record, once it has been aggregated."""
 
 
-class RoundHook(Protocol):
-    """Called after each committed round (checkpointing, progress, metrics). The record
-    carries the round's figures, including ``aggregate_seconds`` and its provenance."""
+@dataclass(frozen=True)
+class RoundDecision:
+    """What a hook asks of the rounds after the one just committed.
 
-    def on_commit(self, record: RoundRecord, params: Params, strategy: Strategy) -> None:
+    ``fit``: settings merged into the fit config of every later round (the same keys as
+    ``-F``; a later hook wins on a key both set), so a hook can schedule ``lr``. ``stop``:
+    a reason to end the run after this round; the run then ends as it does at its last
+    round (committed, final model written) and the reason is kept in
+    :attr:`Coordinator.stopped`. Raises ``ConfigError`` for a value that is not a scalar.
+    """
+
+    fit: Mapping[str, Scalar] = field(default_factory=dict)
+    stop: str | None = None
+
+    def __post_init__(self) -> None:
+        bad = [k for k, v in self.fit.items() if not isinstance(k, str) or not isinstance(v, (bool, int, float, str))]
+        if bad:
+            raise ConfigError(f"a round decision's fit settings must map names to bool, int, float or str; "
+                              f"{bad[0]!r} is {self.fit[bad[0]]!r}")
+        if self.stop is not None and not (isinstance(self.stop, str) and self.stop):
+            raise ConfigError(f"a round decision's stop must be a reason (non-empty text), got {self.stop!r}")
+        object.__setattr__(self, "fit", dict(self.fit))  # the caller's dict may change later
+
+
+class RoundHook(Protocol):
+    """Called after each committed round (checkpointing, progress, metrics, schedules).
+    The record carries the round's figures, including ``aggregate_seconds`` and its
+    provenance. Returning a :class:`RoundDecision` changes later rounds' fit settings or
+    stops the run; ``None`` changes nothing."""
+
+    def on_commit(self, record: RoundRecord, params: Params, strategy: Strategy) -> RoundDecision | None:
         ...
 
 
@@ -117,8 +143,9 @@ class Coordinator:
     def run(self, params: Params, first_round: int = 1) -> Params:
         """Run rounds ``first_round`` … ``policy.rounds`` from ``params``; return the final model.
 
-        A guard's :class:`BudgetExhausted` ends the run cleanly after the last committed
-        round (the reason is kept in :attr:`stopped`)."""
+        A guard's :class:`BudgetExhausted`, or a hook's :class:`RoundDecision` with a
+        ``stop``, ends the run cleanly after the last committed round (the reason is kept
+        in :attr:`stopped`)."""
         for rnd in range(first_round, self.policy.rounds + 1):
             try:
                 for guard in self.guards:
@@ -129,9 +156,26 @@ class Coordinator:
                 break
             with log_fields(round=rnd):  # every log line of the round names it
                 params, record = self.run_round(rnd, params)
-                for hook in self.hooks:
-                    hook.on_commit(record, params, self.strategy)
+                stop = self._after_commit(record, params)
+                if stop is not None and rnd < self.policy.rounds:
+                    self.stopped = stop
+                    log.info("stopping after round %d: %s", rnd, stop)
+                    break
         return params
+
+    def _after_commit(self, record: RoundRecord, params: Params) -> str | None:
+        """Call every hook in order and apply their fit settings; why they ask to stop, if one does."""
+        stops: list[str] = []
+        for hook in self.hooks:
+            decision = hook.on_commit(record, params, self.strategy)
+            if decision is None:
+                continue
+            if decision.fit:
+                log.info("fit settings from round %d on: %s", record.round + 1, dict(decision.fit))
+                self.fit_config.update(decision.fit)
+            if decision.stop:
+                stops.append(decision.stop)
+        return "; ".join(stops) if stops else None
 
     def run_round(self, rnd: int, params: Params) -> tuple[Params, RoundRecord]:
         """Attempt round ``rnd`` until one attempt commits; the new model and its record.

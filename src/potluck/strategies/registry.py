@@ -18,13 +18,11 @@ take that strategy's step, and its options join the strategy's.
 from __future__ import annotations
 
 import copy
-import importlib
-import os
-import sys
 from collections.abc import Mapping
 from types import ModuleType
 
 from potluck.core.errors import ConfigError
+from potluck.core.imports import import_user_module
 from potluck.strategies.base import ServerStep, Strategy
 from potluck.strategies.fedopt import AdagradStep, AdamStep, YogiStep
 from potluck.strategies.options import Option, describe, resolve_options
@@ -119,17 +117,8 @@ def _import_attr(spec: str) -> object:
 
 
 def _import_module(name: str) -> ModuleType:
-    """``import name``; a module not found is looked for in the current directory too
-    (which is then added to the end of ``sys.path``), as ``python -m`` would."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        here = os.getcwd()
-        if exc.name != name.split(".")[0] or here in sys.path:
-            raise
-        sys.path.append(here)
-        importlib.invalidate_caches()
-        return importlib.import_module(name)
+    """``import name``, looked for in the current directory too (``core.imports``)."""
+    return import_user_module(name)
 
 
 def _instantiate(spec: str, obj: object, options: dict[str, object]) -> Strategy:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from potluck.core.errors import DataError, TaskError
+from potluck.core.imports import import_user_module
 from potluck.tasks.data.dataset import Dataset
 from potluck.tasks.protocol import REQUIRED_MEMBERS, Task
 
@@ -137,7 +138,7 @@ def resolve_task(
         )
     module_name, _, attr = spec.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = import_user_module(module_name)  # the current directory too, as for --strategy
     except ImportError as exc:
         raise TaskError(f"task {spec!r}: cannot import module {module_name!r}: {exc}") from exc
     try:
