@@ -77,9 +77,9 @@ def main(rounds: int = 5, nodes: int = 4, clip: float = 0.05, run_dir: str | Non
     result = potluck.simulate(task=task, strategy=f"{module}:ClippedFedAvg", strategy_options={"clip": clip},
                               rounds=rounds, nodes=nodes, run_dir=run_dir)
     last = result.records[-1]
-    print(f"clipped-fedavg (clip {clip}): held-out accuracy {last.accuracy:.3f} after {rounds} rounds; "
+    print(f"clipped-fedavg (clip {clip}): held-out accuracy {last.metrics['accuracy']:.3f} after {rounds} rounds; "
           f"run in {result.run_dir}")
-    return last.accuracy
+    return last.metrics["accuracy"]
 
 
 if __name__ == "__main__":

@@ -113,9 +113,9 @@ def main(rounds: int = 5, nodes: int = 4, run_dir: str | None = None) -> float:
     result = potluck.simulate(task=f"{module}:NumpyLogReg", rounds=rounds, nodes=nodes, fit={"lr": 0.5},
                               run_dir=run_dir, hooks=[schedule])
     last = result.records[-1]
-    print(f"{len(result.records)} rounds, held-out accuracy {last.accuracy:.3f}, loss {last.loss:.3f}; "
+    print(f"{len(result.records)} rounds, held-out accuracy {last.metrics['accuracy']:.3f}, loss {last.loss:.3f}; "
           f"run in {result.run_dir}")
-    return last.accuracy
+    return last.metrics["accuracy"]
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ def test_the_root_names_are_the_layers_own_objects():
         potluck.simulat  # noqa: B018
 
 
+@pytest.mark.slow
 def test_import_potluck_stays_light():
     code = "import sys, potluck; print(json.dumps(sorted(m for m in sys.modules if m.startswith(('torch', 'potluck.'))" \
            ")))"

@@ -118,7 +118,7 @@ def run_rounds(task: Task, parts: Mapping[str, Dataset], *, strategy: Strategy |
 
     The model is ``task.build`` for the parts' shape and classes, seeded by ``seed``;
     ``strategy`` defaults to FedAvg, ``fit`` are the ``-F`` settings. With ``test`` the
-    records carry its ``loss`` and ``accuracy`` (centralized evaluation), else NaN.
+    records carry the metrics it reports (centralized evaluation), else none.
     Nothing is written to disk. Raises ``RoundFailed`` when a round gets no update
     (a node's fit that raises is one failed node, as in a real run).
     """

@@ -69,6 +69,7 @@ def test_no_coordinate_moves_further_than_the_clip(example, tmp_path):
             assert np.abs(value - before[name]).max() <= 0.01 + 1e-6, (rnd, name)
 
 
+@pytest.mark.slow
 def test_the_cli_runs_it_by_module_name_with_options(tmp_path):
     run = tmp_path / "cli"
     done = subprocess.run([sys.executable, "-m", "potluck.cli", "simulate", "--task", "examples.numpy_task:NumpyLogReg",

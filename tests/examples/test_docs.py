@@ -61,4 +61,4 @@ def test_from_flower_potluck_side_runs_and_flower_side_compiles(workdir):
         (workdir / name).write_text(code[name], encoding="utf-8")
     result = potluck.simulate(task="potluck_task:LogReg", strategy="fedavg", partition="iid", nodes=4, rounds=2,
                               fit={"lr": 0.5}, run_dir=str(workdir / "run"))
-    assert len(result.records) == 2 and result.records[-1].accuracy > 0.5  # three classes
+    assert len(result.records) == 2 and result.records[-1].metrics["accuracy"] > 0.5  # three classes
