@@ -205,20 +205,26 @@ def _check_metrics(run: RunDirectory, marks: dict[int, dict[str, Any]], last: in
                                         f"{_rel(run, run.mark_path(rnd))}", name, rnd))
     if list(seen) != sorted(seen):
         findings.append(Finding("broken", "metrics-order", f"{name} lists rounds out of order", name))
-    for rnd in range(1, last + 1):
-        if rnd in seen:
-            continue
-        if rnd == last:
-            findings.append(Finding("note", "metrics-trailing",
-                                    f"{name} has no line yet for round {rnd}, the last committed round: the run "
-                                    "stopped between commit and append; the record is in its mark and --resume "
-                                    "rewrites the file", name, rnd))
-        else:
-            findings.append(Finding("broken", "metrics-missing",
-                                    f"{name} has no line for committed round {rnd}", name, rnd))
+    unlisted = [rnd for rnd in range(1, last + 1) if rnd not in seen]
+    findings.extend(_unappended(name, "metrics", unlisted, last, held="the record", resume="rewrites"))
     if len(findings) == before and last > 0:
         findings.append(Finding("ok", "metrics", f"{name} holds the records of rounds 1 to {last}, as in their marks",
                                 name))
+
+
+def _unappended(name: str, kind: str, rounds: list[int], last: int, *, held: str, resume: str) -> list[Finding]:
+    """Findings for committed ``rounds`` that ``name``, an append-only copy of what the
+    marks hold, has no line for: the last round's is a note (the run stopped between
+    commit and append; its mark holds ``held`` and ``--resume`` ``resume`` the file), an
+    earlier one's is broken."""
+    return [
+        Finding("note", f"{kind}-trailing", f"{name} has no line yet for round {rnd}, the last committed round: "
+                f"the run stopped between commit and append; {held} is in its mark and --resume {resume} the file",
+                name, rnd)
+        if rnd == last else
+        Finding("broken", f"{kind}-missing", f"{name} has no line for committed round {rnd}", name, rnd)
+        for rnd in rounds
+    ]
 
 
 def _check_final_model(run: RunDirectory, marks: dict[int, dict[str, Any]], last: int, findings: list[Finding]) -> None:
@@ -283,15 +289,8 @@ def _check_ledger(run: RunDirectory, marks: dict[int, dict[str, Any]], last: int
             findings.append(Finding("broken", "ledger-line-differs",
                                     f"{name} line {index + 1} differs from the ledger entry in "
                                     f"{_rel(run, run.mark_path(index))}", name, index))
-    for rnd in range(len(read.entries), last + 1):
-        if rnd == last:
-            findings.append(Finding("note", "ledger-trailing",
-                                    f"{name} has no line yet for round {rnd}, the last committed round: the run "
-                                    "stopped between commit and append; the entry is in its mark and --resume "
-                                    "completes the file", name, rnd))
-        else:
-            findings.append(Finding("broken", "ledger-missing", f"{name} has no entry for committed round {rnd}",
-                                    name, rnd))
+    unlisted = list(range(len(read.entries), last + 1))
+    findings.extend(_unappended(name, "ledger", unlisted, last, held="the entry", resume="completes"))
     if len(findings) == before or all(f.level == "note" for f in findings[before:]):
         findings.append(Finding("ok", "ledger", f"the ledger entries of rounds 0 to {last} chain, match their "
                                 "checkpoints and are in " + name + " (signatures: `potluck ledger verify`)", name))

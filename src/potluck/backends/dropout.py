@@ -11,23 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 
+from potluck.backends.wrapped import WrappedPool
 from potluck.core.errors import NodeLeft
-from potluck.core.messages import EvaluateInstruction, FitInstruction
+from potluck.core.messages import FitInstruction
 from potluck.core.seeds import rng_for
-from potluck.runtime.pool import EvaluateOutcome, ExchangeOutcome, FitOutcome, NodePool
+from potluck.runtime.pool import ExchangeOutcome, FitOutcome, NodePool
 
 WHEN = ("masked-input", "unmask")
 
 
-class DropoutPool(NodePool):
+class DropoutPool(WrappedPool):
     def __init__(self, pool: NodePool, fraction: float, at: str, seed: int) -> None:
         if not 0 <= fraction < 1 or at not in WHEN:
             raise ValueError(f"dropout: fraction in [0, 1) and at in {WHEN}, got {fraction!r}, {at!r}")
-        self.pool, self.fraction, self.at, self.seed = pool, fraction, at, seed
+        super().__init__(pool)
+        self.fraction, self.at, self.seed = fraction, at, seed
         self.dropped: set[str] = set()  # the current attempt's chosen nodes
-
-    def node_ids(self) -> Sequence[str]:
-        return self.pool.node_ids()
 
     def fit(self, instructions: Sequence[FitInstruction], timeout: float) -> Iterator[FitOutcome]:
         nodes = sorted(ins.node_id for ins in instructions)
@@ -47,15 +46,3 @@ class DropoutPool(NodePool):
             if node in dropping:
                 yield NodeLeft(node, "simulated dropout after its masked update was sent")
         yield from self.pool.exchange(step, kept, timeout)
-
-    def evaluate(self, instructions: Sequence[EvaluateInstruction], timeout: float) -> Iterator[EvaluateOutcome]:
-        return self.pool.evaluate(instructions, timeout)
-
-    def close(self) -> None:
-        self.pool.close()
-
-    def wait_for_nodes(self, count: int, timeout: float) -> bool:
-        return self.pool.wait_for_nodes(count, timeout)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.pool, name)

@@ -21,7 +21,7 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, NamedTuple
 
@@ -48,30 +48,24 @@ def _init_worker(spec: FederationSpec) -> None:
     _runner = NodeRunner(federation.task, federation.nodes, federation.attacks)  # attackers come from the spec
 
 
-def _call(method: str, ins: Any, state: dict[str, Any] | None = None) -> Any:
-    """Run one instruction; a fit takes the node's update state and returns it, updated."""
+def _call(run: Callable[..., Any], node: str, args: tuple[Any, ...], state: dict[str, Any] | None) -> Any:
+    """``run(runner, *args)`` for ``node`` in this worker. With ``state`` (the node's
+    update state, sent with fits and protocol steps) the answer is a :class:`WorkerAnswer`
+    carrying the state after it; a ``NodeError`` leaves the node's state as it was."""
     assert _runner is not None, "worker not initialised"
     if state is not None:
-        _runner.update_state[ins.node_id] = state
+        _runner.update_state[node] = state
     try:
-        result = getattr(_runner, method)(ins)
+        result = run(_runner, *args)
     except NodeError as exc:
         return exc  # returned, not raised: the exception's args do not pickle back as-is
     finally:
-        kept = _runner.update_state.pop(ins.node_id, None)  # a worker keeps no node's state
+        kept = _runner.update_state.pop(node, None)  # a worker keeps no node's state
     return WorkerAnswer(result, kept) if state is not None else result
 
 
-def _exchange(node: str, step: str, payload: bytes, state: dict[str, Any]) -> WorkerAnswer:
-    """One protocol step for ``node`` with its update state: the reply or error, and the new state."""
-    assert _runner is not None, "worker not initialised"
-    _runner.update_state[node] = state
-    try:
-        return WorkerAnswer(ExchangeReply(node, _runner.exchange(node, step, payload)), _runner.update_state.get(node))
-    except NodeError as exc:
-        return WorkerAnswer(exc, None)  # a failed step leaves the node's state as it was
-    finally:
-        _runner.update_state.pop(node, None)
+def _exchange(runner: NodeRunner, node: str, step: str, payload: bytes) -> ExchangeReply:
+    return ExchangeReply(node, runner.exchange(node, step, payload))
 
 
 class ProcessPool(NodePool):
@@ -96,48 +90,28 @@ class ProcessPool(NodePool):
         return self._executor
 
     def fit(self, instructions: Sequence[FitInstruction], timeout: float) -> Iterator[FitOutcome]:
-        return self._run("fit", instructions, timeout)
+        """Fit each instruction; the node's update state travels with it and back."""
+        pool = self._pool()
+        futures = {pool.submit(_call, NodeRunner.fit, ins.node_id, (ins,), self.update_state.get(ins.node_id, {})):
+                   ins.node_id for ins in instructions}
+        yield from self._collect(futures, f"no result within the round deadline of {timeout:g} s", timeout)
 
     def evaluate(self, instructions: Sequence[EvaluateInstruction], timeout: float) -> Iterator[EvaluateOutcome]:
-        return self._run("evaluate", instructions, timeout)
+        pool = self._pool()
+        futures = {pool.submit(_call, NodeRunner.evaluate, ins.node_id, (ins,), None): ins.node_id for ins in instructions}
+        yield from self._collect(futures, f"no result within the round deadline of {timeout:g} s", timeout)
 
     def exchange(self, step: str, payloads: Mapping[str, bytes], timeout: float) -> Iterator[ExchangeOutcome]:
         """One protocol step for each node in ``payloads``; node state travels like a fit's."""
         pool = self._pool()
-        futures = {pool.submit(_exchange, node, step, payload, self.update_state.get(node, {})): node
+        futures = {pool.submit(_call, _exchange, node, (node, step, payload), self.update_state.get(node, {})): node
                    for node, payload in payloads.items()}
-        deadline = time.monotonic() + timeout
-        broken = False
-        try:
-            for future in cf.as_completed(futures, timeout=max(0.0, deadline - time.monotonic())):
-                node = futures.pop(future)
-                try:
-                    answer: WorkerAnswer = future.result()
-                except BrokenProcessPool:
-                    broken = True
-                    yield NodeFailed(node, "its worker process died")
-                    continue
-                except Exception as exc:
-                    yield NodeFailed(node, f"{type(exc).__name__}: {exc}")
-                    continue
-                if answer.state is not None:
-                    self.update_state[node] = answer.state
-                yield answer.outcome
-        except cf.TimeoutError:
-            broken = True
-            for node in futures.values():
-                yield NodeTimedOut(node, f"no answer to {step} within {timeout:g} s")
-        finally:
-            if broken:
-                self._discard()
+        yield from self._collect(futures, f"no answer to {step} within {timeout:g} s", timeout)
 
-    def _run(self, method: str, instructions: Sequence[Any], timeout: float) -> Iterator[Any]:
-        pool = self._pool()
-        fit = method == "fit"  # a fit carries the node's update state both ways
-        futures = {
-            pool.submit(_call, method, ins, *([self.update_state.get(ins.node_id, {})] if fit else [])): ins.node_id
-            for ins in instructions
-        }
+    def _collect(self, futures: dict[cf.Future[Any], str], late: str, timeout: float) -> Iterator[Any]:
+        """Each future's outcome as it completes, keeping the update state it brings back;
+        ``NodeTimedOut(node, late)`` for those left at the deadline. A dead worker or a
+        missed deadline replaces the pool."""
         deadline = time.monotonic() + timeout
         broken = False
         try:
@@ -145,20 +119,22 @@ class ProcessPool(NodePool):
                 node = futures.pop(future)
                 try:
                     outcome = future.result()
-                    if isinstance(outcome, WorkerAnswer):  # a fit: it carried the node's state
-                        if outcome.state is not None:  # always, as the state was sent along
-                            self.update_state[node] = outcome.state
-                        outcome = outcome.outcome
-                    yield outcome
                 except BrokenProcessPool:
                     broken = True
                     yield NodeFailed(node, "its worker process died")
+                    continue
                 except Exception as exc:  # an error that escaped NodeRunner, e.g. unpicklable result
                     yield NodeFailed(node, f"{type(exc).__name__}: {exc}")
+                    continue
+                if isinstance(outcome, WorkerAnswer):  # it carried the node's state
+                    if outcome.state is not None:  # always, as the state was sent along
+                        self.update_state[node] = outcome.state
+                    outcome = outcome.outcome
+                yield outcome
         except cf.TimeoutError:
             broken = True
             for node in futures.values():
-                yield NodeTimedOut(node, f"no result within the round deadline of {timeout:g} s")
+                yield NodeTimedOut(node, late)
         finally:
             if broken:
                 self._discard()

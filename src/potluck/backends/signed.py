@@ -12,30 +12,29 @@ trained.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
-from potluck.core.messages import EvaluateInstruction, FitInstruction, FitResult
+from potluck.backends.wrapped import WrappedPool
+from potluck.core.messages import FitInstruction, FitResult
 from potluck.ledger.signing import SigningKey, derived_key, sign_update
-from potluck.runtime.pool import EvaluateOutcome, ExchangeOutcome, FitOutcome, NodePool
+from potluck.runtime.pool import FitOutcome, NodePool
 
 
-class SignedPool(NodePool):
+class SignedPool(WrappedPool):
     """A NodePool whose fit results carry each virtual node's signature.
 
     ``run_id`` is read when a result is signed (a resumed run learns it from its ledger).
     """
 
     def __init__(self, pool: NodePool, seed: int, run_id: Callable[[], str]) -> None:
-        self.pool, self.seed, self.run_id = pool, seed, run_id
+        super().__init__(pool)
+        self.seed, self.run_id = seed, run_id
         self._keys: dict[str, SigningKey] = {}
 
     def key(self, node_id: str) -> SigningKey:
         if node_id not in self._keys:
             self._keys[node_id] = derived_key(self.seed, f"node:{node_id}")
         return self._keys[node_id]
-
-    def node_ids(self) -> Sequence[str]:
-        return self.pool.node_ids()
 
     def fit(self, instructions: Sequence[FitInstruction], timeout: float) -> Iterator[FitOutcome]:
         configs = {ins.node_id: ins.config for ins in instructions}
@@ -45,19 +44,3 @@ class SignedPool(NodePool):
                                         outcome.num_examples, configs[outcome.node_id])
                 outcome = dataclasses.replace(outcome, signature=signature)
             yield outcome
-
-    def evaluate(self, instructions: Sequence[EvaluateInstruction], timeout: float) -> Iterator[EvaluateOutcome]:
-        return self.pool.evaluate(instructions, timeout)
-
-    def close(self) -> None:
-        self.pool.close()
-
-    def wait_for_nodes(self, count: int, timeout: float) -> bool:
-        return self.pool.wait_for_nodes(count, timeout)
-
-    def exchange(self, step: str, payloads: Mapping[str, bytes], timeout: float) -> Iterator[ExchangeOutcome]:
-        return self.pool.exchange(step, payloads, timeout)
-
-    def __getattr__(self, name: str) -> object:
-        # Anything else a backend offers (worker stats, ...) passes through.
-        return getattr(self.pool, name)

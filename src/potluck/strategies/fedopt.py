@@ -171,15 +171,13 @@ class AdamStep(AdaptiveStep):
         np.add(v, d2, out=v)
 
 
-class YogiStep(AdaptiveStep):
-    """FedYogi's step: ``v ← v − (1 − β₂)·Δ²·sign(v − Δ²)``; v grows slower than Adam's."""
+class YogiStep(AdamStep):
+    """FedYogi's step: Adam's, but ``v ← v − (1 − β₂)·Δ²·sign(v − Δ²)``; v grows slower.
+
+    Same options, constructor and state as :class:`AdamStep`; only v's update differs.
+    """
 
     name: ClassVar[str] = "fedyogi"
-
-    def __init__(
-        self, *, server_lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
-    ) -> None:
-        super().__init__(server_lr=server_lr, beta1=beta1, beta2=beta2, tau=tau)
 
     def _update_v(self, v: np.ndarray, d2: np.ndarray, scratch: np.ndarray) -> None:
         np.subtract(v, d2, out=scratch)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from potluck.core.errors import ConfigError
+from potluck.tasks.settings import is_int
 
 POSITIONS = ("learned", "rope")
 
@@ -37,7 +38,7 @@ class LMShape:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context", "width", "depth", "heads"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ConfigError(f"charlm setting {name} must be an integer ≥ 1, got {value!r}")
         if self.width % self.heads:
             raise ConfigError(f"charlm width {self.width} must be a multiple of heads {self.heads}")

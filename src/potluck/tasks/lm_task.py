@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ from potluck.tasks.data.dataset import Dataset
 from potluck.tasks.devices import amp_dtype, autocast, check_amp_name, check_device_name, resolve_device
 from potluck.tasks.lora import add_lora, load_base, load_trainable, trainable_params
 from potluck.tasks.protocol import DataInfo, EvalOutput, FitOutput, MetricSpec
+from potluck.tasks.settings import check_known, is_int, is_number, settings_over
 from potluck.tasks.text import VOCABS, Vocabulary, read_blocks, read_text, text_dataset
 from potluck.tasks.torch_optim import LocalAdamW, warmup_cosine
 from potluck.tasks.torch_task import load_params_into, params_from_module
@@ -92,7 +93,7 @@ class LMSettings:
 
     def merged(self, config: Mapping[str, Any]) -> LMSettings:
         """These settings with ``config``'s known keys over them (others ignored), checked."""
-        return replace(self, **{k: config[k] for k in self.keys() if k in config}).checked()
+        return settings_over(self, config).checked()
 
     def checked(self) -> LMSettings:
         def bad(name: str, rule: str) -> ConfigError:
@@ -101,18 +102,18 @@ class LMSettings:
         if self.vocab not in VOCABS:
             raise bad("vocab", " or ".join(VOCABS))
         for name in ("steps", "batch_size"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise bad(name, "an integer ≥ 1")
         for name in ("warmup", "lora_rank"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
+            if not is_int(getattr(self, name)) or getattr(self, name) < 0:
                 raise bad(name, "an integer ≥ 0")
         if not isinstance(self.init_from, str):
             raise bad("init_from", "a path to a .safetensors checkpoint")
-        if not _is_number(self.lora_alpha) or self.lora_alpha <= 0:
+        if not is_number(self.lora_alpha) or self.lora_alpha <= 0:
             raise bad("lora_alpha", "a finite number > 0")
         for name in ("lr", "weight_decay", "grad_clip", "proximal_mu"):
             value = getattr(self, name)
-            if not _is_number(value) or value < 0 or (name == "lr" and value == 0):
+            if not is_number(value) or value < 0 or (name == "lr" and value == 0):
                 raise bad(name, "a finite number > 0" if name == "lr" else "a finite number ≥ 0")
         check_device_name(self.device)
         check_amp_name(self.amp)
@@ -181,9 +182,7 @@ class CharLMTask:
 
     def check_fit_config(self, config: ConfigDict) -> None:
         """ConfigError for an unknown or invalid setting, or a model setting this task was not built with."""
-        unknown = sorted(set(config) - set(LMSettings.keys()))
-        if unknown:
-            raise ConfigError(f"task {self.name}: unknown fit setting {unknown[0]!r}; known: {', '.join(LMSettings.keys())}")
+        check_known(self.name, config, LMSettings.keys())
         merged = self.settings.merged(config)
         changed = [k for k in MODEL_KEYS if getattr(merged, k) != getattr(self.settings, k)]
         if changed:
@@ -290,11 +289,3 @@ def _batches(n: int, size: int, generator: torch.Generator) -> Iterator[torch.Te
             pending = torch.cat([pending, torch.randperm(n, generator=generator)])
         yield pending[:size]
         pending = pending[size:]
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -32,6 +32,7 @@ from potluck.core.params import Params
 from potluck.tasks.data.dataset import Dataset
 from potluck.tasks.devices import amp_dtype, autocast, resolve_device
 from potluck.tasks.protocol import DataInfo, EvalOutput, FitOutput, MetricSpec
+from potluck.tasks.settings import check_known, is_int
 from potluck.tasks.torch_task import FitSettings, load_params_into, local_optimizer, params_from_module
 
 MSE = MetricSpec("mse", higher_is_better=False)
@@ -100,7 +101,7 @@ class RegressionTask:
 
     def __init__(self, name: str = "regression", *, hidden: int = 32, target_column: str = "label",
                  group_column: str | None = None, defaults: FitSettings | None = None) -> None:
-        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 0:
+        if not is_int(hidden) or hidden < 0:
             raise ConfigError(f"regression setting hidden must be an integer ≥ 0 (0: linear), got {hidden!r}")
         self.name = name
         self.hidden = hidden
@@ -119,10 +120,7 @@ class RegressionTask:
 
     def check_fit_config(self, config: ConfigDict) -> None:
         """ConfigError for an unknown or invalid setting, or a ``hidden`` the model was not made with."""
-        known = {*FitSettings.__dataclass_fields__, "hidden"}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ConfigError(f"task {self.name}: unknown fit setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        check_known(self.name, config, sorted({*FitSettings.__dataclass_fields__, "hidden"}))
         if config.get("hidden", self.hidden) != self.hidden:
             raise ConfigError(f"task {self.name}: hidden={config['hidden']!r} shapes the model, made with hidden={self.hidden}")
         self._device_setting = FitSettings.from_config(config, self.defaults).device

@@ -20,12 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from potluck.core.errors import ConfigError, TaskError
+from potluck.core.errors import TaskError
 from potluck.core.messages import ConfigDict
 from potluck.core.params import Params
 from potluck.core.seeds import derive_seed
 from potluck.tasks.data.dataset import Dataset
 from potluck.tasks.protocol import DataInfo, EvalOutput, FitOutput, MetricSpec
+from potluck.tasks.settings import check_known
 
 EstimatorFn = Callable[[int], Any]  # seed -> unfitted estimator
 
@@ -58,9 +59,7 @@ class SklearnLinearTask:
 
     def check_fit_config(self, config: ConfigDict) -> None:
         """Only ``epochs`` applies to this adapter; anything else is a ConfigError."""
-        unknown = sorted(set(config) - {"epochs"})
-        if unknown:
-            raise ConfigError(f"task {self.name}: unknown fit setting {unknown[0]!r}; known: epochs")
+        check_known(self.name, config, ["epochs"])
 
     def build(self, info: DataInfo, seed: int) -> Params:
         if info.num_classes < 2:

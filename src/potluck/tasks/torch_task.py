@@ -26,7 +26,6 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +37,7 @@ from potluck.core.params import Params
 from potluck.tasks.data.dataset import Dataset
 from potluck.tasks.devices import amp_dtype, autocast, check_amp_name, check_device_name, resolve_device
 from potluck.tasks.protocol import DataInfo, EvalOutput, FitOutput, MetricSpec
+from potluck.tasks.settings import check_known, is_int, is_number, settings_over
 from potluck.tasks.torch_optim import LocalAdam, LocalSGD
 
 ModelFn = Callable[[DataInfo], nn.Module]
@@ -59,10 +59,7 @@ class FitSettings:
     @classmethod
     def from_config(cls, config: ConfigDict, defaults: FitSettings | None = None) -> FitSettings:
         """Settings from ``config`` over ``defaults``; unknown keys are left to others."""
-        base = defaults or cls()
-        values: dict[str, Any] = {k: config[k] for k in cls.__dataclass_fields__ if k in config}
-        merged = {**base.__dict__, **values}
-        return cls(**merged)._validated()
+        return settings_over(defaults or cls(), config)._validated()
 
     def _validated(self) -> FitSettings:
         def bad(name: str, rule: str) -> ConfigError:
@@ -74,11 +71,11 @@ class FitSettings:
         check_amp_name(self.amp)
         for name in ("lr", "momentum", "weight_decay", "proximal_mu"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if not is_number(value):
                 raise bad(name, "a finite number")
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise bad(name, "an integer ≥ 1")
         if self.lr <= 0:
             raise bad("lr", "> 0")
@@ -147,11 +144,7 @@ class TorchClassifierTask:
 
     def check_fit_config(self, config: ConfigDict) -> None:
         """Raise ``ConfigError`` for unknown or invalid fit settings, before any round runs."""
-        unknown = sorted(set(config) - set(FitSettings.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(
-                f"task {self.name}: unknown fit setting {unknown[0]!r}; known: {', '.join(FitSettings.__dataclass_fields__)}"
-            )
+        check_known(self.name, config, FitSettings.__dataclass_fields__)
         self._device_setting = FitSettings.from_config(config, self.defaults).device
 
     def build(self, info: DataInfo, seed: int) -> Params:
