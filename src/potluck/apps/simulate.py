@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -19,7 +18,7 @@ from potluck.core.config import SimulationConfig
 from potluck.core.errors import ConfigError
 from potluck.core.params import Params
 from potluck.core.records import RoundRecord
-from potluck.runtime.coordinator import RoundHook
+from potluck.runtime.coordinator import RoundHook, sample_size
 from potluck.runtime.federation import Federation, FederationSpec, build_federation
 from potluck.runtime.logcontext import set_process_log_fields
 from potluck.runtime.pool import NodePool
@@ -100,7 +99,7 @@ def run_simulation(
 def _check_round_size(config: SimulationConfig, strategy: Strategy) -> None:
     """ConfigError when a round samples fewer nodes than the strategy needs (Krum: 2f + 3)."""
     need = strategy.min_updates
-    sampled = min(config.nodes, max(config.min_nodes, math.ceil(config.fraction * config.nodes)))
+    sampled = sample_size(config.fraction, config.nodes, config.min_nodes)
     if sampled < need:
         raise ConfigError(f"strategy {config.strategy} with options {config.strategy_options} needs at least {need} "
                           f"updates per round, but a round samples {sampled} of {config.nodes} nodes")
