@@ -15,7 +15,7 @@ from potluck.backends.inprocess import InProcessPool
 from potluck.backends.process_pool import ProcessPool
 from potluck.backends.signed import SignedPool
 from potluck.core.config import SimulationConfig
-from potluck.core.errors import ConfigError
+from potluck.core.errors import ConfigError, RunDirError
 from potluck.core.params import Params
 from potluck.core.records import RoundRecord
 from potluck.runtime.coordinator import RoundHook, sample_size
@@ -36,8 +36,20 @@ class SimulationResult:
     stopped: str | None = None  # why the run ended before config.rounds (a privacy budget), if it did
 
 
-def default_run_dir(config: SimulationConfig) -> Path:
-    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.task.replace(':', '-')}"
+def default_run_dir(config: SimulationConfig, root: Path = Path("runs")) -> Path:
+    """A new folder ``runs/<time>-<task>``, claimed by creating it: a run started in the
+    same second as another (in this process or any other) gets ``…-2``, ``…-3``, …"""
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{config.task.replace(':', '-').replace('/', '-')}"
+    for n in range(1, 10_000):
+        path = root / (base if n == 1 else f"{base}-{n}")
+        try:
+            path.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise RunDirError(f"cannot create run directory {path}: {exc.strerror or exc}") from exc
+        return path
+    raise RunDirError(f"{root}: no free run directory name for {base}")  # pragma: no cover
 
 
 def federation_spec(config: SimulationConfig) -> FederationSpec:
@@ -67,12 +79,13 @@ def run_simulation(
     """
     if resume and config.run_dir is None:
         raise ConfigError("--resume needs the --run-dir of the run to continue")
-    config = config.replace(run_dir=str(RunDirectory(Path(config.run_dir or default_run_dir(config))).path))
     _check_round_size(config, make_protected_strategy(config))
     federation = build_federation(federation_spec(config))
     check = getattr(federation.task, "check_fit_config", None)
     if check is not None:
         check(config.fit)
+    # Claimed once the settings, task and data are known good: a failed start leaves no folder.
+    config = config.replace(run_dir=str(RunDirectory(Path(config.run_dir or default_run_dir(config))).path))
     run = assemble_run(config, federation.initial_params,
                        lambda run_dir, start: attach_simulation_ledger(run_dir, config.seed, start),
                        resume=resume, simulation=True)

@@ -53,8 +53,14 @@ class ProgressDisplay:
         )
         self.bar = self.progress.add_task("rounds", total=rounds, completed=first_round - 1, acc="-", loss="-",
                                           eps="")
+        self.committed = False
+
+    def hide_unless_started(self) -> None:
+        if not self.committed:  # the bar is erased when it stops
+            self.progress.live.transient = True
 
     def on_commit(self, record: RoundRecord, params: Params, strategy: Any) -> None:
+        self.committed = True
         eps = f"  ε {record.extras['epsilon']:.2f}" if "epsilon" in record.extras else ""
         self.progress.update(self.bar, completed=record.round, acc=f"{record.accuracy:.4f}", loss=f"{record.loss:.4f}",
                              eps=eps)
@@ -83,7 +89,11 @@ def _run(cfg: SimulationConfig, resume: bool, out: CommandOutput) -> None:
             out.info(f"potluck simulate: metrics at {metrics_url(cfg.metrics_host, cfg.metrics_port)}")
         display = ProgressDisplay(cfg.rounds, 1)
         with display.progress:
-            result = run_simulation(cfg, resume=resume, hooks=[display])
+            try:
+                result = run_simulation(cfg, resume=resume, hooks=[display])
+            except BaseException:
+                display.hide_unless_started()  # no stale "round 0/30" above the error line
+                raise
     summary(result.records, result.final_params, result.run_dir, time.perf_counter() - started, result.resumed_from,
             stopped=result.stopped)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from potluck.core.errors import DataError, TaskError
+from potluck.core.errors import ConfigError, DataError, TaskError
 from potluck.tasks.data.dataset import Dataset
 from potluck.tasks.protocol import REQUIRED_MEMBERS, Task
 
@@ -127,23 +127,30 @@ def resolve_task(
     are the run's fit settings: charlm and regression take their model's shape from them.
 
     The attribute may be a Task instance or a callable with no arguments returning one.
-    Raises :class:`TaskError` naming what could not be found or what is missing.
+    Raises :class:`ConfigError` for a name that cannot be found (an unknown built-in, a
+    module not on the path, a missing attribute) and :class:`TaskError` for a module that
+    fails to import or an object that is not a Task.
     """
     if spec in BUILTIN_TASKS:
         return BUILTIN_TASKS[spec](dict(options or {}), label_column=label_column, group_column=group_column)
     if ":" not in spec:
-        raise TaskError(
+        raise ConfigError(
             f"unknown task {spec!r}: use one of {', '.join(BUILTIN_TASKS)} or module:attribute"
         )
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not module_name.startswith(exc.name):  # the module's own import failed
+            raise TaskError(f"task {spec!r}: cannot import module {module_name!r}: {exc}") from exc
+        raise ConfigError(f"task {spec!r}: cannot import module {module_name!r}: {exc} (looked in the current "
+                          "directory and on PYTHONPATH)") from exc
     except ImportError as exc:
         raise TaskError(f"task {spec!r}: cannot import module {module_name!r}: {exc}") from exc
     try:
         obj = getattr(module, attr)
     except AttributeError as exc:
-        raise TaskError(f"task {spec!r}: module {module_name!r} has no attribute {attr!r}") from exc
+        raise ConfigError(f"task {spec!r}: module {module_name!r} has no attribute {attr!r}") from exc
     # A class has the Task attributes itself: call it, like any factory.
     is_task = all(hasattr(obj, m) for m in REQUIRED_MEMBERS) and not isinstance(obj, type)
     task = obj if is_task else obj() if callable(obj) else obj

@@ -331,7 +331,7 @@ def test_image_folder_unreadable_image(tmp_path: Path) -> None:
 
 def test_missing_path(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
-    with pytest.raises(DataError, match=f"data path {missing} does not exist"):
+    with pytest.raises(ConfigError, match=f"data path {missing} does not exist"):
         load_dataset(missing)
 
 

@@ -3,7 +3,8 @@
 :func:`load_dataset` looks at what the path is and picks the reader. Every reader
 returns ``x`` as C-contiguous float32 and ``y`` as int64 labels ``>= 0``, and raises
 :class:`~potluck.core.errors.DataError` with the file (and line, where there is one)
-for every problem with the data itself.
+for every problem with the data itself; a path that does not exist is a
+:class:`~potluck.core.errors.ConfigError` (the setting that named it is wrong).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def load_dataset(
     """
     p = Path(path)
     if not p.exists():
-        raise DataError(f"data path {p} does not exist")
+        raise ConfigError(f"data path {p} does not exist")  # a setting names it: exit code 2
     if p.is_dir():
         return _load_directory(p)
     name = p.name.lower()
