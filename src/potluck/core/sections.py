@@ -135,6 +135,8 @@ class FederationSection(Settings):
                              resumable=False, **_one_of(PARTITIONS))
     alpha: float = setting(0.5, "Dirichlet concentration; smaller is more non-IID.", resumable=False,
                            check=lambda v: v > 0 and math.isfinite(v), rule="a finite number > 0")
+    min_examples: int = setting(1, "With --partition dirichlet, the fewest examples a node gets: a node the draw "
+                                "leaves short is topped up from the largest nodes.", resumable=False, **_at_least(1))
     label_column: str = setting("label", "CSV column holding the label.", resumable=False)
     group_column: str | None = setting(None, "CSV column naming each example's owner, for --partition natural.",
                                        resumable=False, shown="none")

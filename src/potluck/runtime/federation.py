@@ -35,6 +35,7 @@ class FederationSpec:
     nodes: int = 10
     partition: str = "dirichlet"
     alpha: float = 0.5
+    min_examples: int = 1
     seed: int = 0
     test_fraction: float = 0.2
     val_fraction: float = 0.1
@@ -68,7 +69,8 @@ def build_federation(spec: FederationSpec) -> Federation:
     train_idx, test_idx = stratified_split(data.y, spec.test_fraction, derive_seed(spec.seed, "holdout"))
     info = DataInfo.from_dataset(data)
     train = data.subset(train_idx)
-    parts = partition(train, spec.partition, spec.nodes, alpha=spec.alpha, seed=derive_seed(spec.seed, "partition"))
+    parts = partition(train, spec.partition, spec.nodes, alpha=spec.alpha, seed=derive_seed(spec.seed, "partition"),
+                      min_examples=spec.min_examples)
     nodes: dict[str, NodeData] = {}
     for i, idx in enumerate(parts):
         rng = rng_for(spec.seed, "val", i)
