@@ -20,7 +20,10 @@ def test_budget_flags_stop_the_run_and_the_summary_says_why(tmp_path):
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 1 and lines[0]["extras"]["epsilon"] <= 6  # ε(1) ≈ 4.73, ε(2) ≈ 6.9 with σ = 1, q = 1
     assert "privacy spent" in result.output and "ε = 4.7" in result.output
-    assert "stopped after round 1: privacy budget ε=6 would be exceeded in round 2" in result.output
+    stop = [line for line in result.output.splitlines() if "privacy budget" in line]
+    assert len(stop) == 1 and stop[0].startswith("privacy budget ε=6 would be exceeded in round 2 (ε would reach ")
+    assert stop[0].endswith("); stopping after round 1") and stop[0].count("round 1") == 1
+    assert "WARNING" not in result.output and "stopping before round" not in result.output
 
 
 def test_dp_flags_are_checked(tmp_path):

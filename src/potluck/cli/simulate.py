@@ -124,8 +124,8 @@ def summary(records: list[RoundRecord], final: Params, run_dir: Path, seconds: f
     table.add_row("model digest", final.digest)
     table.add_row("run directory", str(run_dir))
     out.print(table)
-    if stopped:
-        out.print(f"stopped after round {last.round}: {stopped}")
+    if stopped:  # the reason names the last round: one line, however narrow the terminal
+        out.print(stopped, soft_wrap=True, markup=False)
 
 
 def bytes_up_row(records: list[RoundRecord], final: Params) -> str:

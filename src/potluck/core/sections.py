@@ -23,6 +23,7 @@ composes them (``core/config.py``).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,32 @@ def _one_of(choices: tuple[str, ...]) -> dict[str, Any]:
 
 def _at_least(low: int) -> dict[str, Any]:
     return {"check": lambda v: v >= low, "rule": f"≥ {low}"}
+
+
+# Metrics whose better direction --stop-at knows; any other metric names it: NAME>=V or NAME<=V.
+HIGHER_IS_BETTER = ("accuracy", "f1", "auc", "precision", "recall", "r2")
+LOWER_IS_BETTER = ("loss", "perplexity", "mse", "mae", "rmse", "error")
+_STOP_AT = re.compile(r"\s*([A-Za-z_][\w.-]*)\s*(>=|<=|=)\s*([^\s=<>]+)\s*")
+
+
+def parse_stop_at(text: str) -> tuple[str, bool, float] | None:
+    """``accuracy=0.97`` → ``("accuracy", True, 0.97)``: the metric, whether the run stops
+    at or above the value (else at or below), the value; None when ``text`` is not a target."""
+    match = _STOP_AT.fullmatch(text)
+    if match is None:
+        return None
+    name, op, raw = match.groups()
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    if not math.isfinite(value):
+        return None
+    if op == "=":
+        if name not in HIGHER_IS_BETTER + LOWER_IS_BETTER:
+            return None
+        return name, name in HIGHER_IS_BETTER, value
+    return name, op == ">=", value
 
 
 def _is_bulk_setting(value: str) -> bool:
@@ -115,6 +142,12 @@ class RoundSection(Settings):
                         **_at_least(0))
     test_fraction: float = setting(0.2, "Fraction of the task's bundled data held out for evaluation.",
                                    resumable=False, check=_split, rule="in [0, 1)")
+    stop_at: str | None = setting(
+        None, "End the run after the first round whose held-out metric reaches a target: accuracy=0.97, "
+        "perplexity=4.5, loss=0.1, or NAME>=VALUE / NAME<=VALUE for any metric the task reports.", resumable=True,
+        check=lambda v: v is None or parse_stop_at(v) is not None, metavar="METRIC=VALUE", shown="off",
+        rule=f"METRIC=VALUE with METRIC one of {', '.join(HIGHER_IS_BETTER + LOWER_IS_BETTER)}, or METRIC>=VALUE "
+        "or METRIC<=VALUE, with a finite VALUE")
     federated_eval_every: int = setting(0, "Evaluate on the nodes' validation splits every k rounds (0: last "
                                         "round only).", resumable=True, **_at_least(0))
     run_dir: str | None = setting(

@@ -133,7 +133,7 @@ class Coordinator:
                     guard.before_round(rnd)
             except BudgetExhausted as exc:
                 self.stopped = str(exc)
-                log.warning("stopping before round %d: %s", rnd, exc)
+                log.info("stopping before round %d: %s", rnd, exc)  # a planned end: the caller reports it
                 break
             with log_fields(round=rnd):  # every log line of the round names it
                 params, record = self.run_round(rnd, params)
