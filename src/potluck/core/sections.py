@@ -150,6 +150,12 @@ class RoundSection(Settings):
         "or METRIC<=VALUE, with a finite VALUE")
     federated_eval_every: int = setting(0, "Evaluate on the nodes' validation splits every k rounds (0: last "
                                         "round only).", resumable=True, **_at_least(0))
+    keep_checkpoints: int = setting(
+        0, "Keep the model and strategy files of only the last N rounds (0: all), plus round 0 and every "
+        "--keep-every k-th round; the commit marks, metrics and ledger stay whole.", resumable=False,
+        check=lambda v: v >= 0, rule="≥ 0 (0: keep all)")
+    keep_every: int = setting(0, "With --keep-checkpoints, also keep every k-th round's files (0: none).",
+                              resumable=False, check=lambda v: v >= 0, rule="≥ 0")
     run_dir: str | None = setting(
         None, "Where the run is written. simulate makes a new folder; server reuses runs/server and resumes the "
         "run it holds.", resumable=True, shown="runs/<time>-<task> (simulate), runs/<time>-up (up), runs/server (server)")
