@@ -174,6 +174,10 @@ class FederationSection(Settings):
                              resumable=False, **_one_of(PARTITIONS))
     alpha: float = setting(0.5, "Dirichlet concentration; smaller is more non-IID.", resumable=False,
                            check=lambda v: v > 0 and math.isfinite(v), rule="a finite number > 0")
+    test_data: str | None = setting(
+        None, "Evaluate on this data (read like --data-path; MNIST's test set: DIR/t10k) instead of holding out "
+        "--test-fraction of --data-path, which is then split whole over the nodes.", resumable=False,
+        shown="none: hold out --test-fraction")
     min_examples: int = setting(1, "With --partition dirichlet, the fewest examples a node gets: a node the draw "
                                 "leaves short is topped up from the largest nodes.", resumable=False, **_at_least(1))
     label_column: str = setting("label", "CSV column holding the label.", resumable=False)

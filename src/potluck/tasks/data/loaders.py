@@ -57,6 +57,9 @@ def load_dataset(
                             beside it (``images`` -> ``labels``, ``idx3`` -> ``idx1``)
     folder of IDX files     an images and a labels IDX file; ``train`` files win
                             over ``t10k``/test files when both are present
+    ``folder/t10k``         the IDX pair in ``folder`` whose names start with
+                            ``t10k`` (or ``train``, or any other prefix): MNIST's
+                            test set is ``mnist/t10k``
     folder of folders       one subfolder per class (sorted names = class 0, 1, ...)
                             of .png/.jpg/.jpeg/.bmp/.pgm images, read with Pillow
     ======================  ==================================================
@@ -71,6 +74,9 @@ def load_dataset(
     """
     p = Path(path)
     if not p.exists():
+        named = _idx_set(p)
+        if named is not None:
+            return _load_idx_pair(*_idx_pair(named))
         raise ConfigError(f"data path {p} does not exist")  # a setting names it: exit code 2
     if p.is_dir():
         return _load_directory(p)
@@ -188,6 +194,16 @@ def _load_idx_pair(images_path: Path, labels_path: Path) -> Dataset:
     if images.dtype == np.uint8:
         x /= 255.0
     return _make_dataset(x, labels, None, str(images_path))
+
+
+def _idx_set(p: Path) -> Path | None:
+    """``mnist/t10k`` → ``mnist/t10k-images-idx3-ubyte.gz``: the images IDX file in ``p``'s
+    folder named ``p.name`` followed by ``-`` or ``.``, when exactly one is; else None."""
+    if not p.name or not p.parent.is_dir():
+        return None
+    found = sorted(f for f in p.parent.iterdir() if f.is_file() and _IDX_NAME.search(f.name) and "images" in f.name
+                   and f.name.startswith((p.name + "-", p.name + ".")))
+    return found[0] if len(found) == 1 else None
 
 
 def _load_directory(d: Path) -> Dataset:
