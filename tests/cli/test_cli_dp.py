@@ -31,3 +31,19 @@ def test_dp_flags_are_checked(tmp_path):
     assert result.exit_code == 2 and "dp must be one of none, central, local, distributed" in result.output
     result = runner.invoke(app, ["simulate", "--dp-clip", "2", "--run-dir", str(tmp_path / "r")])
     assert result.exit_code == 2 and "dp_clip must be left at 1.0 unless dp is set" in result.output
+
+
+def test_the_help_dp_example_trains_more_than_one_round():
+    import shlex
+
+    from potluck.apps.protections import round_guards
+    from potluck.cli.simulate import HELP
+    from potluck.core.config import SimulationConfig
+
+    line = next(line for line in HELP.splitlines() if "--dp-epsilon-budget" in line)
+    words = shlex.split(line)[2:]
+    settings = {words[i][2:].replace("-", "_"): words[i + 1] for i in range(0, len(words), 2)}
+    config = SimulationConfig.from_mapping({k: v if k == "dp" else float(v) if "." in v else int(v)
+                                            for k, v in settings.items()})
+    accountant = round_guards(config)[0]
+    assert accountant.epsilon(5) <= config.dp_epsilon_budget  # several rounds before the budget stops it

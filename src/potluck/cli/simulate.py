@@ -34,7 +34,7 @@ Examples:
 
   potluck simulate --task mlp --data-path ../shared/data/mnist --nodes 20 --workers 0
 
-  potluck simulate --nodes 40 --fraction 0.5 --dp central --dp-noise-multiplier 0.7 --dp-epsilon-budget 8
+  potluck simulate --nodes 50 --fraction 0.2 --dp central --dp-noise-multiplier 1.0 --dp-epsilon-budget 8
 
   potluck simulate --run-dir runs/a --resume
 """
