@@ -66,3 +66,12 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeyp
     assert [p.name for p in made] == ["20260101-120000-mytask-task", "20260101-120000-mytask-task-2",
                                       "20260101-120000-mytask-task-3"]
     assert all(p.is_dir() for p in made)
+
+
+def test_a_server_without_tls_files_leaves_nothing_that_blocks_the_next_start(tmp_path):
+    args = ["server", "--rounds", "1", "--tls-dir", str(tmp_path / "tls"), "--run-dir", str(tmp_path / "run")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "missing TLS files for the server" in result.output
+    assert not (tmp_path / "run").exists() and not (tmp_path / "tls").exists()
+    again = runner.invoke(app, [*args, "--strategy", "fedadam"])  # other settings: no old run to refuse them
+    assert again.exit_code == 1 and "missing TLS files" in again.output and "other settings" not in again.output
