@@ -219,3 +219,23 @@ def test_cnn_task_builds_and_trains_on_channels_last_images():
 def test_cnn_rejects_shapes_it_cannot_take(shape):
     with pytest.raises(TaskError, match=r"cnn task needs images of shape \(H, W\) or \(H, W, C\)"):
         small_cnn(DataInfo(shape, 10))
+
+
+def test_label_column_reaches_a_custom_factory_that_takes_it(tmp_path, monkeypatch):
+    (tmp_path / "potluck_columns_task_xyz.py").write_text(
+        "from functools import partial\n"
+        "from potluck.tasks.data.loaders import load_dataset\n"
+        "from potluck.tasks.torch_task import TorchClassifierTask\n"
+        "from potluck.tasks.models import mlp\n"
+        "def make(label_column='label'):\n"
+        "    return TorchClassifierTask('cols', mlp, partial(load_dataset, label_column=label_column))\n"
+        "task = make()\n")
+    (tmp_path / "d.csv").write_text("a,y\n" + "\n".join(f"{i},{i % 2}" for i in range(10)) + "\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    task = resolve_task("potluck_columns_task_xyz:make", label_column="y")
+    assert list(task.load_data(tmp_path / "d.csv").y[:4]) == [0, 1, 0, 1]
+    with pytest.raises(ConfigError, match="loads its own data, so --label-column does not reach it"):
+        resolve_task("potluck_columns_task_xyz:task", label_column="y")
+    with pytest.raises(ConfigError, match="--group-column does not reach it"):
+        resolve_task("potluck_columns_task_xyz:make", group_column="site")
+    assert resolve_task("potluck_columns_task_xyz:task").name == "cols"  # the defaults: nothing to pass

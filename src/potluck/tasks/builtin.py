@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -116,6 +118,28 @@ BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
 }
 
 
+def _columns_for(spec: str, obj: Any, is_task: bool, label_column: str, group_column: str | None) -> dict[str, Any]:
+    """The columns a custom task's factory takes (``label_column=``, ``group_column=``).
+
+    ConfigError when ``--label-column`` or ``--group-column`` was given but cannot reach
+    the task: it is an instance, or its factory does not take that keyword."""
+    given = {k: v for k, v in (("label_column", label_column), ("group_column", group_column))
+             if v != {"label_column": "label", "group_column": None}[k]}
+    if not given:
+        return {}
+    try:
+        parameters = inspect.signature(obj).parameters if callable(obj) and not is_task else {}
+    except (TypeError, ValueError):
+        parameters = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    missing = [k for k in given if k not in parameters and not takes_any]
+    if missing:
+        flag = "--" + missing[0].replace("_", "-")
+        raise ConfigError(f"task {spec!r} loads its own data, so {flag} does not reach it: read the column in its "
+                          f"load_data, or make {spec.partition(':')[2]!r} a function taking {missing[0]}=")
+    return given
+
+
 def resolve_task(
     spec: str, *, label_column: str = "label", group_column: str | None = None, options: Options | None = None
 ) -> Task:
@@ -153,7 +177,8 @@ def resolve_task(
         raise ConfigError(f"task {spec!r}: module {module_name!r} has no attribute {attr!r}") from exc
     # A class has the Task attributes itself: call it, like any factory.
     is_task = all(hasattr(obj, m) for m in REQUIRED_MEMBERS) and not isinstance(obj, type)
-    task = obj if is_task else obj() if callable(obj) else obj
+    columns = _columns_for(spec, obj, is_task, label_column, group_column)
+    task = obj if is_task else obj(**columns) if callable(obj) else obj
     missing = [m for m in REQUIRED_MEMBERS if not hasattr(task, m)]
     if missing:
         raise TaskError(f"task {spec!r} is not a Task: it lacks {', '.join(missing)}")
