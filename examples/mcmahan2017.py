@@ -71,12 +71,13 @@ def main(argv: list[str] | None = None) -> dict[str, int | None]:
     parser.add_argument("--rounds", type=int, default=1000, help="give up after this many rounds")
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--workers", type=int, default=1, help="as potluck simulate --workers")
+    parser.add_argument("--runs", type=Path, default=None, help="write the runs here (default: new temp folders)")
     args = parser.parse_args(argv)
     partitions = {"iid": ["iid"], "non-iid": ["shards"], "both": ["iid", "shards"]}[args.split]
     found: dict[str, int | None] = {}
     print(f"{'split':<22} {'rounds to 97 %':>15} {'paper (Table 1)':>16}")
     for partition in partitions:
-        run_dir = Path(tempfile.mkdtemp(prefix=f"mcmahan2017-{partition}-"))
+        run_dir = (args.runs / partition if args.runs else Path(tempfile.mkdtemp(prefix=f"mcmahan2017-{partition}-")))
         found[partition] = rounds = run(partition, args.data, args.rounds, run_dir, args.nodes, args.workers)
         ours = str(rounds) if rounds is not None else f"> {args.rounds}"
         print(f"{SPLITS[partition]:<22} {ours:>15} {PAPER_ROUNDS[partition]:>16}   (run in {run_dir})", flush=True)

@@ -69,8 +69,9 @@ def test_mcmahan2017_runs_the_papers_setting_on_mnist_shaped_data(tmp_path, caps
         x = rng.integers(0, 40, size=(n, 28, 28)) + (y[:, None, None] * 20)
         _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", x)
         _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", y)
-    found = mcmahan2017.main(["--data", str(tmp_path), "--rounds", "2", "--nodes", "20"])
-    assert set(found) == {"iid", "shards"}
+    found = mcmahan2017.main(["--data", str(tmp_path), "--rounds", "2", "--nodes", "20", "--runs",
+                              str(tmp_path / "runs")])
+    assert set(found) == {"iid", "shards"} and (tmp_path / "runs" / "shards" / "metrics.jsonl").is_file()
     out = capsys.readouterr().out
     assert "paper (Table 1)" in out and "87" in out and "664" in out
 
