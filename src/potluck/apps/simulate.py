@@ -37,9 +37,14 @@ class SimulationResult:
 
 
 def default_run_dir(config: SimulationConfig, root: Path = Path("runs")) -> Path:
-    """A new folder ``runs/<time>-<task>``, claimed by creating it: a run started in the
+    """A new folder ``runs/<time>-<task>`` (see :func:`new_run_dir`)."""
+    return new_run_dir(config.task, root)
+
+
+def new_run_dir(name: str, root: Path = Path("runs")) -> Path:
+    """A new folder ``root/<time>-<name>``, claimed by creating it: a run started in the
     same second as another (in this process or any other) gets ``…-2``, ``…-3``, …"""
-    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{config.task.replace(':', '-').replace('/', '-')}"
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{name.replace(':', '-').replace('/', '-')}"
     for n in range(1, 10_000):
         path = root / (base if n == 1 else f"{base}-{n}")
         try:
