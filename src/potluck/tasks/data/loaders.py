@@ -23,14 +23,13 @@ import numpy as np
 
 from potluck.core.errors import ConfigError, DataError
 from potluck.tasks.data.dataset import Dataset
+from potluck.tasks.data.images import image_files, read_image_folder
 
 SUPPORTED_FORMATS = (
     "a .csv file with a header row, a .npz file with arrays x and y, "
     "an IDX images file (*-images-idx3-ubyte[.gz]) with its labels file beside it, "
     "a folder holding such IDX files, or a folder with one subfolder of images per class"
 )
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm")
 
 # IDX type byte -> element type; multi-byte values are big-endian on disk.
 _IDX_DTYPES: dict[int, np.dtype] = {
@@ -218,8 +217,9 @@ def _load_directory(d: Path) -> Dataset:
         names = ", ".join(f.name for f in idx_files)
         raise DataError(f"{d}: found IDX file(s) {names} but no images IDX file (*-images-idx3-ubyte)")
     subdirs = [e for e in entries if e.is_dir()]
-    if any(_image_files(s) for s in subdirs):
-        return _load_image_folder(d, subdirs)
+    if any(image_files(s) for s in subdirs):
+        x, y = read_image_folder(d, subdirs)
+        return _make_dataset(x, y, None, str(d))
     if subdirs:
         found = f"{len(subdirs)} subfolder(s) without images ({_some(subdirs)})"
     elif files:
@@ -235,68 +235,6 @@ def _load_directory(d: Path) -> Dataset:
 def _some(paths: list[Path], limit: int = 5) -> str:
     names = ", ".join(p.name for p in paths[:limit])
     return names + (", ..." if len(paths) > limit else "")
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _load_image_folder(root: Path, class_dirs: list[Path]) -> Dataset:
-    per_class = [_image_files(c) for c in class_dirs]
-    for folder, files in zip(class_dirs, per_class):
-        if not files:
-            raise DataError(
-                f"{root}: class folder {folder.name!r} holds no images "
-                f"({', '.join(IMAGE_SUFFIXES)})"
-            )
-    try:
-        import PIL.Image  # noqa: F401  (optional dependency, checked before any reading)
-    except ImportError as exc:
-        raise DataError(f"{root}: reading an image folder needs Pillow: pip install pillow") from exc
-
-    arrays: list[np.ndarray] = []
-    labels: list[int] = []
-    first: Path | None = None
-    for label, files in enumerate(per_class):
-        for f in files:
-            a = _read_image(f)
-            if first is None:
-                first = f
-            elif a.shape != arrays[0].shape:
-                raise DataError(
-                    f"{f}: image shape {a.shape} differs from {arrays[0].shape} of {first}; "
-                    "all images must have the same size and channels"
-                )
-            arrays.append(a)
-            labels.append(label)
-    return _make_dataset(np.stack(arrays), np.asarray(labels), None, str(root))
-
-
-def _read_image(f: Path) -> np.ndarray:
-    """One image as float32 in [0, 1]: (H, W) when stored grayscale, else (H, W, 3) RGB.
-
-    Alpha channels and palettes are dropped/expanded, so a folder mixing PNG with and
-    without transparency still has one shape.
-    """
-    from PIL import Image
-
-    im: Image.Image
-    try:
-        with Image.open(f) as opened:
-            if opened.mode in ("1", "L", "LA"):
-                im = opened.convert("L")
-            elif opened.mode == "F" or opened.mode.startswith("I"):  # float / 16-32 bit gray
-                im = opened
-            else:
-                im = opened.convert("RGB")
-            a = np.asarray(im)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{f}: cannot read image ({exc})") from exc
-    if a.dtype == np.uint8:
-        return a.astype(np.float32) / 255.0
-    if a.dtype.kind in "iu":  # 16-bit PNG/PGM
-        return np.clip(a.astype(np.float32) / 65535.0, 0.0, 1.0)
-    return a.astype(np.float32)
 
 
 def _load_csv(p: Path, label_column: str, group_column: str | None) -> Dataset:
