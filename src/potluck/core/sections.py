@@ -144,7 +144,7 @@ class RoundSection(Settings):
                                    resumable=False, check=_split, rule="in [0, 1)")
     stop_at: str | None = setting(
         None, "End the run after the first round whose held-out metric reaches a target: accuracy=0.97, "
-        "perplexity=4.5, loss=0.1, or NAME>=VALUE / NAME<=VALUE for any metric the task reports.", resumable=True,
+        "perplexity=4.5, loss=0.1, or 'NAME>=VALUE' / 'NAME<=VALUE' (quoted in a shell) for any metric the task reports.", resumable=True,
         check=lambda v: v is None or parse_stop_at(v) is not None, metavar="METRIC=VALUE", shown="off",
         rule=f"METRIC=VALUE with METRIC one of {', '.join(HIGHER_IS_BETTER + LOWER_IS_BETTER)}, or METRIC>=VALUE "
         "or METRIC<=VALUE, with a finite VALUE")
