@@ -154,3 +154,19 @@ def test_natural_partition_by_group_column(tmp_path, small_config):
     assert sorted(site for s in sites for site in s) == ["site0", "site1", "site2", "site3"]
     assert all(len(s) == 1 for s in sites)
     assert sum(len(n.train) + len(n.val) for n in federation.nodes.values()) == 120 - len(federation.test)
+
+
+def test_test_data_replaces_the_held_out_fraction(tmp_path):
+    from potluck.apps.simulate import federation_spec
+    from potluck.core.config import SimulationConfig
+    from potluck.runtime.federation import build_federation
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(80, 4)).astype(np.float32), np.arange(80) % 2
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    np.savez(tmp_path / "test.npz", x=x[:7], y=y[:7])
+    config = SimulationConfig(task="mlp", data_path=str(tmp_path / "train.npz"), test_data=str(tmp_path / "test.npz"),
+                              nodes=4, partition="iid", val_fraction=0.0)
+    federation = build_federation(federation_spec(config))
+    assert len(federation.test) == 7
+    assert sum(len(n.train) for n in federation.nodes.values()) == 80  # nothing held out of the training data

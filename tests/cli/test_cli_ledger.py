@@ -95,3 +95,21 @@ def test_a_proof_checks_out_and_a_tampered_one_does_not(simulated, tmp_path):
     assert done.exit_code == 1 and "FAIL  leaf" in done.output and "does NOT hold" in done.output
     absent = potluck("ledger", "proof", simulated, "--node", "node-999", "--round", 2)
     assert absent.exit_code == 1 and "holds no contribution of node 'node-999'" in absent.output
+
+
+def test_a_proof_of_round_0_says_what_round_0_is(simulated):
+    done = potluck("ledger", "proof", simulated, "--node", "node-000", "--round", 0)
+    assert done.exit_code == 2
+    assert done.output.strip() == ("potluck: error: --round 0 is the run's start entry, which holds no contributions: "
+                                   "a proof is of a node's update in a round from 1 (`potluck ledger show` lists them)")
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--server-key", "zz"), ("--entry", "ab" * 31), ("--root", "g" * 64)])
+def test_a_malformed_key_or_hash_is_named(simulated, tmp_path, flag, value):
+    proof = tmp_path / "proof.json"
+    entry = json.loads((simulated / "ledger.jsonl").read_text().splitlines()[2])
+    assert potluck("ledger", "proof", simulated, "--node", entry["contributions"][0]["node"], "--round", 2,
+                   "-o", proof).exit_code == 0
+    done = potluck("ledger", "check-proof", proof, flag, value)
+    assert done.exit_code == 2 and len(done.output.strip().splitlines()) == 1
+    assert done.output.startswith(f"potluck: error: {flag} must be ") and "64 hex digits" in done.output

@@ -79,8 +79,9 @@ runner = CliRunner()
         (["-S", "nonsense"], 2, "--strategy-option takes KEY=VALUE"),
         (["-F", "lr=0"], 2, "fit setting lr must be > 0"),
         (["-F", "learning_rate=0.1"], 2, "unknown fit setting 'learning_rate'"),
-        (["--task", "mlp", "--data-path", "/nonexistent/data.csv"], 1, "/nonexistent/data.csv does not exist"),
-        (["--task", "nosuchmodule:task"], 1, "cannot import module 'nosuchmodule'"),
+        (["--task", "mlp", "--data-path", "/nonexistent/data.csv"], 2, "/nonexistent/data.csv does not exist"),
+        (["--task", "nosuchmodule:task"], 2, "cannot import module 'nosuchmodule'"),
+        (["--task", "nosuch"], 2, "unknown task 'nosuch'"),
         (["--config", "/nonexistent.toml"], 2, "config file /nonexistent.toml does not exist"),
     ],
 )

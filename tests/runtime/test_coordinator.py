@@ -10,7 +10,7 @@ import pytest
 from potluck.core.errors import NodeLeft, RoundFailed
 from potluck.core.messages import FitInstruction, FitResult
 from potluck.core.params import Params, ParamsKind
-from potluck.runtime.coordinator import Coordinator, RoundPolicy
+from potluck.runtime.coordinator import Coordinator, RoundPolicy, sample_size
 from potluck.strategies import make_strategy
 from potluck.testing import FakeClock, ScriptedPool
 
@@ -104,6 +104,24 @@ def test_sampling_is_seeded_and_respects_fraction_and_min_nodes():
     assert coord.sample(5) != first
     assert coordinator(pool, fraction=0.1, min_nodes=15, seed=4).sample(4) != first
     assert len(coordinator(pool, fraction=0.3).sample(1)) == 30
+
+
+@pytest.mark.parametrize(("fraction", "available", "expected"), [
+    (0.07, 100, 7), (0.1, 100, 10), (0.29, 100, 29), (0.57, 100, 57), (0.3, 10, 3), (0.15, 20, 3),
+    (0.001, 100, 1), (1.0, 10, 10), (0.05, 1000, 50),
+])
+def test_sample_size_is_exact_for_the_written_fraction(fraction, available, expected):
+    assert sample_size(fraction, available) == expected
+
+
+def test_sample_size_honours_min_nodes_and_the_pool():
+    assert sample_size(0.07, 100, min_nodes=9) == 9
+    assert sample_size(0.5, 3, min_nodes=5) == 3
+
+
+def test_a_round_samples_seven_of_a_hundred_at_fraction_point_zero_seven():
+    pool = ScriptedPool({f"n{i}": honest("n0") for i in range(100)})
+    assert len(coordinator(pool, fraction=0.07).sample(1)) == 7
 
 
 def test_too_few_nodes_fails_the_round():

@@ -9,7 +9,7 @@ import pytest
 import sklearn.datasets
 import torch
 
-from potluck.core.errors import DataError, TaskError
+from potluck.core.errors import ConfigError, DataError, TaskError
 from potluck.tasks.builtin import BUILTIN_TASKS, DEFAULT_TASK, load_digits, resolve_task
 from potluck.tasks.models import small_cnn
 from potluck.tasks.protocol import DataInfo, Task
@@ -69,7 +69,7 @@ def test_digits_task_uses_documented_defaults():
 
 
 def test_unknown_name_lists_the_builtins():
-    with pytest.raises(TaskError) as info:
+    with pytest.raises(ConfigError) as info:
         resolve_task("digitz")
     message = str(info.value)
     assert "unknown task 'digitz'" in message
@@ -148,13 +148,20 @@ def test_module_attribute_holding_a_task_class_gives_an_instance(task_module):
     assert len(task.load_data(None)) == 1797  # a bound method: works without passing self
 
 
-def test_missing_module_is_a_task_error(task_module):
-    with pytest.raises(TaskError, match="cannot import module 'potluck_no_such_module_xyz'"):
+def test_missing_module_is_a_config_error(task_module):
+    with pytest.raises(ConfigError, match="cannot import module 'potluck_no_such_module_xyz'"):
         resolve_task("potluck_no_such_module_xyz:task")
 
 
-def test_missing_attribute_is_a_task_error(task_module):
-    with pytest.raises(TaskError, match=f"module '{task_module}' has no attribute 'nope'"):
+def test_a_module_whose_own_import_fails_is_a_task_error(tmp_path, monkeypatch):
+    (tmp_path / "potluck_broken_task_xyz.py").write_text("import potluck_missing_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(TaskError, match="cannot import module 'potluck_broken_task_xyz'"):
+        resolve_task("potluck_broken_task_xyz:task")
+
+
+def test_missing_attribute_is_a_config_error(task_module):
+    with pytest.raises(ConfigError, match=f"module '{task_module}' has no attribute 'nope'"):
         resolve_task(f"{task_module}:nope")
 
 
@@ -212,3 +219,23 @@ def test_cnn_task_builds_and_trains_on_channels_last_images():
 def test_cnn_rejects_shapes_it_cannot_take(shape):
     with pytest.raises(TaskError, match=r"cnn task needs images of shape \(H, W\) or \(H, W, C\)"):
         small_cnn(DataInfo(shape, 10))
+
+
+def test_label_column_reaches_a_custom_factory_that_takes_it(tmp_path, monkeypatch):
+    (tmp_path / "potluck_columns_task_xyz.py").write_text(
+        "from functools import partial\n"
+        "from potluck.tasks.data.loaders import load_dataset\n"
+        "from potluck.tasks.torch_task import TorchClassifierTask\n"
+        "from potluck.tasks.models import mlp\n"
+        "def make(label_column='label'):\n"
+        "    return TorchClassifierTask('cols', mlp, partial(load_dataset, label_column=label_column))\n"
+        "task = make()\n")
+    (tmp_path / "d.csv").write_text("a,y\n" + "\n".join(f"{i},{i % 2}" for i in range(10)) + "\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    task = resolve_task("potluck_columns_task_xyz:make", label_column="y")
+    assert list(task.load_data(tmp_path / "d.csv").y[:4]) == [0, 1, 0, 1]
+    with pytest.raises(ConfigError, match="loads its own data, so --label-column does not reach it"):
+        resolve_task("potluck_columns_task_xyz:task", label_column="y")
+    with pytest.raises(ConfigError, match="--group-column does not reach it"):
+        resolve_task("potluck_columns_task_xyz:make", group_column="site")
+    assert resolve_task("potluck_columns_task_xyz:task").name == "cols"  # the defaults: nothing to pass

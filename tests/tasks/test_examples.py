@@ -43,3 +43,44 @@ def test_mae_regression_ranks_by_its_own_metric(tmp_path):
     hidden = np.maximum(x @ w["0.weight"].T + w["0.bias"], 0)
     pred = (hidden @ w["2.weight"].T + w["2.bias"])[:, 0]
     assert out.metrics["mae"] == pytest.approx(np.mean(np.abs(pred - price)), rel=1e-4)
+
+
+MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
+
+
+def _write_idx(path: Path, a: np.ndarray) -> None:
+    import struct
+
+    header = struct.pack(">BBBB", 0, 0, 0x08, a.ndim) + struct.pack(f">{a.ndim}I", *a.shape)
+    path.write_bytes(header + a.astype(np.uint8).tobytes())
+
+
+def test_mcmahan2017_runs_the_papers_setting_on_mnist_shaped_data(tmp_path, capsys):
+    import mcmahan2017
+
+    task = mcmahan2017.two_nn()
+    from potluck.tasks.protocol import DataInfo
+
+    params = task.build(DataInfo((28, 28), 10), 0)
+    assert sum(a.size for a in params.values()) == 199_210  # the paper's 2NN: 784-200-200-10
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 400), ("t10k", 50)):
+        y = np.arange(n) % 10
+        x = rng.integers(0, 40, size=(n, 28, 28)) + (y[:, None, None] * 20)
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", x)
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", y)
+    found = mcmahan2017.main(["--data", str(tmp_path), "--rounds", "2", "--nodes", "20", "--runs",
+                              str(tmp_path / "runs")])
+    assert set(found) == {"iid", "shards"} and (tmp_path / "runs" / "shards" / "metrics.jsonl").is_file()
+    out = capsys.readouterr().out
+    assert "paper (Table 1)" in out and "87" in out and "664" in out
+
+
+@pytest.mark.slow
+def test_mcmahan2017_2nn_iid_reaches_97_percent_within_50_rounds(tmp_path):
+    if not MNIST.is_dir():
+        pytest.skip(f"MNIST is not in {MNIST}")
+    import mcmahan2017
+
+    rounds = mcmahan2017.run("iid", MNIST, 50, tmp_path / "run")
+    assert rounds is not None and rounds <= 50

@@ -133,11 +133,13 @@ def _check_marks(run: RunDirectory, marked: list[int], findings: list[Finding]) 
 
 
 def _check_checkpoints(run: RunDirectory, marks: dict[int, dict[str, Any]], findings: list[Finding]) -> None:
-    before = len(findings)
+    before, last = len(findings), max(marks, default=0)
     for rnd, mark in marks.items():
         for what, path, key in (("model", run.model_path(rnd), "model_sha256"),
                                 ("strategy state", run.strategy_path(rnd), "strategy_sha256")):
             problem = _file_problem(path, mark[key])
+            if problem is not None and problem[0] == "file-missing" and run.pruned(rnd, last):
+                continue  # removed by --keep-checkpoints: its mark stays
             if problem is not None:
                 code, words = problem
                 findings.append(Finding("broken", code, f"round {rnd}: {_rel(run, path)} (the {what}) {words}",

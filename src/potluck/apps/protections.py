@@ -9,11 +9,9 @@ Each kind of protection contributes through its own function below.
 
 from __future__ import annotations
 
-import math
-
 from potluck.core.config import ServerConfig, SimulationConfig
 from potluck.core.errors import ConfigError
-from potluck.runtime.coordinator import RoundGuard
+from potluck.runtime.coordinator import RoundGuard, sample_size
 from potluck.runtime.secure import SecureAggregation
 from potluck.strategies.accountant import PrivacyAccountant
 from potluck.strategies.base import Strategy
@@ -88,8 +86,7 @@ def _dp_population(config: RunConfig) -> int:
 
 def _dp_nodes_per_round(config: RunConfig) -> int:
     """Nodes sampled per round, as the coordinator samples them from the whole federation."""
-    population = _dp_population(config)
-    return min(population, max(config.min_nodes, math.ceil(config.fraction * population)))
+    return sample_size(config.fraction, _dp_population(config), config.min_nodes)
 
 
 def _privacy_stages(config: RunConfig) -> list[UpdateStage]:

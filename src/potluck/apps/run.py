@@ -17,6 +17,7 @@ from typing import Any
 
 from potluck.apps.protections import RunConfig, protect_strategy, round_guards, secure_aggregation, update_pipeline
 from potluck.apps.provenance import run_start
+from potluck.apps.stop_at import StopAt
 from potluck.core.config import check_resume
 from potluck.core.errors import RunDirError
 from potluck.core.params import Params
@@ -71,11 +72,17 @@ class AssembledRun:
 
     def coordinator(self, pool: Any, evaluator: Evaluator | None, hooks: Sequence[RoundHook],
                     metric: MetricSpec = LOSS_METRIC) -> Coordinator:
-        """The round loop over ``pool``; the run directory commits first, then ``hooks``.
-        ``metric`` is the task's primary metric (``tasks.protocol.metric_of``), named in each record."""
+        """The round loop over ``pool``; the run directory commits first, then ``hooks``
+        (and ``--stop-at``'s watch, when set). ``metric`` is the task's primary metric
+        (``tasks.protocol.metric_of``), named in each record."""
+        guards, hooks = list(self.guards), [self.run_dir, *hooks]
+        if self.config.stop_at is not None:
+            stop = StopAt(self.config.stop_at)
+            evaluator = stop.watch(evaluator)
+            guards.append(stop)
+            hooks.append(stop)
         return Coordinator(pool, self.strategy, self.policy, fit_config=self.config.fit, evaluator=evaluator,
-                           hooks=[self.run_dir, *hooks], updates=self.updates, guards=self.guards, secure=self.secure,
-                           metric=metric)
+                           hooks=hooks, updates=self.updates, guards=guards, secure=self.secure, metric=metric)
 
     def finish(self, final: Params, title: str) -> list[RoundRecord]:
         """Write the final model and the report; the committed rounds' records."""

@@ -57,6 +57,8 @@ def run_server(
     Started again with the same run directory (default ``runs/server``), the server
     resumes after the last committed round."""
     config = config.replace(run_dir=config.run_dir or SERVER_RUN_DIR)
+    # Before anything is written: a start that fails for want of TLS files leaves no run behind.
+    tls = None if config.insecure else load_pem_bundle(Path(config.tls_dir), "server")
     task, data, info = _evaluation_data(config)
     initial = task.build(info, derive_seed(config.seed, "init"))
     check = getattr(task, "check_fit_config", None)
@@ -68,7 +70,7 @@ def run_server(
     pool = _fleet_pool(config, run, task.name, info)
     set_process_log_fields(run_id=pool.run_id, round=lambda: pool.current_round)  # gRPC threads: the round under way
     monitor = run.monitor(pool.run_id, pool)
-    server, port = _serve(config, monitor.handler if monitor else pool, pool)
+    server, port = _serve(config, monitor.handler if monitor else pool, pool, tls)
     restore_sighup = reload_on_sighup(server.revocations)  # SIGHUP: re-read tls/crl.pem
     completed = False
     try:
@@ -118,9 +120,8 @@ def _fleet_pool(config: ServerConfig, run: AssembledRun, model_id: str, info: Da
     return pool
 
 
-def _serve(config: ServerConfig, handler: Any, pool: FleetPool) -> tuple[Any, int]:
+def _serve(config: ServerConfig, handler: Any, pool: FleetPool, tls: Any) -> tuple[Any, int]:
     """The gRPC server (and its bulk lane) for ``handler``, listening; and its port."""
-    tls = None if config.insecure else load_pem_bundle(Path(config.tls_dir), "server")
     options = ServerOptions(chunk_bytes=int(config.chunk_mb * MB), max_message_bytes=int(config.max_message_mb * MB))
     return start_server(handler, config.bind, tls, options, ledger=pool, bulk=config.bulk)
 

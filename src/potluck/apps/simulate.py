@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -16,10 +15,10 @@ from potluck.backends.inprocess import InProcessPool
 from potluck.backends.process_pool import ProcessPool
 from potluck.backends.signed import SignedPool
 from potluck.core.config import SimulationConfig
-from potluck.core.errors import ConfigError
+from potluck.core.errors import ConfigError, RunDirError
 from potluck.core.params import Params
 from potluck.core.records import RoundRecord
-from potluck.runtime.coordinator import RoundHook
+from potluck.runtime.coordinator import RoundHook, sample_size
 from potluck.runtime.federation import Federation, FederationSpec, build_federation
 from potluck.runtime.logcontext import set_process_log_fields
 from potluck.runtime.pool import NodePool
@@ -38,8 +37,25 @@ class SimulationResult:
     stopped: str | None = None  # why the run ended before config.rounds (a privacy budget), if it did
 
 
-def default_run_dir(config: SimulationConfig) -> Path:
-    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.task.replace(':', '-')}"
+def default_run_dir(config: SimulationConfig, root: Path = Path("runs")) -> Path:
+    """A new folder ``runs/<time>-<task>`` (see :func:`new_run_dir`)."""
+    return new_run_dir(config.task, root)
+
+
+def new_run_dir(name: str, root: Path = Path("runs")) -> Path:
+    """A new folder ``root/<time>-<name>``, claimed by creating it: a run started in the
+    same second as another (in this process or any other) gets ``…-2``, ``…-3``, …"""
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{name.replace(':', '-').replace('/', '-')}"
+    for n in range(1, 10_000):
+        path = root / (base if n == 1 else f"{base}-{n}")
+        try:
+            path.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise RunDirError(f"cannot create run directory {path}: {exc.strerror or exc}") from exc
+        return path
+    raise RunDirError(f"{root}: no free run directory name for {base}")  # pragma: no cover
 
 
 def federation_spec(config: SimulationConfig) -> FederationSpec:
@@ -69,12 +85,13 @@ def run_simulation(
     """
     if resume and config.run_dir is None:
         raise ConfigError("--resume needs the --run-dir of the run to continue")
-    config = config.replace(run_dir=str(RunDirectory(Path(config.run_dir or default_run_dir(config))).path))
     _check_round_size(config, make_protected_strategy(config))
     federation = build_federation(federation_spec(config))
     check = getattr(federation.task, "check_fit_config", None)
     if check is not None:
         check(config.fit)
+    # Claimed once the settings, task and data are known good: a failed start leaves no folder.
+    config = config.replace(run_dir=str(RunDirectory(Path(config.run_dir or default_run_dir(config))).path))
     run = assemble_run(config, federation.initial_params,
                        lambda run_dir, start: attach_simulation_ledger(run_dir, config.seed, start),
                        resume=resume, simulation=True)
@@ -102,7 +119,7 @@ def run_simulation(
 def _check_round_size(config: SimulationConfig, strategy: Strategy) -> None:
     """ConfigError when a round samples fewer nodes than the strategy needs (Krum: 2f + 3)."""
     need = strategy.min_updates
-    sampled = min(config.nodes, max(config.min_nodes, math.ceil(config.fraction * config.nodes)))
+    sampled = sample_size(config.fraction, config.nodes, config.min_nodes)
     if sampled < need:
         raise ConfigError(f"strategy {config.strategy} with options {config.strategy_options} needs at least {need} "
                           f"updates per round, but a round samples {sampled} of {config.nodes} nodes")

@@ -1,13 +1,19 @@
-"""What every command shares: one-line failures and KEY=VALUE options."""
+"""What every command shares: one-line failures and KEY=VALUE options.
+
+Exit codes: 0 done; 1 a run or command failed (:data:`EXIT_FAILED`); 2 bad settings
+or usage (:data:`EXIT_USAGE`): an unknown option, a value of the wrong type, a rule a
+setting breaks, an unknown task, a data path that does not exist; 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
+from typer.core import TyperGroup
 
 from potluck.core.errors import ConfigError, PotluckError
 
@@ -18,6 +24,42 @@ else:  # pragma: no cover
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# click's usage and base errors, whether typer vendors click (0.2x) or depends on it:
+# typer.BadParameter derives from UsageError, which derives from ClickException.
+_USAGE_ERROR: type[Exception] = typer.BadParameter.__mro__[1]
+_CLICK_ERROR: type[Exception] = typer.BadParameter.__mro__[2]
+
+
+class OneLineErrors(TyperGroup):
+    """The root command group: a parser error (unknown option, a value of the wrong
+    type) is one line ``potluck: error: …`` and exit code 2, like every other error,
+    instead of click's boxed usage text."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,  # type: ignore[override]
+             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _CLICK_ERROR as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `potluck ledger` alone: its help, as before
+                return super().main(args, prog_name, complete_var, standalone_mode=True, **extra)
+            _usage_error(exc)
+        except typer.Abort:
+            typer.echo("potluck: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(exc: Exception) -> NoReturn:
+    message = " ".join(str(getattr(exc, "format_message", exc.__str__)()).split())  # one line, however wrapped
+    context = getattr(exc, "ctx", None)
+    path = getattr(context, "command_path", "")
+    hint = f" (see `{path} --help`)" if isinstance(exc, _USAGE_ERROR) and path else ""
+    typer.echo(f"potluck: error: {message}{hint}", err=True)
+    sys.exit(int(getattr(exc, "exit_code", EXIT_USAGE)))
 
 
 @contextmanager
@@ -37,7 +79,7 @@ def failures_as_exit_codes(err: Callable[[str], None]) -> Iterator[None]:
         raise typer.Exit(EXIT_FAILED) from None
     except KeyboardInterrupt:
         err("potluck: interrupted")
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def parse_assignments(items: list[str] | None, option: str) -> dict[str, Any]:

@@ -38,6 +38,15 @@ def _err(line: str) -> None:
     typer.echo(line, err=True)
 
 
+def _check_hex(flag: str, value: str | None, what: str) -> None:
+    """ConfigError unless ``value`` (when given) is 64 hex digits: a 32-byte key or hash."""
+    if value is None:
+        return
+    if len(value) != 64 or any(c not in "0123456789abcdefABCDEF" for c in value):
+        raise ConfigError(f"{flag} must be {what}: 64 hex digits as `potluck ledger show` prints it, got "
+                          f"{value[:70]!r} ({len(value)} characters)")
+
+
 @app.command("verify")
 def verify(
     run_dir: Path = RUN_DIR,
@@ -148,6 +157,9 @@ def proof(
     with failures_as_exit_codes(_err):
         from potluck.ledger.queries import export_proof, read_entries
 
+        if rnd == 0:
+            raise ConfigError("--round 0 is the run's start entry, which holds no contributions: a proof is of a "
+                              "node's update in a round from 1 (`potluck ledger show` lists them)")
         text = json.dumps(export_proof(read_entries(run_dir), node, rnd), indent=2) + "\n"
         if output is None:
             typer.echo(text, nl=False)
@@ -169,6 +181,9 @@ def check_proof(
     with failures_as_exit_codes(_err):
         from potluck.ledger.queries import check_proof as check
 
+        for flag, value, what in (("--server-key", server_key, "the server's Ed25519 public key"),
+                                  ("--entry", entry, "the entry's SHA-256"), ("--root", root, "the Merkle root")):
+            _check_hex(flag, value, what)
         raw = typer.get_text_stream("stdin").read() if str(proof_file) == "-" else proof_file.read_text()
         try:
             doc = json.loads(raw)

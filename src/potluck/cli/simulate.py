@@ -35,7 +35,7 @@ Examples:
 
   potluck simulate --task mlp --data-path ../shared/data/mnist --nodes 20 --workers 0
 
-  potluck simulate --nodes 40 --fraction 0.5 --dp central --dp-noise-multiplier 0.7 --dp-epsilon-budget 8
+  potluck simulate --nodes 50 --fraction 0.2 --dp central --dp-noise-multiplier 1.0 --dp-epsilon-budget 8
 
   potluck simulate --run-dir runs/a --resume
 """
@@ -53,8 +53,14 @@ class ProgressDisplay:
             console=_console, transient=False,
         )
         self.bar = self.progress.add_task("rounds", total=rounds, completed=first_round - 1, figures="", eps="")
+        self.committed = False
+
+    def hide_unless_started(self) -> None:
+        if not self.committed:  # the bar is erased when it stops
+            self.progress.live.transient = True
 
     def on_commit(self, record: RoundRecord, params: Params, strategy: Any) -> None:
+        self.committed = True
         eps = f"  ε {record.extras['epsilon']:.2f}" if "epsilon" in record.extras else ""
         self.progress.update(self.bar, completed=record.round, figures=round_figures(record), eps=eps)
 
@@ -82,7 +88,11 @@ def _run(cfg: SimulationConfig, resume: bool, out: CommandOutput) -> None:
             out.info(f"potluck simulate: metrics at {metrics_url(cfg.metrics_host, cfg.metrics_port)}")
         display = ProgressDisplay(cfg.rounds, 1)
         with display.progress:
-            result = run_simulation(cfg, resume=resume, hooks=[display])
+            try:
+                result = run_simulation(cfg, resume=resume, hooks=[display])
+            except BaseException:
+                display.hide_unless_started()  # no stale "round 0/30" above the error line
+                raise
     summary(result.records, result.final_params, result.run_dir, time.perf_counter() - started, result.resumed_from,
             stopped=result.stopped)
 
@@ -117,8 +127,8 @@ def summary(records: list[RoundRecord], final: Params, run_dir: Path, seconds: f
     table.add_row("model digest", final.digest)
     table.add_row("run directory", str(run_dir))
     out.print(table)
-    if stopped:
-        out.print(f"stopped after round {last.round}: {stopped}")
+    if stopped:  # the reason names the last round: one line, however narrow the terminal
+        out.print(stopped, soft_wrap=True, markup=False)
 
 
 def bytes_up_row(records: list[RoundRecord], final: Params) -> str:

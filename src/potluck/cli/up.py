@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import fields
-from pathlib import Path
 
 from potluck.cli.common import failures_as_exit_codes
 from potluck.cli.options import Given, settings_command
@@ -34,8 +33,10 @@ def _up(given: Given[SimulationConfig]) -> None:
     out = CommandOutput("potluck.cli.up")
     with failures_as_exit_codes(out.error):
         cfg = given.settings()
-        cfg = cfg.replace(run_dir=cfg.run_dir or str(Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-up"))
+        from potluck.apps.simulate import new_run_dir
         from potluck.apps.up import run_up
+
+        cfg = cfg.replace(run_dir=cfg.run_dir or str(new_run_dir("up")))
         from potluck.core.params import Params
 
         started = time.perf_counter()

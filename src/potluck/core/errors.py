@@ -27,7 +27,8 @@ defined beside the code that raises them are drawn here too, with their module::
     │   └── NodeLeft           it left on purpose (a clean shutdown): not a fault, unlike
     │                          NodeFailed, which means it broke
     ├── RoundFailed            a round could not commit (quorum not met after retries)
-    ├── BudgetExhausted        the next round would exceed a budget (e.g. privacy ε)
+    ├── BudgetExhausted        the next round would exceed a budget (e.g. privacy ε), or
+    │                          the run reached its --stop-at target: a clean end
     ├── RunDirError            a run directory is missing, inconsistent or not writable
     ├── AccessDenied           a peer is not allowed: certificate identity, allow-list
     │   ├── CertificateRevoked (transport.revocation) its certificate is on the project
@@ -130,8 +131,9 @@ class RoundFailed(PotluckError):
 
 
 class BudgetExhausted(PotluckError):
-    """Running the next round would exceed a configured budget (e.g. the privacy ε):
-    the run stops cleanly after its last committed round."""
+    """Running the next round would exceed a configured budget (e.g. the privacy ε), or
+    the run already reached its target (``--stop-at``): the run stops cleanly after its
+    last committed round."""
 
 
 class RunDirError(PotluckError):

@@ -11,22 +11,40 @@ declared here once::
     checkpoints/round-NNNN.safetensors   model after round N
     checkpoints/round-NNNN.strategy.safetensors
     checkpoints/round-NNNN.json          the commit mark: record, both digests, ledger entry
+
+A run with ``keep_checkpoints = N`` (``--keep-checkpoints``) removes the model and
+strategy files of a round once N later rounds are committed, unless it is round 0 or a
+multiple of ``keep_every``; its commit mark stays. :meth:`RunLayout.pruned` says which
+files a run may lack, so resume, ``potluck check`` and the ledger audit accept it.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 from potluck.core.errors import RunDirError
 from potluck.core.files import is_temp_file, reason
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
+
 LEDGER_FILE_NAME = "ledger.jsonl"
 MARK_KEYS = ("record", "model_sha256", "strategy_sha256")
 _MARK = re.compile(r"^round-(\d{4,})\.json$")
 _ROUND_FILE = re.compile(r"^round-(\d{4,})\.")
+
+
+def checkpoint_kept(rnd: int, last: int, keep: int, every: int) -> bool:
+    """Whether round ``rnd``'s model and strategy files stay once round ``last`` is
+    committed: always with ``keep`` 0; else round 0, the last ``keep`` rounds and every
+    ``every``-th round (``every`` 0: none)."""
+    return keep <= 0 or rnd == 0 or rnd > last - keep or (every > 0 and rnd % every == 0)
 
 
 class RunLayout:
@@ -60,6 +78,21 @@ class RunLayout:
     @property
     def ledger_file(self) -> Path:
         return self.path / LEDGER_FILE_NAME
+
+    def keeps(self) -> tuple[int, int]:
+        """``(keep_checkpoints, keep_every)`` from ``config.toml``; ``(0, 0)`` (keep all)
+        when it does not say or cannot be read."""
+        try:
+            config = tomllib.loads(self.config_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return 0, 0
+        keep, every = config.get("keep_checkpoints", 0), config.get("keep_every", 0)
+        return (keep, every) if isinstance(keep, int) and isinstance(every, int) else (0, 0)
+
+    def pruned(self, rnd: int, last: int) -> bool:
+        """True when ``--keep-checkpoints`` removes round ``rnd``'s files once ``last`` is committed."""
+        keep, every = self.keeps()
+        return not checkpoint_kept(rnd, last, keep, every)
 
     def committed_rounds(self) -> list[int]:
         """Rounds that have a commit mark, ascending (contiguity is not checked here)."""

@@ -23,6 +23,7 @@ composes them (``core/config.py``).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,32 @@ def _one_of(choices: tuple[str, ...]) -> dict[str, Any]:
 
 def _at_least(low: int) -> dict[str, Any]:
     return {"check": lambda v: v >= low, "rule": f"≥ {low}"}
+
+
+# Metrics whose better direction --stop-at knows; any other metric names it: NAME>=V or NAME<=V.
+HIGHER_IS_BETTER = ("accuracy", "f1", "auc", "precision", "recall", "r2")
+LOWER_IS_BETTER = ("loss", "perplexity", "mse", "mae", "rmse", "error")
+_STOP_AT = re.compile(r"\s*([A-Za-z_][\w.-]*)\s*(>=|<=|=)\s*([^\s=<>]+)\s*")
+
+
+def parse_stop_at(text: str) -> tuple[str, bool, float] | None:
+    """``accuracy=0.97`` → ``("accuracy", True, 0.97)``: the metric, whether the run stops
+    at or above the value (else at or below), the value; None when ``text`` is not a target."""
+    match = _STOP_AT.fullmatch(text)
+    if match is None:
+        return None
+    name, op, raw = match.groups()
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    if not math.isfinite(value):
+        return None
+    if op == "=":
+        if name not in HIGHER_IS_BETTER + LOWER_IS_BETTER:
+            return None
+        return name, name in HIGHER_IS_BETTER, value
+    return name, op == ">=", value
 
 
 def _is_bulk_setting(value: str) -> bool:
@@ -115,8 +142,20 @@ class RoundSection(Settings):
                         **_at_least(0))
     test_fraction: float = setting(0.2, "Fraction of the task's bundled data held out for evaluation.",
                                    resumable=False, check=_split, rule="in [0, 1)")
+    stop_at: str | None = setting(
+        None, "End the run after the first round whose held-out metric reaches a target: accuracy=0.97, "
+        "perplexity=4.5, loss=0.1, or 'NAME>=VALUE' / 'NAME<=VALUE' (quoted in a shell) for any metric the task reports.", resumable=True,
+        check=lambda v: v is None or parse_stop_at(v) is not None, metavar="METRIC=VALUE", shown="off",
+        rule=f"METRIC=VALUE with METRIC one of {', '.join(HIGHER_IS_BETTER + LOWER_IS_BETTER)}, or METRIC>=VALUE "
+        "or METRIC<=VALUE, with a finite VALUE")
     federated_eval_every: int = setting(0, "Evaluate on the nodes' validation splits every k rounds (0: last "
                                         "round only).", resumable=True, **_at_least(0))
+    keep_checkpoints: int = setting(
+        0, "Keep the model and strategy files of only the last N rounds (0: all), plus round 0 and every "
+        "--keep-every k-th round; the commit marks, metrics and ledger stay whole.", resumable=False,
+        check=lambda v: v >= 0, rule="≥ 0 (0: keep all)")
+    keep_every: int = setting(0, "With --keep-checkpoints, also keep every k-th round's files (0: none).",
+                              resumable=False, check=lambda v: v >= 0, rule="≥ 0")
     run_dir: str | None = setting(
         None, "Where the run is written. simulate makes a new folder; server reuses runs/server and resumes the "
         "run it holds.", resumable=True, shown="runs/<time>-<task> (simulate), runs/<time>-up (up), runs/server (server)")
@@ -135,6 +174,12 @@ class FederationSection(Settings):
                              resumable=False, **_one_of(PARTITIONS))
     alpha: float = setting(0.5, "Dirichlet concentration; smaller is more non-IID.", resumable=False,
                            check=lambda v: v > 0 and math.isfinite(v), rule="a finite number > 0")
+    test_data: str | None = setting(
+        None, "Evaluate on this data (read like --data-path; MNIST's test set: DIR/t10k) instead of holding out "
+        "--test-fraction of --data-path, which is then split whole over the nodes.", resumable=False,
+        shown="none: hold out --test-fraction")
+    min_examples: int = setting(1, "With --partition dirichlet, the fewest examples a node gets: a node the draw "
+                                "leaves short is topped up from the largest nodes.", resumable=False, **_at_least(1))
     label_column: str = setting("label", "CSV column holding the label.", resumable=False)
     group_column: str | None = setting(None, "CSV column naming each example's owner, for --partition natural.",
                                        resumable=False, shown="none")

@@ -165,6 +165,10 @@ def _check_against_disk(run: RunLayout, index: int, entry: Entry, marked: list[i
                             ("strategy state", run.strategy_path(index), "strategy_digest")):
         try:
             digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        except FileNotFoundError as exc:
+            if not run.pruned(index, max(marked)):  # else removed by --keep-checkpoints: its mark stays
+                audit.fail(index, f"the {what} {file.relative_to(run.path)} cannot be read: {reason(exc)}")
+            continue
         except OSError as exc:
             audit.fail(index, f"the {what} {file.relative_to(run.path)} cannot be read: {reason(exc)}")
             continue

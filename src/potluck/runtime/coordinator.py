@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Protocol
 
 import numpy as np
@@ -65,6 +66,15 @@ class RoundPolicy:
             ("max_retries", self.max_retries >= 0, "≥ 0"),
             ("federated_eval_every", self.federated_eval_every >= 0, "≥ 0"),
         ])
+
+
+def sample_size(fraction: float, available: int, min_nodes: int = 1) -> int:
+    """Nodes sampled from ``available``: ``ceil(fraction × available)``, at least
+    ``min_nodes``, at most ``available``. The product is exact for the decimal the
+    fraction was written as, so 0.07 of 100 nodes is 7 (not 8, as ``0.07 * 100`` =
+    7.000000000000001 would give)."""
+    exact = math.ceil(Fraction(repr(fraction)) * available)
+    return min(available, max(min_nodes, exact))
 
 
 class RoundGuard(Protocol):
@@ -152,7 +162,7 @@ class Coordinator:
                     guard.before_round(rnd)
             except BudgetExhausted as exc:
                 self.stopped = str(exc)
-                log.warning("stopping before round %d: %s", rnd, exc)
+                log.info("stopping before round %d: %s", rnd, exc)  # a planned end: the caller reports it
                 break
             with log_fields(round=rnd):  # every log line of the round names it
                 params, record = self.run_round(rnd, params)
@@ -250,10 +260,10 @@ class Coordinator:
         if len(available) < p.min_nodes:  # deployed pools: nodes may still be joining
             self.pool.wait_for_nodes(p.min_nodes, p.round_timeout)
             available = list(self.pool.node_ids())
-        want = max(p.min_nodes, math.ceil(p.fraction * len(available)))
         if len(available) < p.min_nodes:
             return []
-        chosen = rng_for(p.seed, "sample", rnd, attempt).choice(len(available), min(want, len(available)), replace=False)
+        want = sample_size(p.fraction, len(available), p.min_nodes)
+        chosen = rng_for(p.seed, "sample", rnd, attempt).choice(len(available), want, replace=False)
         return [available[i] for i in np.sort(chosen)]
 
     def _federated_eval(self, rnd: int, params: Params) -> dict[str, float]:

@@ -25,16 +25,19 @@ from potluck.tasks.protocol import DataInfo, Task
 
 @dataclass(frozen=True)
 class FederationSpec:
-    """``test_fraction`` of the data is held out (stratified) for centralized evaluation;
+    """``test_fraction`` of the data is held out (stratified) for centralized evaluation,
+    unless ``test_data`` names a test set of its own;
     the rest is split over ``nodes`` by ``partition``; each node keeps ``val_fraction``
     of its split for federated evaluation. With an ``attack`` other than ``none``,
     ``attack_fraction`` of the nodes corrupt their updates (see runtime/attacks.py)."""
 
     task: str = "digits"
     data_path: str | None = None
+    test_data: str | None = None
     nodes: int = 10
     partition: str = "dirichlet"
     alpha: float = 0.5
+    min_examples: int = 1
     seed: int = 0
     test_fraction: float = 0.2
     val_fraction: float = 0.1
@@ -65,10 +68,14 @@ def build_federation(spec: FederationSpec) -> Federation:
     data = task.load_data(Path(spec.data_path) if spec.data_path else None)
     if len(data) < 2:
         raise DataError(f"{data.source}: {len(data)} examples, need at least 2")
-    train_idx, test_idx = stratified_split(data.y, spec.test_fraction, derive_seed(spec.seed, "holdout"))
     info = DataInfo.from_dataset(data)
-    train = data.subset(train_idx)
-    parts = partition(train, spec.partition, spec.nodes, alpha=spec.alpha, seed=derive_seed(spec.seed, "partition"))
+    if spec.test_data is not None:  # a test set of its own: every example of data_path goes to the nodes
+        train, test = data, task.load_data(Path(spec.test_data))
+    else:
+        train_idx, test_idx = stratified_split(data.y, spec.test_fraction, derive_seed(spec.seed, "holdout"))
+        train, test = data.subset(train_idx), data.subset(test_idx, source=f"{data.source} (held out)")
+    parts = partition(train, spec.partition, spec.nodes, alpha=spec.alpha, seed=derive_seed(spec.seed, "partition"),
+                      min_examples=spec.min_examples)
     nodes: dict[str, NodeData] = {}
     for i, idx in enumerate(parts):
         rng = rng_for(spec.seed, "val", i)
@@ -83,7 +90,7 @@ def build_federation(spec: FederationSpec) -> Federation:
     attacks: dict[str, Attack] = {}
     if spec.attack != "none":
         attacks = dict.fromkeys(choose_attackers(list(nodes), spec.attack_fraction, spec.seed), Attack(spec.attack))
-    return Federation(spec, task, info, initial, nodes, data.subset(test_idx, source=f"{data.source} (held out)"), attacks)
+    return Federation(spec, task, info, initial, nodes, test, attacks)
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

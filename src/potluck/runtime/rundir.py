@@ -7,6 +7,7 @@ Layout::
     checkpoints/round-0007.strategy.safetensors   strategy state after round 7
     checkpoints/round-0007.json          the round's record + file digests: the commit mark
     metrics.jsonl                        one JSON line per committed round from 1
+    (with --keep-checkpoints N, older rounds' model and strategy files are removed; marks stay)
     ledger.jsonl                         the provenance ledger: entry k per committed round k
     model.safetensors                    the final model
     report.png                           the task's primary metric and loss per round
@@ -67,7 +68,7 @@ import numpy as np
 
 from potluck.core.errors import LedgerError, ParamsError, RunDirError
 from potluck.core.files import append_line, atomic_write, fsync_dir, is_temp_file, reason, remove
-from potluck.core.layout import RunLayout
+from potluck.core.layout import RunLayout, checkpoint_kept
 from potluck.core.params import Params
 from potluck.core.records import RoundRecord
 from potluck.ledger import chain as ledger_format
@@ -92,6 +93,7 @@ class RunDirectory(RunLayout):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.ledger: Ledger | None = None  # set with attach_ledger: every commit then seals an entry
+        self._keeps: tuple[int, int] | None = None  # (keep_checkpoints, keep_every), read once from config.toml
 
     def attach_ledger(self, ledger: Ledger) -> None:
         """Seal a ledger entry into every commit from now on; ``ledger`` reads older
@@ -168,6 +170,21 @@ class RunDirectory(RunLayout):
                 append_line(self.metrics_file, json.dumps(record.to_json(), sort_keys=True))
             except RunDirError as exc:
                 raise RunDirError(f"{exc}; round {rnd} is committed and --resume rebuilds metrics.jsonl") from exc
+            self._prune(rnd)
+
+    def _prune(self, last: int) -> None:
+        """Remove the model and strategy files ``--keep-checkpoints`` no longer keeps
+        (layout: ``core/layout.py``); marks stay. Files a crash left unpruned go next time."""
+        if self._keeps is None:
+            self._keeps = self.keeps()
+        keep, every = self._keeps
+        if keep <= 0:
+            return
+        for rnd in self.committed_rounds():
+            if not checkpoint_kept(rnd, last, keep, every):
+                for path in (self.model_path(rnd), self.strategy_path(rnd)):
+                    with contextlib.suppress(OSError):  # a file that stays only costs disk
+                        path.unlink(missing_ok=True)
 
     def on_commit(self, record: RoundRecord, params: Params, strategy: Strategy) -> None:
         self.commit(record, params, strategy.state())

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from potluck.core.errors import DataError, TaskError
+from potluck.core.errors import ConfigError, DataError, TaskError
 from potluck.core.imports import import_user_module
 from potluck.tasks.data.dataset import Dataset
 from potluck.tasks.protocol import REQUIRED_MEMBERS, Task
@@ -117,6 +119,28 @@ BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
 }
 
 
+def _columns_for(spec: str, obj: Any, is_task: bool, label_column: str, group_column: str | None) -> dict[str, Any]:
+    """The columns a custom task's factory takes (``label_column=``, ``group_column=``).
+
+    ConfigError when ``--label-column`` or ``--group-column`` was given but cannot reach
+    the task: it is an instance, or its factory does not take that keyword."""
+    given = {k: v for k, v in (("label_column", label_column), ("group_column", group_column))
+             if v != {"label_column": "label", "group_column": None}[k]}
+    if not given:
+        return {}
+    try:
+        parameters = inspect.signature(obj).parameters if callable(obj) and not is_task else {}
+    except (TypeError, ValueError):
+        parameters = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    missing = [k for k in given if k not in parameters and not takes_any]
+    if missing:
+        flag = "--" + missing[0].replace("_", "-")
+        raise ConfigError(f"task {spec!r} loads its own data, so {flag} does not reach it: read the column in its "
+                          f"load_data, or make {spec.partition(':')[2]!r} a function taking {missing[0]}=")
+    return given
+
+
 def resolve_task(
     spec: str, *, label_column: str = "label", group_column: str | None = None, options: Options | None = None
 ) -> Task:
@@ -128,26 +152,34 @@ def resolve_task(
     are the run's fit settings: charlm and regression take their model's shape from them.
 
     The attribute may be a Task instance or a callable with no arguments returning one.
-    Raises :class:`TaskError` naming what could not be found or what is missing.
+    Raises :class:`ConfigError` for a name that cannot be found (an unknown built-in, a
+    module not on the path, a missing attribute) and :class:`TaskError` for a module that
+    fails to import or an object that is not a Task.
     """
     if spec in BUILTIN_TASKS:
         return BUILTIN_TASKS[spec](dict(options or {}), label_column=label_column, group_column=group_column)
     if ":" not in spec:
-        raise TaskError(
+        raise ConfigError(
             f"unknown task {spec!r}: use one of {', '.join(BUILTIN_TASKS)} or module:attribute"
         )
     module_name, _, attr = spec.partition(":")
     try:
         module = import_user_module(module_name)  # the current directory too, as for --strategy
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not module_name.startswith(exc.name):  # the module's own import failed
+            raise TaskError(f"task {spec!r}: cannot import module {module_name!r}: {exc}") from exc
+        raise ConfigError(f"task {spec!r}: cannot import module {module_name!r}: {exc} (looked in the current "
+                          "directory and on PYTHONPATH)") from exc
     except ImportError as exc:
         raise TaskError(f"task {spec!r}: cannot import module {module_name!r}: {exc}") from exc
     try:
         obj = getattr(module, attr)
     except AttributeError as exc:
-        raise TaskError(f"task {spec!r}: module {module_name!r} has no attribute {attr!r}") from exc
+        raise ConfigError(f"task {spec!r}: module {module_name!r} has no attribute {attr!r}") from exc
     # A class has the Task attributes itself: call it, like any factory.
     is_task = all(hasattr(obj, m) for m in REQUIRED_MEMBERS) and not isinstance(obj, type)
-    task = obj if is_task else obj() if callable(obj) else obj
+    columns = _columns_for(spec, obj, is_task, label_column, group_column)
+    task = obj if is_task else obj(**columns) if callable(obj) else obj
     missing = [m for m in REQUIRED_MEMBERS if not hasattr(task, m)]
     if missing:
         raise TaskError(f"task {spec!r} is not a Task: it lacks {', '.join(missing)}")

@@ -34,7 +34,7 @@ EstimatorFn = Callable[[int], Any]  # seed -> unfitted estimator
 def _default_estimator(seed: int) -> Any:
     from sklearn.linear_model import SGDClassifier
 
-    return SGDClassifier(loss="log_loss", alpha=1e-4, learning_rate="constant", eta0=0.05, random_state=seed)
+    return SGDClassifier(loss="log_loss", alpha=1e-4, learning_rate="constant", eta0=0.05, random_state=seed % 2**32)  # sklearn takes 32-bit seeds
 
 
 class SklearnLinearTask:

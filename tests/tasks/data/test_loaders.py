@@ -233,6 +233,18 @@ def test_idx_folder_prefers_train(tmp_path: Path, gz: bool) -> None:
     np.testing.assert_array_equal(ds.y, labels)
 
 
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_set_by_prefix_reads_the_test_files(tmp_path: Path, gz: bool) -> None:
+    write_mnist_like(tmp_path, "train", 12, gz=gz)
+    images, labels = write_mnist_like(tmp_path, "t10k", 5, gz=gz, seed=1)
+    ds = load_dataset(tmp_path / "t10k")
+    assert ds.x.shape == (5, 28, 28)
+    np.testing.assert_array_equal(ds.y, labels)
+    assert len(load_dataset(tmp_path / "train")) == 12
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_dataset(tmp_path / "t10")  # a prefix must be the whole name before '-'
+
+
 def test_idx_images_file_finds_labels_beside_it(tmp_path: Path) -> None:
     _, labels = write_mnist_like(tmp_path, "t10k", 5, gz=True)
     ds = load_dataset(tmp_path / "t10k-images-idx3-ubyte.gz")
@@ -331,7 +343,7 @@ def test_image_folder_unreadable_image(tmp_path: Path) -> None:
 
 def test_missing_path(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
-    with pytest.raises(DataError, match=f"data path {missing} does not exist"):
+    with pytest.raises(ConfigError, match=f"data path {missing} does not exist"):
         load_dataset(missing)
 
 

@@ -3,7 +3,8 @@
 :func:`load_dataset` looks at what the path is and picks the reader. Every reader
 returns ``x`` as C-contiguous float32 and ``y`` as int64 labels ``>= 0``, and raises
 :class:`~potluck.core.errors.DataError` with the file (and line, where there is one)
-for every problem with the data itself.
+for every problem with the data itself; a path that does not exist is a
+:class:`~potluck.core.errors.ConfigError` (the setting that named it is wrong).
 """
 
 from __future__ import annotations
@@ -22,14 +23,13 @@ import numpy as np
 
 from potluck.core.errors import ConfigError, DataError
 from potluck.tasks.data.dataset import Dataset
+from potluck.tasks.data.images import image_files, read_image_folder
 
 SUPPORTED_FORMATS = (
     "a .csv file with a header row, a .npz file with arrays x and y, "
     "an IDX images file (*-images-idx3-ubyte[.gz]) with its labels file beside it, "
     "a folder holding such IDX files, or a folder with one subfolder of images per class"
 )
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm")
 
 # IDX type byte -> element type; multi-byte values are big-endian on disk.
 _IDX_DTYPES: dict[int, np.dtype] = {
@@ -56,6 +56,9 @@ def load_dataset(
                             beside it (``images`` -> ``labels``, ``idx3`` -> ``idx1``)
     folder of IDX files     an images and a labels IDX file; ``train`` files win
                             over ``t10k``/test files when both are present
+    ``folder/t10k``         the IDX pair in ``folder`` whose names start with
+                            ``t10k`` (or ``train``, or any other prefix): MNIST's
+                            test set is ``mnist/t10k``
     folder of folders       one subfolder per class (sorted names = class 0, 1, ...)
                             of .png/.jpg/.jpeg/.bmp/.pgm images, read with Pillow
     ======================  ==================================================
@@ -70,7 +73,10 @@ def load_dataset(
     """
     p = Path(path)
     if not p.exists():
-        raise DataError(f"data path {p} does not exist")
+        named = _idx_set(p)
+        if named is not None:
+            return _load_idx_pair(*_idx_pair(named))
+        raise ConfigError(f"data path {p} does not exist")  # a setting names it: exit code 2
     if p.is_dir():
         return _load_directory(p)
     name = p.name.lower()
@@ -189,6 +195,16 @@ def _load_idx_pair(images_path: Path, labels_path: Path) -> Dataset:
     return _make_dataset(x, labels, None, str(images_path))
 
 
+def _idx_set(p: Path) -> Path | None:
+    """``mnist/t10k`` → ``mnist/t10k-images-idx3-ubyte.gz``: the images IDX file in ``p``'s
+    folder named ``p.name`` followed by ``-`` or ``.``, when exactly one is; else None."""
+    if not p.name or not p.parent.is_dir():
+        return None
+    found = sorted(f for f in p.parent.iterdir() if f.is_file() and _IDX_NAME.search(f.name) and "images" in f.name
+                   and f.name.startswith((p.name + "-", p.name + ".")))
+    return found[0] if len(found) == 1 else None
+
+
 def _load_directory(d: Path) -> Dataset:
     entries = sorted(e for e in d.iterdir() if not e.name.startswith("."))
     files = [e for e in entries if e.is_file()]
@@ -201,8 +217,9 @@ def _load_directory(d: Path) -> Dataset:
         names = ", ".join(f.name for f in idx_files)
         raise DataError(f"{d}: found IDX file(s) {names} but no images IDX file (*-images-idx3-ubyte)")
     subdirs = [e for e in entries if e.is_dir()]
-    if any(_image_files(s) for s in subdirs):
-        return _load_image_folder(d, subdirs)
+    if any(image_files(s) for s in subdirs):
+        x, y = read_image_folder(d, subdirs)
+        return _make_dataset(x, y, None, str(d))
     if subdirs:
         found = f"{len(subdirs)} subfolder(s) without images ({_some(subdirs)})"
     elif files:
@@ -218,68 +235,6 @@ def _load_directory(d: Path) -> Dataset:
 def _some(paths: list[Path], limit: int = 5) -> str:
     names = ", ".join(p.name for p in paths[:limit])
     return names + (", ..." if len(paths) > limit else "")
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _load_image_folder(root: Path, class_dirs: list[Path]) -> Dataset:
-    per_class = [_image_files(c) for c in class_dirs]
-    for folder, files in zip(class_dirs, per_class):
-        if not files:
-            raise DataError(
-                f"{root}: class folder {folder.name!r} holds no images "
-                f"({', '.join(IMAGE_SUFFIXES)})"
-            )
-    try:
-        import PIL.Image  # noqa: F401  (optional dependency, checked before any reading)
-    except ImportError as exc:
-        raise DataError(f"{root}: reading an image folder needs Pillow: pip install pillow") from exc
-
-    arrays: list[np.ndarray] = []
-    labels: list[int] = []
-    first: Path | None = None
-    for label, files in enumerate(per_class):
-        for f in files:
-            a = _read_image(f)
-            if first is None:
-                first = f
-            elif a.shape != arrays[0].shape:
-                raise DataError(
-                    f"{f}: image shape {a.shape} differs from {arrays[0].shape} of {first}; "
-                    "all images must have the same size and channels"
-                )
-            arrays.append(a)
-            labels.append(label)
-    return _make_dataset(np.stack(arrays), np.asarray(labels), None, str(root))
-
-
-def _read_image(f: Path) -> np.ndarray:
-    """One image as float32 in [0, 1]: (H, W) when stored grayscale, else (H, W, 3) RGB.
-
-    Alpha channels and palettes are dropped/expanded, so a folder mixing PNG with and
-    without transparency still has one shape.
-    """
-    from PIL import Image
-
-    im: Image.Image
-    try:
-        with Image.open(f) as opened:
-            if opened.mode in ("1", "L", "LA"):
-                im = opened.convert("L")
-            elif opened.mode == "F" or opened.mode.startswith("I"):  # float / 16-32 bit gray
-                im = opened
-            else:
-                im = opened.convert("RGB")
-            a = np.asarray(im)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{f}: cannot read image ({exc})") from exc
-    if a.dtype == np.uint8:
-        return a.astype(np.float32) / 255.0
-    if a.dtype.kind in "iu":  # 16-bit PNG/PGM
-        return np.clip(a.astype(np.float32) / 65535.0, 0.0, 1.0)
-    return a.astype(np.float32)
 
 
 def _load_csv(p: Path, label_column: str, group_column: str | None) -> Dataset:

@@ -20,10 +20,6 @@ from potluck.tasks.data.dataset import Dataset
 
 SCHEMES = ("contiguous", "dirichlet", "iid", "natural", "shards")
 
-# Resampling budget for dirichlet(): past this, min_size is not reachable in practice.
-MAX_DIRICHLET_ATTEMPTS = 100
-
-
 def iid(num_examples: int, num_nodes: int, seed: int) -> list[np.ndarray]:
     """Shuffle the indices and deal them out; node sizes differ by at most one."""
     _check_sizes(num_examples, num_nodes)
@@ -48,8 +44,11 @@ def dirichlet(
     """Label skew: each class is spread over the nodes in Dirichlet(alpha) proportions.
 
     Small ``alpha`` (0.1) gives each node a few dominant classes; large ``alpha`` (100)
-    approaches an IID split. The draw is repeated until every node holds at least
-    ``min_size`` examples, up to ``MAX_DIRICHLET_ATTEMPTS`` times, then DataError.
+    approaches an IID split. A node the draw leaves with fewer than ``min_size``
+    examples is topped up with examples moved, one at a time, from the node then
+    holding the most (a random one of its examples, seeded), as common FL benchmarks
+    do; a draw where every node has enough is kept as it is. So the split never fails
+    for lack of examples: only ``min_size * num_nodes`` over the data is a DataError.
     """
     y = _labels(labels)
     _check_sizes(len(y), num_nodes)
@@ -59,27 +58,41 @@ def dirichlet(
         raise ConfigError(f"dirichlet min_size must be at least 1, got {min_size}")
     if min_size * num_nodes > len(y):
         raise DataError(
-            f"dirichlet: {len(y)} examples cannot give {num_nodes} nodes {min_size} each"
+            f"dirichlet: {len(y)} examples cannot give {num_nodes} nodes {min_size} each; "
+            "use fewer nodes or a smaller --min-examples"
         )
     rng = np.random.default_rng(seed)
-    by_class = [np.flatnonzero(y == c) for c in np.unique(y)]
     concentration = np.full(num_nodes, float(alpha))
-    for _ in range(MAX_DIRICHLET_ATTEMPTS):
-        pieces: list[list[np.ndarray]] = [[] for _ in range(num_nodes)]
-        for members in by_class:
-            members = rng.permutation(members)
-            share = rng.dirichlet(concentration)
-            cuts = np.floor(np.cumsum(share)[:-1] * len(members)).astype(np.int64)
-            for node, chunk in enumerate(np.split(members, np.clip(cuts, 0, len(members)))):
-                pieces[node].append(chunk)
-        sizes = [sum(len(c) for c in node_pieces) for node_pieces in pieces]
-        if min(sizes) >= min_size:
-            return _finish([np.concatenate(p) for p in pieces], "dirichlet")
-    raise DataError(
-        f"dirichlet (alpha={alpha}): no draw in {MAX_DIRICHLET_ATTEMPTS} attempts gave "
-        f"each of {num_nodes} nodes at least {min_size} of the {len(y)} examples; "
-        "use a larger alpha or fewer nodes"
-    )
+    pieces: list[list[np.ndarray]] = [[] for _ in range(num_nodes)]
+    for c in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == c))
+        share = rng.dirichlet(concentration)
+        cuts = np.floor(np.cumsum(share)[:-1] * len(members)).astype(np.int64)
+        for node, chunk in enumerate(np.split(members, np.clip(cuts, 0, len(members)))):
+            pieces[node].append(chunk)
+    parts = [np.concatenate(p) for p in pieces]
+    return _finish(_top_up(parts, min_size, rng), "dirichlet")
+
+
+def _top_up(parts: list[np.ndarray], min_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Give every part at least ``min_size`` indices, each moved from the part then
+    largest (the lowest-numbered among equals). Parts already large enough are returned
+    unchanged, and so is the whole list when no part is short."""
+    sizes = np.array([len(p) for p in parts])
+    if sizes.min() >= min_size:
+        return parts
+    parts = list(parts)
+    for node in np.flatnonzero(sizes < min_size):
+        moved: list[int] = []
+        while sizes[node] < min_size:
+            donor = int(np.argmax(sizes))
+            pick = int(rng.integers(len(parts[donor])))
+            moved.append(int(parts[donor][pick]))
+            parts[donor] = np.delete(parts[donor], pick)
+            sizes[donor] -= 1
+            sizes[node] += 1
+        parts[node] = np.concatenate([parts[node], np.array(moved, dtype=np.int64)])
+    return parts
 
 
 def label_shards(
@@ -137,9 +150,10 @@ def natural(groups: np.ndarray | None, num_nodes: int | None = None) -> list[np.
 
 
 def partition(
-    dataset: Dataset, scheme: str, num_nodes: int, *, alpha: float = 0.5, seed: int = 0
+    dataset: Dataset, scheme: str, num_nodes: int, *, alpha: float = 0.5, seed: int = 0, min_examples: int = 1
 ) -> list[np.ndarray]:
-    """Split ``dataset`` with one of :data:`SCHEMES`; ``alpha`` is used by dirichlet only.
+    """Split ``dataset`` with one of :data:`SCHEMES`; ``alpha`` and ``min_examples`` (the
+    fewest examples a node gets) are used by dirichlet only.
 
     >>> parts = partition(ds, "dirichlet", 10, alpha=0.1, seed=1)  # doctest: +SKIP
     >>> shards = [ds.subset(p) for p in parts]  # doctest: +SKIP
@@ -149,7 +163,7 @@ def partition(
     if scheme == "contiguous":
         return contiguous(len(dataset), num_nodes)
     if scheme == "dirichlet":
-        return dirichlet(dataset.y, num_nodes, alpha, seed)
+        return dirichlet(dataset.y, num_nodes, alpha, seed, min_size=min_examples)
     if scheme == "shards":
         return label_shards(dataset.y, num_nodes, seed)
     if scheme == "natural":
