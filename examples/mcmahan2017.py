@@ -60,7 +60,7 @@ def run(partition: str, data: Path, rounds: int, run_dir: Path, nodes: int = 100
         "stop_at": f"accuracy={TARGET}", "run_dir": str(run_dir), "workers": workers,
     }, source="examples/mcmahan2017.py")
     result = run_simulation(config)
-    reached = [r.round for r in result.records if r.accuracy >= TARGET]
+    reached = [r.round for r in result.records if r.metrics.get("accuracy", 0.0) >= TARGET]
     return reached[0] if reached else None
 
 

@@ -40,7 +40,7 @@ def test_a_malformed_target_is_a_settings_error():
 
 
 def _record(rnd: int) -> RoundRecord:
-    return RoundRecord(rnd, math.nan, math.nan, 1, 1, 0.0, "")
+    return RoundRecord(rnd, 1, 1, 0.0, "")
 
 
 def test_the_guard_stops_after_the_round_that_reached_the_target():
@@ -72,8 +72,8 @@ def test_a_simulation_stops_at_its_target(tmp_path):
     config = SimulationConfig(rounds=30, nodes=4, stop_at="accuracy=0.5", run_dir=str(tmp_path / "run"))
     result = run_simulation(config)
     last = result.records[-1]
-    assert last.round < 30 and last.accuracy >= 0.5
-    assert all(r.accuracy < 0.5 for r in result.records[:-1])
+    assert last.round < 30 and last.metrics["accuracy"] >= 0.5
+    assert all(r.metrics["accuracy"] < 0.5 for r in result.records[:-1])
     assert result.stopped is not None and result.stopped.endswith(f"stopping after round {last.round}")
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["round"] == last.round
