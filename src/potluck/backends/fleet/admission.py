@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from potluck.backends.fleet.bounded import RejectionCounts
 from potluck.backends.fleet.instructions import InstructionBook, OpenInstruction, Outcome
 from potluck.backends.fleet.registry import NodeRegistry
@@ -32,6 +34,18 @@ from potluck.core.params import Params, ParamsKind, SchemaEntry
 from potluck.ledger.signing import check_signature
 from potluck.runtime.pool import ExchangeReply
 from potluck.transport.fleet_messages import IncomingResult
+
+# What a result may carry beyond its update's own encoding: an exchange reply (secure
+# aggregation's keys and shares, bytes per node of the round) and header slack.
+EXCHANGE_BYTES = 16 * 2**20
+HEADER_SLACK = 4096
+
+
+def encoded_bytes(schema: tuple[SchemaEntry, ...]) -> int:
+    """Bytes of the canonical encoding of a DELTA with ``schema`` (zeros are not touched:
+    the arrays stay unallocated pages)."""
+    arrays = {name: np.zeros(shape, np.dtype(dtype)) for name, shape, dtype in schema}
+    return Params.from_arrays(arrays, ParamsKind.DELTA, copy=False).encoded_size
 
 
 @dataclass(frozen=True)
@@ -68,10 +82,21 @@ class ResultAdmission:
     """Checks results against the instructions handed out and the nodes' keys."""
 
     def __init__(self, *, run_id: str, update_schema: tuple[SchemaEntry, ...], require_signatures: bool,
-                 registry: NodeRegistry, book: InstructionBook, rejections: RejectionCounts) -> None:
+                 registry: NodeRegistry, book: InstructionBook, rejections: RejectionCounts,
+                 max_payload_bytes: int) -> None:
         self.run_id, self.update_schema = run_id, update_schema
         self.require_signatures = require_signatures
         self.registry, self.book, self.rejections = registry, book, rejections
+        fit = encoded_bytes(update_schema) + HEADER_SLACK
+        self.limits = {"fit": min(fit, max_payload_bytes), "evaluate": 0,
+                       "exchange": min(EXCHANGE_BYTES, max_payload_bytes)}
+
+    def payload_limit(self, admitted: Admitted | None) -> int:
+        """The largest payload, bytes, a result for ``admitted`` may carry: what its
+        instruction's kind makes (an update of this run's wire schema, an exchange reply,
+        nothing for an evaluation); the largest of those for a repeat (None), which is
+        acknowledged once it arrived."""
+        return max(self.limits.values()) if admitted is None else self.limits[admitted.instruction.kind]
 
     def admit(self, header: ResultHeader, peer: str | None) -> Admitted | None:
         """The instruction a result may answer; None for a repeat of an accepted one;

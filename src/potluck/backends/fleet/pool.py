@@ -92,7 +92,7 @@ class FleetPool:
         self.admission = ResultAdmission(
             run_id=run_id, update_schema=update_schema if update_schema is not None else schema,
             require_signatures=require_signatures, registry=self.registry, book=self.book,
-            rejections=self.rejections)
+            rejections=self.rejections, max_payload_bytes=max_payload_bytes)
 
     # Settings the server and tests read or change while the pool runs.
     @property
@@ -152,11 +152,18 @@ class FleetPool:
         with self._cond:
             return self.dispatcher.pulled_payload(self.registry.node_for(session, peer), instruction_id)
 
-    def check_result(self, session: str, instruction_id: str, rnd: int, run_id: str, peer: str | None) -> None:
-        """The error :meth:`submit` would raise for a result with this header, before its
-        payload is received (the bulk lane asks); nothing for one it would take or ignore."""
+    def allows(self, peer: str) -> bool:
+        """Whether ``peer`` (a proven identity) may call at all: on the allow-list, if any."""
         with self._cond:
-            self.admission.admit(ResultHeader(session, instruction_id, rnd, run_id), peer)
+            return self.registry.allow is None or peer in self.registry.allow
+
+    def check_result(self, session: str, instruction_id: str, rnd: int, run_id: str, peer: str | None) -> int:
+        """The error :meth:`submit` would raise for a result with this header, before its
+        payload is received; else the largest payload the result may carry (see
+        :meth:`ResultAdmission.payload_limit`)."""
+        with self._cond:
+            admitted = self.admission.admit(ResultHeader(session, instruction_id, rnd, run_id), peer)
+            return self.admission.payload_limit(admitted)
 
     def submit(self, result: IncomingResult, peer: str | None) -> bool:
         """Take a node's result; True for a repeat of an accepted one (acknowledged, ignored)."""

@@ -47,8 +47,9 @@ class BulkHandler(Protocol):
 
     def pulled_payload(self, session: str, instruction_id: str, peer: str | None) -> bytes | memoryview: ...
 
-    def check_push(self, header: pb.ResultHeader, peer: str | None) -> None:
-        """Raise the error a push with this header would meet, before its payload moves."""
+    def check_push(self, header: pb.ResultHeader, peer: str | None) -> int:
+        """Raise the error a push with this header would meet, before its payload moves
+        (an announced size over what its instruction expects included); else that limit."""
 
     def push(self, header: pb.ResultHeader, payload: memoryview, peer: str | None) -> bool: ...
 
@@ -230,11 +231,7 @@ class BulkServer:
     def _put(self, tls: ssl.SSLSocket, raw: bytearray, peer: str) -> bool:
         """Check the header, say go ahead, receive the payload, hand it on; True if a repeat."""
         header = _parse(pb.ResultHeader, raw, self.handler)
-        if header.params_size > self.handler.max_payload_bytes:
-            self.handler.count_refusal("payload_oversize")
-            raise PayloadError("oversize", f"payload of {header.params_size:,} bytes exceeds the limit of "
-                                           f"{self.handler.max_payload_bytes:,} bytes")
-        self.handler.check_push(header, peer)  # refused before a byte of payload moves
+        self.handler.check_push(header, peer)  # refused before a byte of payload moves, oversize included
         tls.sendall(REPLY.pack(CONTINUE, 0))
         try:
             payload = recv_payload(tls, header.params_size, header.params_blake3,
