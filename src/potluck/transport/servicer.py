@@ -118,7 +118,7 @@ def _served(method: Callable[..., Any]) -> Callable[..., Any]:
             except PotluckError as exc:
                 _refuse(context, status_of(exc), details_of(exc), exc)
             except Busy as exc:
-                _refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"TransportError: {exc}", exc)
+                self.busy(context, exc)
 
         return stream
 
@@ -130,7 +130,7 @@ def _served(method: Callable[..., Any]) -> Callable[..., Any]:
         except PotluckError as exc:
             _refuse(context, status_of(exc), details_of(exc), exc)
         except Busy as exc:
-            _refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"TransportError: {exc}", exc)
+            self.busy(context, exc)
 
     return call
 
@@ -182,11 +182,11 @@ class FleetServicer:
         """The caller checked, then one of its slots (a context manager; Busy without one)."""
         peer = _peer(context)
         self.check_caller(peer)
-        try:
-            return self.guard.call(peer if peer is not None else address_of(context), context)
-        except Busy:
-            self.handler.count_refusal("busy")
-            raise
+        return self.guard.call(peer if peer is not None else address_of(context), context)
+
+    def busy(self, context: grpc.ServicerContext, exc: Busy) -> NoReturn:
+        self.handler.count_refusal("busy")
+        _refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"TransportError: {exc}", exc)
 
     def check_parsed(self, message: object) -> None:
         if isinstance(message, Malformed):
