@@ -51,8 +51,10 @@ class FleetPool:
     after its last call; ``forget_after`` (seconds) how long a silent node is kept at
     all. ``update_schema`` is what result payloads must look like when it is not the
     model's own (a compressed form, decoded by the coordinator). ``remember`` caps the
-    answered and closed instruction ids kept to tell repeats from replays. Refusals are
-    counted by reason in :attr:`rejections`.
+    answered and closed instruction ids kept to tell repeats from replays. A node may
+    declare at most ``max_examples`` training examples at join, and a fit result may
+    report no more than its node declared. Refusals are counted by reason in
+    :attr:`rejections`.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class FleetPool:
         clock: Callable[[], float] = time.monotonic,
         forget_after: float | None = None,
         remember: int = DEFAULT_REMEMBER,
+        max_examples: int = JoinRules.max_examples,
     ) -> None:
         self.run_id, self.model_id, self.schema = run_id, model_id, schema
         self.schema_digest = schema_digest(schema)
@@ -81,7 +84,7 @@ class FleetPool:
         self._cond = threading.Condition()  # re-entrant: the parts lock it too
         ttl = node_ttl if node_ttl is not None else 3 * heartbeat_seconds + 1
         self.registry = NodeRegistry(
-            JoinRules(model_id, self.schema_digest, require_signatures), allow=allow,
+            JoinRules(model_id, self.schema_digest, require_signatures, max_examples), allow=allow,
             keys=keys if keys is not None else NodeKeys(), node_ttl=ttl,
             forget_after=forget_after if forget_after is not None else max(DEFAULT_FORGET_AFTER, 10 * ttl),
             clock=clock, rejections=self.rejections)
