@@ -28,10 +28,10 @@ from typing import Any, NoReturn
 import grpc
 from google.protobuf.message import DecodeError
 
-from potluck.core.errors import AccessDenied, LedgerError, PotluckError
+from potluck.core.errors import AccessDenied, ConfigError, LedgerError, PotluckError
 from potluck.transport import convert, frames
 from potluck.transport.bulk import MIN_BULK_BYTES
-from potluck.transport.certs import CertificateError, certificate_sha256
+from potluck.transport.certs import NODE_ID_RULE, CertificateError, certificate_sha256, check_node_id
 from potluck.transport.chunks import PayloadError, Reassembly, split
 from potluck.transport.convert import WireError
 from potluck.transport.fleet_messages import PROTOCOL, FleetHandler, IncomingResult, LedgerHandler
@@ -84,6 +84,14 @@ def _peer_certificate(context: grpc.ServicerContext) -> str:
         return certificate_sha256(pems[0])
     except CertificateError:
         return ""
+
+
+def valid_node_id(node_id: str) -> bool:
+    try:
+        check_node_id(node_id)
+    except ConfigError:
+        return False
+    return True
 
 
 def _refuse(context: grpc.ServicerContext, code: grpc.StatusCode, details: str, exc: Exception) -> NoReturn:
@@ -202,6 +210,9 @@ class FleetServicer:
         if peer is not None and request.node_id != peer:
             self.handler.count_refusal("identity")
             raise AccessDenied(f"node id {request.node_id!r} does not match its certificate ({peer!r})")
+        if not valid_node_id(request.node_id):  # without TLS nothing else vouches for it
+            self.handler.count_refusal("identity")
+            raise AccessDenied(f"invalid node id {request.node_id[:80]!r}: use {NODE_ID_RULE}")
         info = convert.join_from_proto(request, _peer_certificate(context) if peer else "")
         return convert.welcome_to_proto(self.handler.join(info, peer), self.bulk_port)
 
