@@ -11,8 +11,8 @@ deadline is cancelled (the client sees ``CANCELLED``), which frees its thread; a
 that moves a payload gets ``io_timeout`` plus the payload's size at ``min_rate`` bytes
 per second, the rate floor the bulk lane also applies.
 
-An identity is the certificate's common name under mutual TLS, else the peer's address
-(``--insecure``): at most ``per_identity`` calls of one identity are in progress; one
+An identity is the certificate's common name under mutual TLS, else the peer's
+connection (``--insecure``, where nothing proves who a peer is): at most ``per_identity`` calls of one identity are in progress; one
 more is refused at once with ``RESOURCE_EXHAUSTED`` (the node backs off and retries).
 """
 
@@ -138,8 +138,6 @@ def first_message(requests: Iterator[Any], call: GuardedCall) -> Any | None:
 
 
 def address_of(context: grpc.ServicerContext) -> str:
-    """The peer's host ("ipv4:127.0.0.1:5555" → "127.0.0.1"): an identity without TLS."""
-    peer = context.peer() or "unknown"
-    kind, _, rest = peer.partition(":")
-    host = rest.rpartition(":")[0] if kind in ("ipv4", "ipv6") else peer
-    return f"address {host.strip('[]') or peer}"
+    """An identity without TLS: the peer's connection ("ipv4:127.0.0.1:5555"). Not its
+    host: nodes on one machine (the only use of --insecure) each get their own slots."""
+    return f"connection {context.peer() or 'unknown'}"
