@@ -152,10 +152,6 @@ class FleetServicer:
         self.secure, self.ledger = secure, ledger
         self.bulk_port = 0  # announced at join once the lane listens
 
-    @property
-    def max_payload_bytes(self) -> int:
-        return self.handler.max_payload_bytes
-
     def count_refusal(self, reason: str) -> None:
         self.handler.count_refusal(reason)
 

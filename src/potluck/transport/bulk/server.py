@@ -43,8 +43,6 @@ log = logging.getLogger(__name__)
 class BulkHandler(Protocol):
     """What the lane needs of the server (``FleetServicer`` provides it)."""
 
-    max_payload_bytes: int
-
     def pulled_payload(self, session: str, instruction_id: str, peer: str | None) -> bytes | memoryview: ...
 
     def check_push(self, header: pb.ResultHeader, peer: str | None) -> int:
