@@ -66,7 +66,9 @@ def test_a_push_from_a_stranger_costs_the_server_no_payload_memory(tls):
     proc = subprocess.Popen([sys.executable, "-c", SERVER, str(tls / "tls")], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     try:
-        port = int(proc.stdout.readline())
+        line = proc.stdout.readline()
+        assert line.strip().isdigit(), f"the server process did not start (exit {proc.poll()})"
+        port = int(line)
         stranger = client(tls, f"127.0.0.1:{port}", "stranger")
         push = stranger.channel.stream_unary("/potluck.v1.Fleet/Push", request_serializer=frames.serialize,
                                              response_deserializer=pb.PushReply.FromString)
