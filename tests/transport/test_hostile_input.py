@@ -299,3 +299,18 @@ def test_without_tls_node_ids_are_checked_like_certificate_names():
         c.close()
     finally:
         server.stop(0)
+
+
+@pytest.mark.parametrize("changes", [{"loss": float("inf")}, {"metrics": {"accuracy": float("-inf")}}],
+                         ids=["loss", "metric"])
+def test_an_infinite_loss_or_metric_is_refused_at_the_wire(fleet, tls, changes):
+    pool, address = fleet
+    c = client(tls, address)
+    session = join(c)
+    t, outcomes = dispatch(pool, ["a"], timeout=2)
+    ins = c.pull(session, 5)
+    error = error_from_rpc(raw_push(c, [header(session, ins, b"", **changes)]))
+    assert type(error) is WireError and "must be a finite number or NaN" in str(error)
+    assert pool.rejections["malformed"] == 1
+    t.join(5)
+    well_behaved_round(pool, tls, address)

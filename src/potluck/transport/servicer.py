@@ -260,8 +260,14 @@ class FleetServicer:
         return self.handler.submit(self._result(h, payload), peer)
 
     def _result(self, h: pb.ResultHeader, payload: bytes | memoryview) -> IncomingResult:
+        """The result ``h`` announces; WireError for one the wire cannot carry, or whose loss
+        or metrics are infinite (NaN stays: it stands for a value not measured)."""
         try:
-            return convert.result_from_proto(h, payload)
+            result = convert.result_from_proto(h, payload)
+            for name, value in [("loss", result.loss), *result.metrics.items()]:
+                if math.isinf(value):
+                    raise WireError(f"{name} must be a finite number or NaN, got {value}")
+            return result
         except WireError:
             self.handler.count_refusal("malformed")
             raise
