@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from fleet_kit import MODEL, client, delta, dispatch, join, serve_fleet, well_behaved_round
+from potluck.backends.fleet import FleetPool
 from potluck.core.digests import payload_digest
 from potluck.core.errors import (
+    AccessDenied,
     NodeResultInvalid,
     NodeTimedOut,
     NonFiniteError,
@@ -30,6 +32,7 @@ from potluck.transport.certs import issue_node, load_pem_bundle
 from potluck.transport.client import FleetClient
 from potluck.transport.convert import WireError
 from potluck.transport.fleet_messages import IncomingResult, JoinInfo
+from potluck.transport.server import start_server
 from potluck.transport.status import error_from_rpc
 from potluck.transport.v1 import fleet_pb2 as pb
 
@@ -256,3 +259,58 @@ def test_join_storm(tls):
             c.close()
         pool.allow = {"a", "b", "old"}
         well_behaved_round(pool, tls, address)
+
+
+# -- issue 14: bounded resources per identity (see also test_call_bounds.py, test_lane_bounds.py,
+#    tests/observability/test_endpoint_bounds.py and tests/apps/test_server_start.py)
+
+def test_a_result_may_weigh_no_more_examples_than_its_node_declared(fleet, tls):
+    pool, address = fleet
+    c = client(tls, address)
+    session = join(c)  # declares 10 examples
+    t, outcomes = dispatch(pool, ["a"], timeout=3)
+    ins = c.pull(session, 5)
+    with pytest.raises(ParamsError, match="reports 1,000,000 examples; its node declared 10 at join"):
+        c.push(IncomingResult(session, ins.instruction_id, 1, 1_000_000, payload=delta()))
+    t.join(5)
+    assert type(outcomes[0]) is NodeResultInvalid and pool.rejections["bad_examples"] == 1
+    with pytest.raises(ParamsError, match="declares 1,000,000,000 training examples; this server takes at most"):
+        c.join(JoinInfo("a", "m", MODEL.schema_digest, 10**9))
+    assert pool.rejections["bad_examples"] == 2
+    well_behaved_round(pool, tls, address)
+
+
+def test_without_tls_node_ids_are_checked_like_certificate_names():
+    pool = FleetPool(run_id="r1", model_id="m", schema=MODEL.schema, data_info_json=b"{}", heartbeat_seconds=1.0,
+                     require_signatures=False)
+    server, port = start_server(pool, "127.0.0.1:0", None)
+    try:
+        c = FleetClient(f"127.0.0.1:{port}", None, call_timeout=5.0)
+        for bad in ("../../etc/passwd", "", "a" * 65, "-flag", "n\x00de"):
+            with pytest.raises(AccessDenied, match="invalid node id"):
+                c.join(JoinInfo(bad, "m", MODEL.schema_digest, 10))
+        assert pool.rejections["identity"] == 5 and not pool.node_ids()
+        session = c.join(JoinInfo("node-1", "m", MODEL.schema_digest, 10)).session
+        t, outcomes = dispatch(pool, ["node-1"])
+        ins = c.pull(session, 5)
+        assert c.push(IncomingResult(session, ins.instruction_id, 1, 10, payload=delta())) is False
+        t.join(5)
+        assert outcomes[0].node_id == "node-1" and outcomes[0].num_examples == 10
+        c.close()
+    finally:
+        server.stop(0)
+
+
+@pytest.mark.parametrize("changes", [{"loss": float("inf")}, {"metrics": {"accuracy": float("-inf")}}],
+                         ids=["loss", "metric"])
+def test_an_infinite_loss_or_metric_is_refused_at_the_wire(fleet, tls, changes):
+    pool, address = fleet
+    c = client(tls, address)
+    session = join(c)
+    t, outcomes = dispatch(pool, ["a"], timeout=2)
+    ins = c.pull(session, 5)
+    error = error_from_rpc(raw_push(c, [header(session, ins, b"", **changes)]))
+    assert type(error) is WireError and "must be a finite number or NaN" in str(error)
+    assert pool.rejections["malformed"] == 1
+    t.join(5)
+    well_behaved_round(pool, tls, address)

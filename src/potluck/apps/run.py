@@ -112,6 +112,7 @@ def assemble_run(config: RunConfig, initial: Params, attach_ledger: Callable[[Ru
         task=config.task, initial=initial, strategy=config.strategy, strategy_options=config.strategy_options,
         updates=update_pipeline(config), config_toml=config_toml, simulation=simulation))
     params, first_round = open_run(run_dir, config_toml, initial, strategy, resume=resume)
+    run_dir.path.chmod(0o700)  # its checkpoints, ledger and keys are for its owner only (the server writes 0600)
     return AssembledRun(config, run_dir, strategy, updates, round_guards(config), secure_aggregation(config),
                         round_policy(config), ledger, params, first_round)
 

@@ -7,9 +7,12 @@ round, and nodes rejoin by themselves.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import logging
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ from potluck.apps.provenance import REGISTRY_NAME, attach_server_ledger, server_
 from potluck.apps.run import AssembledRun, assemble_run
 from potluck.backends.fleet import FleetPool
 from potluck.core.config import SERVER_RUN_DIR, ServerConfig
-from potluck.core.errors import RoundFailed
+from potluck.core.errors import ConfigError, RoundFailed
 from potluck.core.params import Params
 from potluck.core.records import RoundRecord
 from potluck.core.seeds import derive_seed
@@ -27,9 +30,11 @@ from potluck.runtime.coordinator import RoundHook
 from potluck.runtime.federation import stratified_split
 from potluck.runtime.logcontext import set_process_log_fields
 from potluck.runtime.rundir import RunDirectory
+from potluck.strategies.base import Strategy
 from potluck.tasks.builtin import resolve_task
 from potluck.tasks.data.dataset import Dataset
 from potluck.tasks.protocol import DataInfo, Task, metric_of
+from potluck.transport.addresses import bare_host, split_address
 from potluck.transport.certs import load_pem_bundle
 from potluck.transport.revocation import reload_on_sighup
 from potluck.transport.server import ServerOptions, start_server
@@ -57,8 +62,57 @@ def run_server(
     Started again with the same run directory (default ``runs/server``), the server
     resumes after the last committed round."""
     config = config.replace(run_dir=config.run_dir or SERVER_RUN_DIR)
+    check_can_serve(config)
     # Before anything is written: a start that fails for want of TLS files leaves no run behind.
     tls = None if config.insecure else load_pem_bundle(Path(config.tls_dir), "server")
+    with _private_files():
+        return _run(config, hooks, on_ready, tls)
+
+
+def check_can_serve(config: ServerConfig) -> None:
+    """ConfigError for settings this server cannot meet, before it builds anything: more
+    ``min_nodes`` than its allow-list names, or plaintext on an address other machines
+    can reach without ``insecure_remote``."""
+    if config.allow and config.min_nodes > len(set(config.allow)):
+        raise ConfigError(f"min_nodes={config.min_nodes} can never be met: the allow-list names only "
+                          f"{len(set(config.allow))} nodes ({', '.join(sorted(set(config.allow)))})")
+    if config.insecure and not config.insecure_remote and not _loopback(config.bind):
+        raise ConfigError(f"--insecure serves plaintext, and any client may claim any node id: it binds only a "
+                          f"loopback address, not {config.bind} (add --insecure-remote to mean it)")
+
+
+def _loopback(bind: str) -> bool:
+    host = bare_host(split_address(bind, "bind address")[0])
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+@contextlib.contextmanager
+def _private_files() -> Iterator[None]:
+    """What the server writes while it runs (run directory, checkpoints, ledger, keys)
+    is readable by its owner only: directories 0700, files 0600."""
+    previous = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+class _RoundLine:
+    """One log line per committed round."""
+
+    def on_commit(self, record: RoundRecord, params: Params, strategy: Strategy) -> None:
+        log.info("round %d committed: %d of %d nodes, %d examples, %s %.4f, loss %.4f, %.1f s",
+                 record.round, record.num_nodes, record.sampled, record.num_examples, record.metric,
+                 record.primary, record.loss, record.seconds)
+
+
+def _run(config: ServerConfig, hooks: Sequence[RoundHook], on_ready: Callable[[int], None] | None,
+         tls: Any) -> ServerResult:
     task, data, info = _evaluation_data(config)
     initial = task.build(info, derive_seed(config.seed, "init"))
     check = getattr(task, "check_fit_config", None)
@@ -80,7 +134,7 @@ def run_server(
             on_ready(port)
         _wait_for_nodes(config, pool, run.first_round)
         evaluator = (lambda p: task.evaluate(p, data)) if len(data) else None
-        coordinator = run.coordinator(pool, evaluator, [*hooks, *([monitor.run] if monitor else [])],
+        coordinator = run.coordinator(pool, evaluator, [_RoundLine(), *hooks, *([monitor.run] if monitor else [])],
                                       metric_of(task))
         final = coordinator.run(run.params, run.first_round)
         records = run.finish(final, f"potluck server: {task.name}, {config.strategy}")
@@ -114,6 +168,7 @@ def _fleet_pool(config: ServerConfig, run: AssembledRun, model_id: str, info: Da
         update_schema=run.updates.wire_schema(run.params.schema), data_info_json=json.dumps(info.to_dict()).encode(),
         allow=set(config.allow) if config.allow else None, heartbeat_seconds=config.heartbeat_seconds,
         max_payload_bytes=int(config.max_payload_mb * MB), keys=NodeKeys(run.run_dir.path / REGISTRY_NAME),
+        max_examples=config.max_examples,
     )
     pool.ledger = run.ledger  # nodes are shown its head and may check it
     pool.current_round = run.first_round - 1
@@ -122,7 +177,8 @@ def _fleet_pool(config: ServerConfig, run: AssembledRun, model_id: str, info: Da
 
 def _serve(config: ServerConfig, handler: Any, pool: FleetPool, tls: Any) -> tuple[Any, int]:
     """The gRPC server (and its bulk lane) for ``handler``, listening; and its port."""
-    options = ServerOptions(chunk_bytes=int(config.chunk_mb * MB), max_message_bytes=int(config.max_message_mb * MB))
+    options = ServerOptions(chunk_bytes=int(config.chunk_mb * MB), max_message_bytes=int(config.max_message_mb * MB),
+                            calls_per_node=config.calls_per_node, io_timeout=config.call_timeout)
     return start_server(handler, config.bind, tls, options, ledger=pool, bulk=config.bulk)
 
 

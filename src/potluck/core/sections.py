@@ -248,6 +248,16 @@ class FleetSection(Settings):
                                     check=lambda v: 0 < v < math.inf, rule="a finite number > 0")
     dp_nodes: int | None = setting(None, "Nodes in the federation, for DP accounting (sampling rate) and the "
                                    "fixed denominator.", resumable=False, shown="--min-nodes")
+    max_examples: int = setting(100_000_000, "Most training examples a node may declare at join; a result may "
+                                "report at most what its node declared (results are weighted by it).",
+                                resumable=True, **_at_least(1))
+    calls_per_node: int = setting(8, "Calls one node (certificate) may have in progress at once; more are refused "
+                                  "as busy.", resumable=True, **_at_least(1))
+    call_timeout: float = setting(30.0, "Seconds a call may wait for its request; a payload gets this plus its size "
+                                  "at 64 KiB/s. Slower calls are cancelled.", resumable=True, check=_wait,
+                                  rule=WAIT_RULE)
+    insecure_remote: bool = setting(False, "With --insecure, also listen on an address other machines can reach "
+                                    "(plaintext, anyone may claim any node id).", resumable=True)
 
 
 @dataclass(frozen=True)

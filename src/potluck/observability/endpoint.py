@@ -21,16 +21,21 @@ from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 from potluck.core.errors import ConfigError
 
 FINAL_SCRAPE_SECONDS = 15.0  # Prometheus' usual scrape interval
+READ_TIMEOUT = 10.0  # s: a connection that sends no request (or reads no page) this long is closed
+MAX_CONNECTIONS = 16  # served at once; one more is closed unanswered (Prometheus needs one)
 
 
 class MetricsServer:
     """``/metrics`` over HTTP for one registry, in a daemon thread; :meth:`close` stops it.
 
     It counts the pages it has finished sending (:attr:`scrapes`), so a process can wait
-    for one more scrape before it ends (:meth:`wait_for_scrape`).
+    for one more scrape before it ends (:meth:`wait_for_scrape`). Each connection gets
+    ``read_timeout`` seconds per read or write, and at most ``max_connections`` are served
+    at once: idle connections cannot take the process's threads.
     """
 
-    def __init__(self, registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 0, *,
+                 read_timeout: float = READ_TIMEOUT, max_connections: int = MAX_CONNECTIONS) -> None:
         self.scrapes = 0
         self.last_scrape = -math.inf  # time.monotonic() when the last page was sent
         self._cond = threading.Condition()
@@ -41,9 +46,11 @@ class MetricsServer:
 
         try:
             family, *_, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-            server_class = type("_Server", (ThreadingWSGIServer,), {"address_family": family})  # IPv4 or IPv6
+            server_class = type("_Server", (_CappedServer,), {  # IPv4 or IPv6
+                "address_family": family, "slots": threading.BoundedSemaphore(max_connections)})
+            handler = type("_Handler", (_QuietHandler,), {"timeout": read_timeout})
             self._httpd: WSGIServer = make_server(str(sockaddr[0]), port, counted, server_class,
-                                                  handler_class=_QuietHandler)
+                                                  handler_class=handler)
         except OSError as exc:
             raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
         self.host = host
@@ -92,6 +99,28 @@ class _Counted:
         if close is not None:
             close()
         self.sent()
+
+
+class _CappedServer(ThreadingWSGIServer):
+    """A thread per connection, while a slot is free; a connection over the cap is closed."""
+
+    slots: threading.BoundedSemaphore
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 class _QuietHandler(WSGIRequestHandler):

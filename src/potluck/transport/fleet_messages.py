@@ -117,8 +117,15 @@ class FleetHandler(Protocol):
 
     def pulled_payload(self, session: str, instruction_id: str, peer: str | None) -> bytes | memoryview: ...
 
-    def check_result(self, session: str, instruction_id: str, rnd: int, run_id: str, peer: str | None) -> None:
-        """Raise what :meth:`submit` would for a result with this header (before its payload moves)."""
+    def allows(self, peer: str) -> bool:
+        """Whether the node with this proven identity may call at all (the allow-list):
+        asked first on every call, before the call holds anything."""
+        ...
+
+    def check_result(self, session: str, instruction_id: str, rnd: int, run_id: str, peer: str | None) -> int:
+        """Raise what :meth:`submit` would for a result with this header (before its payload
+        moves); else the largest payload, bytes, that the result's instruction expects."""
+        ...
 
     def submit(self, result: IncomingResult, peer: str | None) -> bool:
         """Accept a result; True if it had been accepted before (a duplicate)."""

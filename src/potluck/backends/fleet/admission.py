@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from potluck.backends.fleet.bounded import RejectionCounts
 from potluck.backends.fleet.instructions import InstructionBook, OpenInstruction, Outcome
 from potluck.backends.fleet.registry import NodeRegistry
@@ -32,6 +34,18 @@ from potluck.core.params import Params, ParamsKind, SchemaEntry
 from potluck.ledger.signing import check_signature
 from potluck.runtime.pool import ExchangeReply
 from potluck.transport.fleet_messages import IncomingResult
+
+# What a result may carry beyond its update's own encoding: an exchange reply (secure
+# aggregation's keys and shares, bytes per node of the round) and header slack.
+EXCHANGE_BYTES = 16 * 2**20
+HEADER_SLACK = 4096
+
+
+def encoded_bytes(schema: tuple[SchemaEntry, ...]) -> int:
+    """Bytes of the canonical encoding of a DELTA with ``schema`` (zeros are not touched:
+    the arrays stay unallocated pages)."""
+    arrays = {name: np.zeros(shape, np.dtype(dtype)) for name, shape, dtype in schema}
+    return Params.from_arrays(arrays, ParamsKind.DELTA, copy=False).encoded_size
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,7 @@ class Admitted:
 
     node_id: str
     instruction: OpenInstruction
+    declared_examples: int  # what the node declared at join: its fit results may report no more
 
 
 @dataclass(frozen=True)
@@ -68,15 +83,27 @@ class ResultAdmission:
     """Checks results against the instructions handed out and the nodes' keys."""
 
     def __init__(self, *, run_id: str, update_schema: tuple[SchemaEntry, ...], require_signatures: bool,
-                 registry: NodeRegistry, book: InstructionBook, rejections: RejectionCounts) -> None:
+                 registry: NodeRegistry, book: InstructionBook, rejections: RejectionCounts,
+                 max_payload_bytes: int) -> None:
         self.run_id, self.update_schema = run_id, update_schema
         self.require_signatures = require_signatures
         self.registry, self.book, self.rejections = registry, book, rejections
+        fit = encoded_bytes(update_schema) + HEADER_SLACK
+        self.limits = {"fit": min(fit, max_payload_bytes), "evaluate": 0,
+                       "exchange": min(EXCHANGE_BYTES, max_payload_bytes)}
+
+    def payload_limit(self, admitted: Admitted | None) -> int:
+        """The largest payload, bytes, a result for ``admitted`` may carry: what its
+        instruction's kind makes (an update of this run's wire schema, an exchange reply,
+        nothing for an evaluation); the largest of those for a repeat (None), which is
+        acknowledged once it arrived."""
+        return max(self.limits.values()) if admitted is None else self.limits[admitted.instruction.kind]
 
     def admit(self, header: ResultHeader, peer: str | None) -> Admitted | None:
         """The instruction a result may answer; None for a repeat of an accepted one;
         the specific error otherwise. Under the lock."""
-        node_id = self.registry.node_for(header.session, peer).node_id
+        node = self.registry.node_for(header.session, peer)
+        node_id = node.node_id
         if header.run_id and header.run_id != self.run_id:
             self.rejections.note("unknown_run")
             raise UnknownId(f"result is for run {header.run_id!r}; this server runs {self.run_id!r}")
@@ -97,7 +124,7 @@ class ResultAdmission:
         if header.round != ins.round:
             self.rejections.note("wrong_round")
             raise UnexpectedResult(f"result says round {header.round}, its instruction was for round {ins.round}")
-        return Admitted(node_id, ins)
+        return Admitted(node_id, ins, node.info.num_examples)
 
     def judge(self, result: IncomingResult, admitted: Admitted, key: bytes | None) -> Outcome:
         """The outcome ``result`` makes: a result, or ``NodeResultInvalid`` for a refused payload.
@@ -106,8 +133,11 @@ class ResultAdmission:
         if ins.kind == "exchange":  # a protocol reply: opaque bytes for the coordinator's driver
             return ExchangeReply(node_id, bytes(result.payload))  # protocol messages are parsed as bytes (JSON)
         if ins.kind == "evaluate":  # 0 examples: the node has no validation split
+            if result.num_examples > self.registry.rules.max_examples:
+                return self._invalid_result(node_id, Refusal("bad_examples", ParamsError(
+                    f"evaluation reports {result.num_examples:,} examples, over the server's {self.registry.rules.max_examples:,}")))
             return EvaluateResult(ins.round, node_id, result.loss, result.num_examples, dict(result.metrics))
-        update = self._update(result, node_id)
+        update = self._update(result, admitted)
         if isinstance(update, Refusal):
             return self._invalid_result(node_id, update)
         signature: UpdateSignature | None = None
@@ -116,9 +146,14 @@ class ResultAdmission:
             if isinstance(checked, Refusal):
                 return self._invalid_result(node_id, checked)
             signature = checked
+        if result.num_examples > admitted.declared_examples:  # after the signature: a forged count is that
+            return self._invalid_result(node_id, Refusal("bad_examples", ParamsError(
+                f"result reports {result.num_examples:,} examples; its node declared {admitted.declared_examples:,} "
+                "at join, and a result may weigh as many at most")))
         return FitResult(ins.round, node_id, update, result.num_examples, dict(result.metrics), signature)
 
-    def _update(self, result: IncomingResult, node_id: str) -> Params | Refusal:
+    def _update(self, result: IncomingResult, admitted: Admitted) -> Params | Refusal:
+        node_id = admitted.node_id
         if result.num_examples <= 0:
             return Refusal("bad_examples", ParamsError(f"result reports {result.num_examples} examples"))
         try:

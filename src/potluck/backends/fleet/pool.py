@@ -51,8 +51,10 @@ class FleetPool:
     after its last call; ``forget_after`` (seconds) how long a silent node is kept at
     all. ``update_schema`` is what result payloads must look like when it is not the
     model's own (a compressed form, decoded by the coordinator). ``remember`` caps the
-    answered and closed instruction ids kept to tell repeats from replays. Refusals are
-    counted by reason in :attr:`rejections`.
+    answered and closed instruction ids kept to tell repeats from replays. A node may
+    declare at most ``max_examples`` training examples at join, and a fit result may
+    report no more than its node declared. Refusals are counted by reason in
+    :attr:`rejections`.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class FleetPool:
         clock: Callable[[], float] = time.monotonic,
         forget_after: float | None = None,
         remember: int = DEFAULT_REMEMBER,
+        max_examples: int = JoinRules.max_examples,
     ) -> None:
         self.run_id, self.model_id, self.schema = run_id, model_id, schema
         self.schema_digest = schema_digest(schema)
@@ -81,7 +84,7 @@ class FleetPool:
         self._cond = threading.Condition()  # re-entrant: the parts lock it too
         ttl = node_ttl if node_ttl is not None else 3 * heartbeat_seconds + 1
         self.registry = NodeRegistry(
-            JoinRules(model_id, self.schema_digest, require_signatures), allow=allow,
+            JoinRules(model_id, self.schema_digest, require_signatures, max_examples), allow=allow,
             keys=keys if keys is not None else NodeKeys(), node_ttl=ttl,
             forget_after=forget_after if forget_after is not None else max(DEFAULT_FORGET_AFTER, 10 * ttl),
             clock=clock, rejections=self.rejections)
@@ -92,7 +95,7 @@ class FleetPool:
         self.admission = ResultAdmission(
             run_id=run_id, update_schema=update_schema if update_schema is not None else schema,
             require_signatures=require_signatures, registry=self.registry, book=self.book,
-            rejections=self.rejections)
+            rejections=self.rejections, max_payload_bytes=max_payload_bytes)
 
     # Settings the server and tests read or change while the pool runs.
     @property
@@ -152,11 +155,18 @@ class FleetPool:
         with self._cond:
             return self.dispatcher.pulled_payload(self.registry.node_for(session, peer), instruction_id)
 
-    def check_result(self, session: str, instruction_id: str, rnd: int, run_id: str, peer: str | None) -> None:
-        """The error :meth:`submit` would raise for a result with this header, before its
-        payload is received (the bulk lane asks); nothing for one it would take or ignore."""
+    def allows(self, peer: str) -> bool:
+        """Whether ``peer`` (a proven identity) may call at all: on the allow-list, if any."""
         with self._cond:
-            self.admission.admit(ResultHeader(session, instruction_id, rnd, run_id), peer)
+            return self.registry.allow is None or peer in self.registry.allow
+
+    def check_result(self, session: str, instruction_id: str, rnd: int, run_id: str, peer: str | None) -> int:
+        """The error :meth:`submit` would raise for a result with this header, before its
+        payload is received; else the largest payload the result may carry (see
+        :meth:`ResultAdmission.payload_limit`)."""
+        with self._cond:
+            admitted = self.admission.admit(ResultHeader(session, instruction_id, rnd, run_id), peer)
+            return self.admission.payload_limit(admitted)
 
     def submit(self, result: IncomingResult, peer: str | None) -> bool:
         """Take a node's result; True for a repeat of an accepted one (acknowledged, ignored)."""

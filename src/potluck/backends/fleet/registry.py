@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from potluck.backends.fleet.bounded import RejectionCounts
-from potluck.core.errors import AccessDenied, SchemaMismatch, SignatureError, UnknownId
+from potluck.core.errors import AccessDenied, ParamsError, SchemaMismatch, SignatureError, UnknownId
 from potluck.ledger.signing import NodeKeys
 from potluck.transport.fleet_messages import JoinInfo, OutgoingInstruction
 
@@ -59,6 +59,7 @@ class JoinRules:
     model_id: str
     schema_digest: str
     require_signatures: bool = True  # False only for tests of the transport itself
+    max_examples: int = 100_000_000  # a node may declare at most this many training examples
 
 
 class NodeRegistry:
@@ -90,6 +91,10 @@ class NodeRegistry:
                 f"node {info.node_id!r} builds parameters with schema {info.schema_digest[:12]}…, "
                 f"this run's model has {rules.schema_digest[:12]}…"
             )
+        if info.num_examples > rules.max_examples:
+            self.rejections.note("bad_examples")
+            raise ParamsError(f"node {info.node_id!r} declares {info.num_examples:,} training examples; this server "
+                              f"takes at most {rules.max_examples:,} from one node (--max-examples)")
 
     def join(self, info: JoinInfo) -> Joined:
         """Register a checked node under a new session; its old session, if any, ends."""

@@ -44,12 +44,11 @@ log = logging.getLogger(__name__)
 class BulkHandler(Protocol):
     """What the lane needs of the server (``FleetServicer`` provides it)."""
 
-    max_payload_bytes: int
-
     def pulled_payload(self, session: str, instruction_id: str, peer: str | None) -> bytes | memoryview: ...
 
-    def check_push(self, header: pb.ResultHeader, peer: str | None) -> None:
-        """Raise the error a push with this header would meet, before its payload moves."""
+    def check_push(self, header: pb.ResultHeader, peer: str | None) -> int:
+        """Raise the error a push with this header would meet, before its payload moves
+        (an announced size over what its instruction expects included); else that limit."""
 
     def push(self, header: pb.ResultHeader, payload: memoryview, peer: str | None) -> bool: ...
 
@@ -63,6 +62,7 @@ class BulkOptions:
     idle_timeout: float = 600.0  # an open connection with no request this long is closed
     max_connections: int = 1024
     max_handshakes: int = 64  # connections still in their TLS handshake
+    max_handshakes_per_address: int = 8  # of those, from one source address: one host cannot lock others out
     max_per_node: int = 4  # connections per certificate common name
     max_header_bytes: int = 2**20
 
@@ -85,7 +85,7 @@ class BulkServer:
         self.transfers: Counter[str] = Counter()  # "get" / "put": payloads moved over the lane
         self._open: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()
-        self._handshaking = 0
+        self._handshaking: Counter[str] = Counter()  # by source address
         self._per_node: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._stopped = False
@@ -114,24 +114,19 @@ class BulkServer:
     def _accept(self) -> None:
         while not self._stopped:
             try:
-                conn, _ = self._listener.accept()
+                conn, source = self._listener.accept()
             except OSError as exc:
                 if self._stopped:
                     return
                 log.warning("bulk lane: accept failed (%s); still listening", exc)  # EMFILE, a peer's reset, ...
                 time.sleep(0.1)
                 continue
-            with self._lock:
-                busy = len(self._open) >= self.options.max_connections or \
-                    self._handshaking >= self.options.max_handshakes
-                if not busy:
-                    self._open.add(conn)
-                    self._handshaking += 1
-            if busy:
+            host = str(source[0])
+            if not self._admit(conn, host):
                 self.handler.count_refusal("bulk_busy")
                 conn.close()
                 continue
-            thread = threading.Thread(target=self._serve, args=(conn,), name="potluck-bulk-conn", daemon=True)
+            thread = threading.Thread(target=self._serve, args=(conn, host), name="potluck-bulk-conn", daemon=True)
             with self._lock:
                 self._threads.add(thread)
             try:
@@ -141,10 +136,27 @@ class BulkServer:
                 with self._lock:
                     self._threads.discard(thread)
                     self._open.discard(conn)
-                    self._handshaking -= 1
+                    self._handshake_done(host)
                 conn.close()
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _admit(self, conn: socket.socket, host: str) -> bool:
+        """Room for one more connection, in its handshake, from ``host``; taken if so."""
+        with self._lock:
+            room = len(self._open) < self.options.max_connections and \
+                sum(self._handshaking.values()) < self.options.max_handshakes and \
+                self._handshaking[host] < self.options.max_handshakes_per_address
+            if room:
+                self._open.add(conn)
+                self._handshaking[host] += 1
+            return room
+
+    def _handshake_done(self, host: str) -> None:
+        """Under the lock."""
+        self._handshaking[host] -= 1
+        if not self._handshaking[host]:
+            del self._handshaking[host]
+
+    def _serve(self, conn: socket.socket, host: str) -> None:
         current: socket.socket = conn  # what stop() must shut: the TLS socket takes over conn's descriptor
         peer: str | None = None
         handshaking = True
@@ -161,7 +173,7 @@ class BulkServer:
                     self._open.discard(conn)
                     self._open.add(tls)
                     current = tls
-                    self._handshaking -= 1
+                    self._handshake_done(host)
                     handshaking = False
                     if peer is not None:
                         self._per_node[peer] += 1
@@ -183,7 +195,7 @@ class BulkServer:
                 self._open.discard(current)
                 self._open.discard(conn)
                 if handshaking:
-                    self._handshaking -= 1
+                    self._handshake_done(host)
                 if peer is not None:
                     self._per_node[peer] -= 1
                 self._threads.discard(threading.current_thread())
@@ -236,11 +248,7 @@ class BulkServer:
     def _put(self, tls: ssl.SSLSocket, raw: bytearray, peer: str) -> bool:
         """Check the header, say go ahead, receive the payload, hand it on; True if a repeat."""
         header = _parse(pb.ResultHeader, raw, self.handler)
-        if header.params_size > self.handler.max_payload_bytes:
-            self.handler.count_refusal("payload_oversize")
-            raise PayloadError("oversize", f"payload of {header.params_size:,} bytes exceeds the limit of "
-                                           f"{self.handler.max_payload_bytes:,} bytes")
-        self.handler.check_push(header, peer)  # refused before a byte of payload moves
+        self.handler.check_push(header, peer)  # refused before a byte of payload moves, oversize included
         tls.sendall(REPLY.pack(CONTINUE, 0))
         try:
             payload = recv_payload(tls, header.params_size, header.params_blake3,
