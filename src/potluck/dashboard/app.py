@@ -132,7 +132,8 @@ async def _events(board: Dashboard, request: Request, run_id: str, path: Path, o
     try:
         tail = MetricsTail(RunLayout(path).metrics_file, offset=offset)
         yield ": potluck dashboard\n\n"
-        last_beat = last_summary = time.monotonic()
+        last_beat = time.monotonic()
+        last_summary = last_beat - settings.summary_seconds  # where the run stands, first
         sent_status = None
         while not await request.is_disconnected():
             read = tail.poll()
