@@ -11,10 +11,10 @@ from contextlib import contextmanager
 import httpx
 import pytest
 import uvicorn
+from dashboard_kit import Run, flip_hex_digit
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
-from dashboard_kit import Run, flip_hex_digit
 from potluck.cli.main import app as cli
 from potluck.core.errors import ConfigError
 from potluck.dashboard.app import STATIC, Settings, create_app

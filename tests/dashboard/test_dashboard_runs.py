@@ -7,8 +7,8 @@ import os
 import time
 
 import pytest
-
 from dashboard_kit import Run, flip_hex_digit
+
 from potluck.core.errors import UnknownId
 from potluck.dashboard.ledger import LedgerViews, ledger_entry
 from potluck.dashboard.runs import RunCatalog, privacy_budget, read_config, run_status, summary

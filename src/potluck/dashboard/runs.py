@@ -35,7 +35,7 @@ from potluck.dashboard.tail import Lines, read_all
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 LIVE_MIN_SECONDS = 60.0
 _MARKERS = ("config.toml", "metrics.jsonl", "ledger.jsonl", "checkpoints")

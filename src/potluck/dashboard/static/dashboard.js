@@ -63,7 +63,7 @@ function makeChart(target, title, seriesLabels, data, extra) {
     label, stroke: COLOURS[i % COLOURS.length], width: 2, spanGaps: true, points: { show: true, size: 5 },
   })));
   const opts = Object.assign({ title, width: 520, height: 240, scales: { x: { time: false } }, series,
-                               axes: [{ label: "round" }, {}] }, extra || {});
+                               axes: [{ label: "round", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] }, {}] }, extra || {});
   target.textContent = "";
   const chart = new uPlot(opts, data, target);
   target.dataset.rounds = String(data[0].length);
@@ -304,4 +304,5 @@ $("#ledger-refresh").addEventListener("click", () => ledgerView(decodeURICompone
 $("#compare-metric").addEventListener("change", drawCompare);
 window.addEventListener("hashchange", route);
 window.__dashboardLoadedAt = Date.now();  // tests check the page was not reloaded
+window.potluckDashboard = state;  // and read the charts' data
 route();
