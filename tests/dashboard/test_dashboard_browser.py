@@ -21,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 TOKEN = "browser-test-token-0123456789abcdef"
+VENV_BIN = Path(sys.executable).parent
 WAIT_MS = 60_000  # an upper bound: every wait ends as soon as its condition holds
 
 
@@ -49,12 +51,10 @@ def run(tmp_path) -> Run:
     return r
 
 
-@pytest.fixture
-def dashboard(tmp_path, run) -> Iterator[str]:
-    """``potluck dashboard`` on 127.0.0.1 and a free port; its page's address."""
-    (tmp_path / "token").write_text(TOKEN + "\n")
-    command = [str(Path(sys.executable).parent / "potluck"), "dashboard", str(run.path.parent), "--bind", "127.0.0.1:0",
-               "--token-file", str(tmp_path / "token"), "--poll", "0.1"]
+@contextmanager
+def serving(*args: str) -> Iterator[str]:
+    """``potluck dashboard ARGS --bind 127.0.0.1:0``; its page's address."""
+    command = [str(VENV_BIN / "potluck"), "dashboard", *args, "--bind", "127.0.0.1:0", "--poll", "0.1"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True).start()
@@ -70,12 +70,24 @@ def dashboard(tmp_path, run) -> Iterator[str]:
         assert url, f"potluck dashboard did not start (exit {process.poll()})"
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop(process)
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
+@pytest.fixture
+def dashboard(tmp_path, run) -> Iterator[str]:
+    """The dashboard over ``run``'s folder, with a token."""
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    with serving(str(run.path.parent), "--token-file", str(tmp_path / "token")) as url:
+        yield url
 
 
 @pytest.fixture
@@ -95,7 +107,7 @@ def browser():
 
 
 def rounds_drawn(page, chart: str = "primary") -> int:
-    return page.evaluate(f"document.querySelector('#chart-{chart}').dataset.rounds | 0")
+    return page.evaluate(f"document.querySelector('#chart-{chart}')?.dataset.rounds | 0")
 
 
 def test_the_dashboard_follows_a_run_live_names_a_tampered_entry_and_wants_its_token(tmp_path, run, dashboard, browser):
@@ -150,3 +162,38 @@ def test_the_dashboard_follows_a_run_live_names_a_tampered_entry_and_wants_its_t
         assert refused.value.code == 401
     assert sorted(p.name for p in shots.glob("dashboard-*.png")) == [
         "dashboard-ledger-tampered.png", "dashboard-ledger.png", "dashboard-run.png", "dashboard-runs.png"]
+
+
+def test_the_chart_gains_a_point_per_round_of_a_real_simulation(tmp_path, browser):
+    """A real ``potluck simulate`` started after the page opened on its (not yet existing)
+    run directory: every value the chart's round count takes is recorded in the page, and
+    must be 1, 2, …, N: one point per committed round, drawn as it commits."""
+    run_dir, rounds = tmp_path / "runs" / "sim", 8
+    with serving(str(run_dir)) as url:
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.set_default_timeout(WAIT_MS)
+        page.goto(f"{url}#/run/sim")
+        page.wait_for_function("document.querySelector('#live-state').dataset.state === 'live'")
+        page.evaluate("""() => {
+            window.seen = [];
+            new MutationObserver((changes) => {
+              for (const c of changes) if (c.target.id === 'chart-primary' && c.attributeName === 'data-rounds')
+                window.seen.push([c.oldValue, c.target.dataset.rounds]);
+            }).observe(document.querySelector('#charts'),
+                       { subtree: true, attributes: true, attributeOldValue: true, attributeFilter: ['data-rounds'] });
+        }""")
+        loaded_at = page.evaluate("window.__dashboardLoadedAt")
+        simulate = subprocess.Popen([str(VENV_BIN / "potluck"), "simulate", "--rounds", str(rounds), "--nodes", "4",
+                                     "--run-dir", str(run_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            page.wait_for_function(f"document.querySelector('#chart-primary')?.dataset.rounds === '{rounds}'",
+                                   timeout=300_000)
+            assert simulate.wait(timeout=120) == 0, simulate.stderr.read().decode() if simulate.stderr else ""
+        finally:
+            if simulate.poll() is None:
+                stop(simulate)
+        changes = page.evaluate("window.seen")
+        # Each record event draws in its own task, and the observer runs after each: one change per draw.
+        assert [int(new) for _, new in changes] == list(range(1, rounds + 1)), changes
+        assert page.evaluate("window.__dashboardLoadedAt") == loaded_at, "the page reloaded"
+        page.wait_for_function("document.querySelector('#run-summary').textContent.includes('finished')")
