@@ -3,14 +3,11 @@ TestClient, the live stream through a real uvicorn server on a thread (127.0.0.1
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
 import pytest
-import uvicorn
 from dashboard_kit import Run, flip_hex_digit
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
@@ -19,7 +16,7 @@ from potluck.cli.main import app as cli
 from potluck.core.errors import ConfigError
 from potluck.dashboard.app import STATIC, Settings, create_app
 from potluck.dashboard.auth import COOKIE, check_bind, parse_bind, resolve_token
-from potluck.dashboard.server import bind_socket
+from potluck.dashboard.server import start_in_thread
 
 TOKEN = "s3cret-token-of-32-characters-xx"
 LOCAL = "http://127.0.0.1"
@@ -131,21 +128,12 @@ def test_the_command_refuses_a_public_bind_without_a_token_with_a_clear_error(tm
 @contextmanager
 def serving(run, token=None) -> Iterator[str]:
     """The app on a real uvicorn server on a thread, on 127.0.0.1 and a free port."""
-    sock = bind_socket(parse_bind("127.0.0.1:0"))
-    server = uvicorn.Server(uvicorn.Config(create_app(Settings([run.path.parent], token=token, poll_seconds=0.05)),
-                                           log_level="warning", lifespan="off", timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started, "the dashboard did not start"
+    running = start_in_thread(Settings([run.path.parent], token=token, poll_seconds=0.05), parse_bind("127.0.0.1:0"))
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield running.url.rstrip("/")
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+        running.stop()
+        assert not running.thread.is_alive()
 
 
 def events(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
