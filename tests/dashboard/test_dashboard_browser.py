@@ -133,10 +133,17 @@ def test_the_dashboard_follows_a_run_live_names_a_tampered_entry_and_wants_its_t
     assert "round 5 of 6" in page.inner_text("#run-summary")
     page.screenshot(path=str(shots / "dashboard-run.png"), full_page=True)
 
-    # The runs list, with the run ticked to overlay its curve.
+    # The runs list, with two runs ticked to overlay their curves.
+    other = Run(run.path.parent / "b")
+    for _ in range(3):
+        other.commit()
     page.evaluate("location.hash = '#/'")
     page.wait_for_selector("#runs-table input[data-run='a']").check()
-    page.wait_for_function("document.querySelector('#compare-chart').dataset.rounds === '5'")
+    page.wait_for_selector("#runs-table input[data-run='b']").check()
+    page.wait_for_function("potluckDashboard.compare?.data.length === 3")
+    overlay = page.evaluate("potluckDashboard.compare.data")
+    assert overlay[0] == [1, 2, 3, 4, 5] and len(overlay) == 3  # rounds; run a; run b
+    assert overlay[2][3:] == [None, None] and overlay[1][4] == pytest.approx(8.0)
     assert "perplexity" in page.inner_text("#runs-table")
     page.screenshot(path=str(shots / "dashboard-runs.png"), full_page=True)
 

@@ -5,7 +5,7 @@
 
 const $ = (sel) => document.querySelector(sel);
 const state = { view: null, runId: null, source: null, charts: [], records: [], run: null, runsTimer: null,
-                compare: null, selected: new Set() };
+                compare: null, compareTicket: 0, selected: new Set() };
 const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
 
 async function getJSON(url) {
@@ -195,21 +195,22 @@ function drawRuns(runs) {
 }
 
 async function drawCompare() {
+  const ticket = ++state.compareTicket;  // a newer selection wins over a slower, older fetch
   const ids = [...state.selected];
+  const runs = await Promise.all(ids.map((id) => getJSON(`api/runs/${encodeURIComponent(id)}`)));
+  if (ticket !== state.compareTicket) return;
   const target = $("#compare-chart");
   if (state.compare) { state.compare.destroy(); state.compare = null; }
   target.textContent = ids.length ? "" : "tick runs above to overlay their curves";
   target.dataset.rounds = "0";
   if (!ids.length) return;
-  const runs = await Promise.all(ids.map((id) => getJSON(`api/runs/${encodeURIComponent(id)}`)));
   const select = $("#compare-metric");
   const names = [...new Set(runs.flatMap((r) => r.records.flatMap((x) => Object.keys(x.metrics || {}))))];
   const wanted = names.includes(select.value) ? select.value : (runs[0].summary.metric || names[0]);
   select.textContent = "";
   for (const n of names) select.appendChild(el("option", n, n === wanted ? { selected: "" } : {}));
   const tables = runs.map((r) => [r.records.map((x) => x.round), r.records.map((x) => x.metrics?.[wanted] ?? null)]);
-  const data = uPlot.join(tables);
-  state.compare = makeChart(target, `${wanted}, held-out`, ids, data);
+  state.compare = makeChart(target, `${wanted}, held-out`, ids, uPlot.join(tables));
 }
 
 async function runView(runId) {
