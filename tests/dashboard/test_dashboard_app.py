@@ -164,3 +164,15 @@ def test_the_live_stream_sends_each_round_committed_after_the_offset(run):
 def test_the_live_stream_needs_the_token_too(run):
     with serving(run, TOKEN) as url:
         assert httpx.get(f"{url}/api/runs/a/stream", timeout=10).status_code == 401
+
+
+def test_the_live_stream_says_reset_when_metrics_jsonl_is_rewritten(run):
+    metrics = run.path / "metrics.jsonl"
+    offset = metrics.stat().st_size
+    with serving(run) as url, httpx.stream("GET", f"{url}/api/runs/a/stream?offset={offset}", timeout=30) as response:
+        stream = events(response.iter_lines())
+        assert next(stream)[0] == "summary"
+        metrics.write_bytes(metrics.read_bytes().splitlines(keepends=True)[0])  # shorter: rewritten
+        assert next(stream) == ("reset", '{"offset":0}')
+        kind, data = next(stream)
+        assert kind == "record" and '"round":1' in data
