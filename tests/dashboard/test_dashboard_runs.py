@@ -108,3 +108,10 @@ def test_a_run_without_a_ledger_says_so(tmp_path):
     view = LedgerViews().view(tmp_path / "r")
     assert view == {"present": False, "message": f"{tmp_path / 'r'} is not a run directory (no ledger.jsonl, "
                                                  "no checkpoints/round-*.json)"}
+
+
+def test_a_default_folder_of_runs_may_not_exist_yet(tmp_path):
+    catalog = RunCatalog([], folders=[tmp_path / "runs"])
+    assert catalog.runs() == {}
+    Run(tmp_path / "runs" / "first")
+    assert list(catalog.runs()) == ["first"]

@@ -50,6 +50,6 @@ def dashboard(
             raise ConfigError(f"potluck dashboard needs Starlette and uvicorn ({exc}): "
                               "pip install 'potluck[dashboard]'") from exc
         address = parse_bind(bind)
-        settings = Settings(sources=run_dirs or [Path("runs")], token=resolve_token(token, token_file),
-                            poll_seconds=poll)
+        settings = Settings(sources=run_dirs or [], folders=[] if run_dirs else [Path("runs")],
+                            token=resolve_token(token, token_file), poll_seconds=poll)
         serve(settings, address, lambda url: _err(f"potluck dashboard: serving {url} (Ctrl-C stops)"))

@@ -49,12 +49,14 @@ MAX_STREAMS = 32
 
 @dataclass(frozen=True)
 class Settings:
-    """``poll_seconds``: how often a live stream looks at ``metrics.jsonl`` (one stat);
+    """``sources``: run directories or folders of them; ``folders``: folders of runs even
+    while they do not exist (see :class:`RunCatalog`). ``poll_seconds``: how often a live stream looks at ``metrics.jsonl`` (one stat);
     ``heartbeat_seconds``: how often an idle stream sends a comment (so proxies and the
     browser keep it open); ``summary_seconds``: how often it re-reads the run's status."""
 
     sources: Sequence[Path]
     token: str | None = None
+    folders: Sequence[Path] = ()
     poll_seconds: float = 0.5
     heartbeat_seconds: float = 15.0
     summary_seconds: float = 5.0
@@ -65,7 +67,7 @@ class Dashboard:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.catalog = RunCatalog(settings.sources)
+        self.catalog = RunCatalog(settings.sources, settings.folders)
         self.ledgers = LedgerViews()
         self.audit_lock = anyio.Lock()  # one audit at a time: it hashes every checkpoint
         self.streams = 0
@@ -84,7 +86,7 @@ def create_app(settings: Settings) -> TokenGate:
     async def runs(request: Request) -> Response:
         listed = board.catalog.runs()
         return _json({"runs": [summary(run_id, path, board.catalog) for run_id, path in listed.items()],
-                      "sources": [str(s) for s in settings.sources]})
+                      "sources": [str(s) for s in (*settings.sources, *settings.folders)]})
 
     async def run(request: Request) -> Response:
         path = run_path(request)

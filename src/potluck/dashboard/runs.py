@@ -49,8 +49,10 @@ class RunCatalog:
     """The run directories under the paths given, by id, and their records (re-read only
     when ``metrics.jsonl`` changed)."""
 
-    def __init__(self, sources: Sequence[Path]) -> None:
+    def __init__(self, sources: Sequence[Path], folders: Sequence[Path] = ()) -> None:
+        """``folders`` are folders of runs even while they do not exist (the default ``runs``)."""
         self.sources = [Path(s) for s in sources]
+        self.folders = [Path(f) for f in folders]
         self._cache: dict[Path, tuple[tuple[int, int, int], Lines, int]] = {}
 
     def runs(self) -> dict[str, Path]:
@@ -60,7 +62,9 @@ class RunCatalog:
             if not source.exists() or is_run_dir(source):
                 found.append(source)
             elif source.is_dir():
-                found.extend(p for p in sorted(source.iterdir()) if p.is_dir() and is_run_dir(p))
+                found.extend(_runs_in(source))
+        for folder in self.folders:
+            found.extend(_runs_in(folder))
         unique = sorted({p.resolve(): p for p in found}.items())
         names = [p.name or str(resolved) for resolved, p in unique]
         out: dict[str, Path] = {}
@@ -91,6 +95,13 @@ class RunCatalog:
         lines, offset = read_all(file)
         self._cache[path] = (key, lines, offset)
         return lines, offset
+
+
+def _runs_in(folder: Path) -> list[Path]:
+    try:
+        return [p for p in sorted(folder.iterdir()) if p.is_dir() and is_run_dir(p)]
+    except OSError:  # not there (yet), or not readable: no runs
+        return []
 
 
 def read_config(path: Path) -> tuple[dict[str, Any], str | None]:
