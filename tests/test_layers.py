@@ -9,7 +9,7 @@ import potluck
 
 PACKAGE = Path(potluck.__file__).parent
 # Lower index = lower layer. A module may import its own layer and layers below it.
-LAYERS = ["core", "transport", "tasks", "strategies", "updates", "ledger", "runtime", "peer", "observability", "backends", "apps",
+LAYERS = ["core", "transport", "tasks", "strategies", "updates", "ledger", "runtime", "peer", "observability", "dashboard", "backends", "apps",
           "cli"]
 # Layers that sit beside each other and must not know each other.
 INDEPENDENT = {("tasks", "strategies"), ("strategies", "tasks")}

@@ -62,6 +62,7 @@ def parts(session: str):
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads resident memory from /proc")
+@pytest.mark.slow
 def test_a_push_from_a_stranger_costs_the_server_no_payload_memory(tls):
     proc = subprocess.Popen([sys.executable, "-c", SERVER, str(tls / "tls")], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)

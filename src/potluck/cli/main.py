@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 import typer
 
 from potluck.apps.allocator import reuse_freed_memory
-from potluck.cli import certs, check, generate, ledger, node, peer, server, simulate, up
+from potluck.cli import certs, check, dashboard, generate, ledger, node, peer, server, simulate, up
 from potluck.cli.common import OneLineErrors
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ app.command("node", help=node.HELP)(node.node)
 app.command("up", help=up.HELP)(up.up)
 app.command("check", help=check.HELP)(check.check)
 app.command("generate", help=generate.HELP)(generate.generate)
+app.command("dashboard", help=dashboard.HELP)(dashboard.dashboard)
 app.add_typer(certs.app, name="certs", help=certs.HELP)
 app.add_typer(ledger.app, name="ledger", help=ledger.HELP)
 app.add_typer(peer.app, name="peer", help=peer.HELP)
