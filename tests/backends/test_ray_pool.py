@@ -1,0 +1,102 @@
+"""The Ray backend with a real Ray on this machine: same digests as in-process, failures
+and deadlines cost only the affected nodes, and a clear error without Ray."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+import potluck
+from potluck.apps.simulate import federation_spec, run_simulation
+from potluck.backends.ray_pool import RayPool, actors_that_fit
+from potluck.core.config import SimulationConfig
+from potluck.core.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray for the module (2 CPUs, no dashboard): pools use it and leave it running."""
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20,
+             logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+def test_without_ray_the_backend_is_refused_in_one_line(tmp_path, monkeypatch, small_config):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    with pytest.raises(ConfigError, match=r"needs Ray, which is not installed here: pip install 'potluck\[ray\]'"):
+        run_simulation(small_config(tmp_path, backend="ray"))
+    assert not (tmp_path / "run").exists(), "refused before the run directory is made"
+    from potluck.cli.main import app
+
+    result = CliRunner().invoke(app, ["simulate", "--backend", "ray", "--run-dir", str(tmp_path / "cli")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "potluck: error: --backend ray needs Ray, which is not installed here: pip install 'potluck[ray]'"]
+
+
+def test_ray_settings_are_checked_and_need_the_ray_backend():
+    assert SimulationConfig(backend="ray", ray_address="ray://head:10001", node_gpus=0.25).node_gpus == 0.25
+    for bad in ({"backend": "slurm"}, {"backend": "ray", "ray_address": "head"}, {"backend": "ray", "node_cpus": 0},
+                {"backend": "ray", "node_gpus": -1}, {"node_gpus": 0.5}, {"ray_address": "auto"}):
+        with pytest.raises(ConfigError):
+            SimulationConfig.from_mapping(bad)
+
+
+def test_actors_that_fit_count_cpus_and_fractional_gpus():
+    assert actors_that_fit({"CPU": 16.0, "GPU": 2.0}, 1.0, 0.0) == 16
+    assert actors_that_fit({"CPU": 16.0, "GPU": 2.0}, 1.0, 0.25) == 8
+    assert actors_that_fit({"CPU": 16.0, "GPU": 1.0}, 2.0, 0.1) == 8
+    assert actors_that_fit({"CPU": 3.0, "GPU": 1.0}, 1.0, 0.1) == 3
+    assert actors_that_fit({"CPU": 8.0}, 1.0, 0.5) == 0
+
+
+@pytest.mark.slow
+def test_actors_import_this_checkout_of_potluck(ray_cluster, small_config, tmp_path):
+    config = small_config(tmp_path, backend="ray", nodes=3)
+    pool = RayPool(federation_spec(config), ["node-000"], actors=1)
+    try:
+        hosts = pool.hosts()
+        assert ray_cluster.get([h.where.remote() for h in hosts], timeout=120) == [potluck.__file__]
+    finally:
+        pool.close()
+    assert ray_cluster.is_initialized(), "a pool leaves a Ray it did not start running"
+
+
+@pytest.mark.slow
+def test_more_gpus_than_the_cluster_has_is_a_config_error(ray_cluster, small_config, tmp_path):
+    config = small_config(tmp_path, backend="ray", node_gpus=0.5)
+    pool = RayPool(federation_spec(config), ["node-000"], node_gpus=0.5)
+    with pytest.raises(ConfigError, match=r"0 GPUs: not enough for one actor of --node-cpus 1 and --node-gpus 0.5"):
+        list(pool.fit([], 1.0))
+    pool.close()
+
+
+@pytest.mark.slow
+def test_same_seed_same_digest_in_process_over_worker_processes_and_on_ray(ray_cluster, tmp_path, small_config):
+    runs = {name: small_config(tmp_path / name, nodes=4, rounds=2, seed=7, **changes) for name, changes in [
+        ("in-process", {}), ("processes", {"workers": 2}), ("ray", {"backend": "ray"})]}
+    results = {name: run_simulation(config) for name, config in runs.items()}
+    digests = {name: r.final_params.digest for name, r in results.items()}
+    assert len(set(digests.values())) == 1, digests
+    assert [r.num_nodes for r in results["ray"].records] == [4, 4]
+
+
+@pytest.mark.slow
+def test_crashing_dying_and_hung_nodes_fail_within_the_deadline_on_ray(ray_cluster, tmp_path, small_config):
+    cfg = small_config(tmp_path, task="dying_digits:DyingDigits", backend="ray", rounds=2, nodes=6,
+                       round_timeout=20.0, quorum=0.3)
+    started = time.monotonic()
+    result = run_simulation(cfg)
+    assert time.monotonic() - started < 120, "a hung node must not hold a round past its deadline for long"
+    for record in result.records:
+        assert record.num_nodes == 3 and record.sampled == 6
+        assert record.failures == {"timed_out": 1, "failed": 2}
+    causes = {f.node_id: f.cause for f in result.records[0].failure_causes}
+    assert "its Ray actor died" in causes["node-003"], causes
+    assert "simulated crash in user code" in causes["node-002"], causes
+    assert "round deadline" in causes["node-001"], causes
