@@ -149,8 +149,8 @@ class FederationSection(Settings):
     workers: int = setting(1, "1: all nodes in this process; N > 1: N worker processes; 0: one per core.",
                            resumable=True, check=lambda v: v >= 0, rule="≥ 0 (0: one per core, 1: in-process)")
     backend: str = setting("local", "Where the virtual nodes run: local (this process, or --workers processes) or "
-                           "ray (actors on a Ray cluster: --workers N > 1 of them, else as many as fit; pip "
-                           "install 'potluck[ray]').", resumable=True, **_one_of(BACKENDS))
+                           "ray (actors on a Ray cluster: --workers N > 1 of them, else as many as fit; needs "
+                           "potluck's ray extra).", resumable=True, **_one_of(BACKENDS))
     ray_address: str = setting("local", "With --backend ray: local (start Ray here for the run), auto (the cluster "
                                "`ray start` runs on this machine), HOST:PORT of a cluster's head, or ray://HOST:PORT.",
                                resumable=True, check=_is_ray_address,
@@ -171,8 +171,9 @@ class FederationSection(Settings):
 
     def _rules(self) -> list[Rule]:
         return [
-            ("backend", self.backend == "ray" or (self.ray_address, self.node_cpus, self.node_gpus) == ("local", 1, 0),
-             "ray when --ray-address, --node-cpus or --node-gpus is set"),
+            *((name, self.backend == "ray" or getattr(self, name) == default,
+               f"{show(default)} unless backend is ray (they place Ray actors)")
+              for name, default in (("ray_address", "local"), ("node_cpus", 1.0), ("node_gpus", 0.0))),
             ("attack_fraction", self.attack != "none" or self.attack_fraction == 0,
              "0 when attack is none (choose an attack too)"),
             ("attack_fraction", self.attack == "none" or self.attack_fraction * self.nodes >= 0.5,
