@@ -24,6 +24,7 @@ names the extra to install.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import importlib
 import logging
 import math
@@ -68,7 +69,9 @@ class NodeHost:
         federation = build_federation(spec)
         self.runner = NodeRunner(federation.task, federation.nodes, federation.attacks)
 
-    def call(self, method: str, ins: Any, state: dict[str, Any] | None) -> Any:
+    def call(self, method: str, ins: Any, params: Any, state: dict[str, Any] | None) -> Any:
+        """Run ``ins`` (sent without its parameters, which come once per round as ``params``)."""
+        ins = dataclasses.replace(ins, params=params)
         if state is not None:
             self.runner.update_state[ins.node_id] = state
         try:
@@ -146,13 +149,10 @@ class RayPool(NodePool):
         return self._ids
 
     def fit(self, instructions: Sequence[FitInstruction], timeout: float) -> Iterator[FitOutcome]:
-        jobs = [(ins.node_id, self._call_job("fit", ins, self.update_state.get(ins.node_id, {})))
-                for ins in instructions]
-        return self._run(jobs, timeout, "no result within the round deadline")
+        return self._run(self._jobs("fit", instructions), timeout, "no result within the round deadline")
 
     def evaluate(self, instructions: Sequence[EvaluateInstruction], timeout: float) -> Iterator[EvaluateOutcome]:
-        jobs = [(ins.node_id, self._call_job("evaluate", ins, None)) for ins in instructions]
-        return self._run(jobs, timeout, "no result within the round deadline")
+        return self._run(self._jobs("evaluate", instructions), timeout, "no result within the round deadline")
 
     def exchange(self, step: str, payloads: Mapping[str, bytes], timeout: float) -> Iterator[ExchangeOutcome]:
         """One protocol step for each node in ``payloads``; node state travels like a fit's."""
@@ -163,9 +163,19 @@ class RayPool(NodePool):
         return self._run([(node, job(node, payload)) for node, payload in payloads.items()], timeout,
                          f"no answer to {step} within the deadline")
 
-    @staticmethod
-    def _call_job(method: str, ins: Any, state: dict[str, Any] | None) -> Callable[[Any], Any]:
-        return lambda host: host.call.remote(method, ins, state)
+    def _jobs(self, method: str, instructions: Sequence[FitInstruction] | Sequence[EvaluateInstruction]) -> list[Job]:
+        """One job per instruction. The model goes into Ray's object store once per round,
+        not once per node; a fit carries its node's update state."""
+        self._start()
+        shared: dict[int, Any] = {}  # id(params) -> ObjectRef
+        jobs: list[Job] = []
+        for ins in instructions:
+            if id(ins.params) not in shared:
+                shared[id(ins.params)] = self._ray.put(ins.params)
+            bare = dataclasses.replace(ins, params=None)  # type: ignore[arg-type]  # they travel apart
+            state = self.update_state.get(ins.node_id, {}) if method == "fit" else None
+            jobs.append((ins.node_id, _call_job(method, bare, shared[id(ins.params)], state)))
+        return jobs
 
     # -- scheduling ---------------------------------------------------------------
 
@@ -269,6 +279,10 @@ class RayPool(NodePool):
         if self._started_ray:
             self._started_ray = False
             self._ray.shutdown()
+
+
+def _call_job(method: str, bare: Any, params: Any, state: dict[str, Any] | None) -> Callable[[Any], Any]:
+    return lambda host: host.call.remote(method, bare, params, state)
 
 
 def _first_line(exc: BaseException) -> str:
