@@ -4,6 +4,7 @@ and deadlines cost only the affected nodes, and a clear error without Ray."""
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 
 import potluck
 from potluck.apps.simulate import federation_spec, run_simulation
-from potluck.backends.ray_pool import RayPool, actors_that_fit
+from potluck.backends.ray_pool import RayPool, actors_that_fit, check_reachable
 from potluck.core.config import SimulationConfig
 from potluck.core.errors import ConfigError
 
@@ -129,3 +130,14 @@ def test_secure_aggregation_with_dropouts_on_ray_gives_the_in_process_model(ray_
     one, two = (run_simulation(c) for c in runs)
     assert one.final_params.digest == two.final_params.digest
     assert [r.num_nodes for r in one.records] == [r.num_nodes for r in two.records]
+
+
+def test_an_unreachable_cluster_is_a_config_error_within_seconds():
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(ConfigError, match=f"cannot reach the Ray cluster at --ray-address {address}"):
+            check_reachable(address)  # what a pool does before ray.init, which would retry for minutes
+    assert time.monotonic() - started < 10

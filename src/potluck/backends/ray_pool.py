@@ -29,6 +29,7 @@ import importlib
 import logging
 import math
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -233,7 +234,12 @@ class RayPool(NodePool):
         ray = self._ray
         if not ray.is_initialized():
             extra = {"include_dashboard": False} if self.address == "local" else {}
-            ray.init(address=self.address, logging_level=logging.WARNING, **extra)
+            check_reachable(self.address)
+            try:
+                ray.init(address=self.address, logging_level=logging.WARNING, **extra)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ConfigError(f"cannot use the Ray cluster at --ray-address {self.address}: "
+                                  f"{_first_line(exc)}") from exc
             self._started_ray = True
         resources = ray.cluster_resources()
         fits = actors_that_fit(resources, self.node_cpus, self.node_gpus)
@@ -283,6 +289,18 @@ class RayPool(NodePool):
 
 def _call_job(method: str, bare: Any, params: Any, state: dict[str, Any] | None) -> Callable[[Any], Any]:
     return lambda host: host.call.remote(method, bare, params, state)
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """``ConfigError`` unless a cluster address (HOST:PORT, ray://HOST:PORT) accepts a TCP
+    connection within ``timeout`` seconds; Ray itself would retry for minutes."""
+    if address in ("local", "auto"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at --ray-address {address}: {exc}") from exc
 
 
 def _first_line(exc: BaseException) -> str:
