@@ -92,8 +92,8 @@ def main() -> None:
 
     gb = opts.updates * opts.params * 4 / 1e9
     rows = [
-        ["floor: read once, 1 thread", floor1, gb / floor1, 1.0, float("nan")],
-        [f"floor: read once, {threads} threads", floor_t, gb / floor_t, floor_t / floor1, float("nan")],
+        ["floor: read once, 1 thread", floor1, gb / floor1, floor1 / floor_t, float("nan")],
+        [f"floor: read once, {threads} threads", floor_t, gb / floor_t, 1.0, float("nan")],
         ["FedAvg fold (inputs pre-validated)", plain, gb / plain, plain / floor_t, float("nan")],
         ["FedAvg fold + NaN/Inf check as added", checked, gb / checked, checked / floor_t, peaks[0] / model_mb],
         [f"FedAvg fold + fused NaN/Inf check (batch {opts.fused_batch})", fused, gb / fused, fused / floor_t,
@@ -102,7 +102,7 @@ def main() -> None:
     print(f"{opts.updates} updates × {opts.params:,} float32 = {gb:.1f} GB; model = {model_mb:.0f} MiB; "
           f"aggregator threads = {threads}; max |error| vs np.average = {error:.2e}; "
           f"load average {os.getloadavg()[0]:.2f}")
-    print(table(["step", "seconds", "GB/s", "× floor", "peak extra memory (models)"], rows))
+    print(table(["step", "seconds", "GB/s", f"× floor ({threads} threads)", "peak extra memory (models)"], rows))
 
 
 if __name__ == "__main__":
