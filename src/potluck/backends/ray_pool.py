@@ -139,6 +139,8 @@ class RayPool(NodePool):
     def __init__(self, spec: FederationSpec, node_ids: Sequence[str], *, address: str = "local",
                  actors: int | None = None, node_cpus: float = 1.0, node_gpus: float = 0.0) -> None:
         self._ray = import_ray()
+        if not self._ray.is_initialized():
+            check_reachable(address)  # at once: before the run directory is made
         self.spec = spec
         self._ids = list(node_ids)
         self.address, self.wanted, self.node_cpus, self.node_gpus = address, actors, node_cpus, node_gpus
