@@ -141,3 +141,27 @@ def test_an_unreachable_cluster_is_a_config_error_within_seconds():
         with pytest.raises(ConfigError, match=f"cannot reach the Ray cluster at --ray-address {address}"):
             check_reachable(address)  # what a pool does before ray.init, which would retry for minutes
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.slow
+def test_a_two_node_cluster_at_host_port_gives_the_in_process_digest(tmp_path, small_config):
+    # Two raylets on this machine (Ray's own test cluster), reached by --ray-address HOST:PORT
+    # from a separate `potluck simulate`, whose actors land on both nodes.
+    cluster_utils = pytest.importorskip("ray.cluster_utils")
+    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "include_dashboard": False, "object_store_memory": 100 * 2**20})
+    try:
+        cluster.add_node(num_cpus=1, object_store_memory=100 * 2**20)
+        cluster.wait_for_nodes()
+        args = ["--nodes", "4", "--rounds", "2", "--seed", "3", "-F", "epochs=1"]
+        ray_run = subprocess.run(
+            [sys.executable, "-m", "potluck.cli", "simulate", *args, "--backend", "ray", "--ray-address",
+             cluster.address, "--run-dir", str(tmp_path / "ray")], capture_output=True, text=True, timeout=300)
+        assert ray_run.returncode == 0, ray_run.stderr[-2000:]
+    finally:
+        cluster.shutdown()
+    local = run_simulation(small_config(tmp_path / "local", nodes=4, rounds=2, seed=3))
+    from potluck.core.params import Params
+
+    remote = Params.decode((tmp_path / "ray" / "model.safetensors").read_bytes())
+    assert remote.digest == local.final_params.digest
