@@ -15,12 +15,12 @@ Cost, for a model of ``M`` values and ``K`` updates:
   computed in the same order whatever the split, so results are bit-for-bit the same
   for any thread count.
 * ``check_finite="fold"`` fuses the check into the fold, so each update is read once:
-  every cache block of the batch's weighted sum is checked while it is in cache (a sum
-  is finite whenever its terms are), and only a suspect block is checked value by value.
-  The fold then writes into a second accumulator, so the first stays intact until the
-  batch is known good: a NaN/Inf found halfway through the model drops its update and
-  the batch is refolded from the intact sum without it, so no term of it remains. The price
-  is that a refusal comes late (when its batch is folded), so it is reported in
+  every cache block of the batch's weighted sum is checked while it is in cache (a NaN
+  or Inf term always reaches the sum), and only a suspect block is checked value by
+  value. The fold writes into a second accumulator, so the first stays intact until
+  the batch is known good: a NaN/Inf found halfway through the model drops its update
+  and the batch is refolded from the intact sum without it. The price is that a
+  refusal comes late (when its batch is folded), so it is reported in
   :attr:`WeightedMean.refused` instead of raised by its ``add``; memory is two
   accumulators, the second of which :meth:`WeightedMean.result` hands out as the mean.
   ``check_finite=False`` skips the check (the caller checked at decode time).
