@@ -13,6 +13,7 @@ from potluck.apps.run import assemble_run, make_protected_strategy
 from potluck.backends.dropout import DropoutPool
 from potluck.backends.inprocess import InProcessPool
 from potluck.backends.process_pool import ProcessPool
+from potluck.backends.ray_pool import RayPool
 from potluck.backends.signed import SignedPool
 from potluck.core.config import SimulationConfig
 from potluck.core.errors import ConfigError, RunDirError
@@ -66,7 +67,11 @@ def federation_spec(config: SimulationConfig) -> FederationSpec:
 
 def make_pool(config: SimulationConfig, federation: Federation) -> NodePool:
     pool: NodePool
-    if config.workers == 1:
+    if config.backend == "ray":  # imports Ray here, or refuses with ConfigError; starts it at the first round
+        pool = RayPool(federation.spec, list(federation.nodes), address=config.ray_address,
+                       actors=config.workers if config.workers > 1 else None, node_cpus=config.node_cpus,
+                       node_gpus=config.node_gpus)
+    elif config.workers == 1:
         pool = InProcessPool(federation.task, federation.nodes, attacks=federation.attacks)
     else:
         pool = ProcessPool(federation.spec, list(federation.nodes), config.workers or None)
@@ -87,6 +92,7 @@ def run_simulation(
         raise ConfigError("--resume needs the --run-dir of the run to continue")
     _check_round_size(config, make_protected_strategy(config))
     federation = build_federation(federation_spec(config))
+    nodes = make_pool(config, federation)  # before the run directory: a backend that cannot be used refuses first
     check = getattr(federation.task, "check_fit_config", None)
     if check is not None:
         check(config.fit)
@@ -99,7 +105,7 @@ def run_simulation(
     evaluator = (lambda p: federation.task.evaluate(p, test)) if len(test) else None
     set_process_log_fields(run_id=run.run_dir.path.name)
     monitor = run.monitor(run.run_dir.path.name)
-    pool = SignedPool(make_pool(config, federation), config.seed, lambda: run.ledger.run_id)  # simulation-only keys
+    pool = SignedPool(nodes, config.seed, lambda: run.ledger.run_id)  # simulation-only keys
     completed = False
     try:
         if monitor is not None:

@@ -25,7 +25,7 @@ Example:
 # What up passes on to its server and nodes: simulate's settings but those of virtual
 # nodes only (in-process workers, simulated attacks and dropouts); min_nodes is --nodes.
 UP_SETTINGS = frozenset(f.name for f in fields(SimulationConfig)) - {
-    "workers", "attack", "attack_fraction", "secagg_dropout", "secagg_dropout_at", "val_fraction", "min_nodes"}
+    "workers", "backend", "ray_address", "node_cpus", "node_gpus", "attack", "attack_fraction", "secagg_dropout", "secagg_dropout_at", "val_fraction", "min_nodes"}
 UP_NODES = 3  # node processes by default: each is a whole Python process
 
 

@@ -33,6 +33,7 @@ PARTITIONS = ("iid", "dirichlet", "shards", "natural", "contiguous")
 LOG_FORMATS = ("text", "json")
 ATTACKS = ("none", "sign-flip", "scale", "random")  # simulated Byzantine nodes: runtime/attacks.py
 SECAGG_DROPOUT_AT = ("masked-input", "unmask")
+BACKENDS = ("local", "ray")  # where simulate's virtual nodes run: backends/ (ray: backends/ray_pool.py)
 
 # Limits that keep accepted values usable downstream: an infinite wait, or one beyond
 # threading.TIMEOUT_MAX, raises OverflowError in the pools (30 days is far below that and
@@ -98,6 +99,13 @@ def _is_bulk_setting(value: str) -> bool:
     if value in ("auto", "off"):
         return True
     host, sep, port = value.rpartition(":")
+    return bool(sep and host) and port.isdigit() and int(port) <= 65535
+
+
+def _is_ray_address(value: str) -> bool:
+    if value in ("local", "auto"):
+        return True
+    host, sep, port = value.removeprefix("ray://").rpartition(":")
     return bool(sep and host) and port.isdigit() and int(port) <= 65535
 
 
@@ -185,6 +193,18 @@ class FederationSection(Settings):
                                        resumable=False, shown="none")
     workers: int = setting(1, "1: all nodes in this process; N > 1: N worker processes; 0: one per core.",
                            resumable=True, check=lambda v: v >= 0, rule="≥ 0 (0: one per core, 1: in-process)")
+    backend: str = setting("local", "Where the virtual nodes run: local (this process, or --workers processes) or "
+                           "ray (actors on a Ray cluster: --workers N > 1 of them, else as many as fit; needs "
+                           "potluck's ray extra).", resumable=True, **_one_of(BACKENDS))
+    ray_address: str = setting("local", "With --backend ray: local (start Ray here for the run), auto (the cluster "
+                               "`ray start` runs on this machine), HOST:PORT of a cluster's head, or ray://HOST:PORT.",
+                               resumable=True, check=_is_ray_address,
+                               rule="local, auto, HOST:PORT or ray://HOST:PORT")
+    node_cpus: float = setting(1.0, "CPUs each Ray actor reserves; it serves many virtual nodes, one at a time.",
+                               resumable=True, check=lambda v: 0 < v < math.inf, rule="a finite number > 0")
+    node_gpus: float = setting(0.0, "GPUs each Ray actor reserves; a fraction shares a GPU (0.25: four actors "
+                               "per GPU).", resumable=True, check=lambda v: 0 <= v < math.inf,
+                               rule="a finite number ≥ 0")
     attack: str = setting("none", "Simulated Byzantine nodes: none, sign-flip (send −Δ), scale (send 100·Δ) or "
                           "random (Gaussian noise of Δ's norm).", resumable=False, **_one_of(ATTACKS))
     attack_fraction: float = setting(0.0, "Fraction of nodes that attack, chosen from --seed.", resumable=False,
@@ -196,6 +216,9 @@ class FederationSection(Settings):
 
     def _rules(self) -> list[Rule]:
         return [
+            *((name, self.backend == "ray" or getattr(self, name) == default,
+               f"{show(default)} unless backend is ray (they place Ray actors)")
+              for name, default in (("ray_address", "local"), ("node_cpus", 1.0), ("node_gpus", 0.0))),
             ("attack_fraction", self.attack != "none" or self.attack_fraction == 0,
              "0 when attack is none (choose an attack too)"),
             ("attack_fraction", self.attack == "none" or self.attack_fraction * self.nodes >= 0.5,
