@@ -148,14 +148,25 @@ def simulate(
     outer_momentum: float = typer.Option(0.9, help="Outer Nesterov momentum."),
     drop: float = typer.Option(0.0, help="Probability that a peer crashes mid-reduction in a step (it rejoins the next)."),
     seed: int = typer.Option(0, help="Seed of the split, the model, the groups and the crashes."),
+    averaging: str = typer.Option("mean", help="How a part's owner reduces the chunks: mean, median or trimmed."),
+    trim: float = typer.Option(0.25, help="β of --averaging trimmed: the fraction dropped at each end."),
+    poisoners: int = typer.Option(0, help="Adversaries that send their pseudo-gradient times --poison-scale."),
+    poison_scale: float = typer.Option(-10.0, help="The poisoners' factor."),
+    forgers: int = typer.Option(0, help="Adversaries that sign their contributions with a key not theirs."),
+    liars: int = typer.Option(0, help="Adversaries that show a forked ledger head to half of their group."),
 ) -> None:
     out = CommandOutput("potluck.cli.peer")
     with failures_as_exit_codes(out.error):
         from potluck.apps.peer import run_simulation
+        from potluck.peer.robust import Averaging
         from potluck.peer.simulation import SimSettings
 
         settings = SimSettings(outer_steps=outer_steps, inner_epochs=inner_epochs, group_size=group_size,
-                               outer_lr=outer_lr, outer_momentum=outer_momentum, drop=drop, seed=seed)
+                               outer_lr=outer_lr, outer_momentum=outer_momentum, drop=drop, seed=seed,
+                               averaging=Averaging(averaging, trim), poisoners=poisoners, poison_scale=poison_scale,
+                               forgers=forgers, liars=liars)
         run_simulation(task, data_path, peers, settings, lambda r: out.result(
             f"step {r.step:>3}  mean loss {r.mean_loss:.4f}  groups {len(r.groups)}  crashed {len(r.dropped)}  "
-            f"lost parts {r.lost_parts}  distinct models {r.distinct_models}"))
+            f"lost parts {r.lost_parts}  distinct models {r.distinct_models}"
+            + (f"  refused {','.join(r.refused)}" if r.refused else "")
+            + (f"  equivocators {','.join(r.equivocators)}" if r.equivocators else "")))
