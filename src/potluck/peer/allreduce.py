@@ -117,6 +117,8 @@ class AllReduceOutcome:
     values: np.ndarray
     missing_parts: tuple[int, ...]
     contributors: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    signed: Mapping[str, str] = field(default_factory=dict)  # peer -> signed contribution root (lane)
+    refused: Mapping[str, str] = field(default_factory=dict)  # peer -> why its chunk was refused (lane)
 
     @property
     def complete(self) -> bool:

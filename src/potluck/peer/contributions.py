@@ -19,8 +19,9 @@ raises :class:`~potluck.core.errors.SignatureError` naming the sender and why.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -96,3 +97,53 @@ def check_chunk(c: Contribution, part: int, parts: int, chunk: np.ndarray, path:
     if not verify_inclusion(part_bytes(chunk), part, parts, path, root):
         raise SignatureError(f"chunk of part {part} from {c.peer!r} refused: it is not the part its signed "
                              f"contribution {c.root[:16]}… commits to")
+
+
+@dataclass(frozen=True)
+class Signer:
+    """Signs this peer's contributions and checks the others' on the lane (``exchange.py``).
+
+    ``key_of(peer)`` is the Ed25519 key of the peer's live member record (None: unknown).
+    """
+
+    run: str
+    key: SigningKey
+    key_of: Callable[[str], bytes | None]
+
+    def sign(self, me: str, step: int, group: str, weight: float, vector: np.ndarray,
+             bounds: Sequence[tuple[int, int]], chunks: MutableMapping[int, tuple[dict[str, Any], bytes]]) -> Contribution:
+        """Sign ``vector`` and put the signature and each part's Merkle path into its chunk header."""
+        c, tree = sign_contribution(self.key, me, self.run, step, group, weight, vector, bounds)
+        for part, (header, _) in chunks.items():
+            header.update(root=c.root, sig=c.signature, path=[h.hex() for h in tree.path(part)])
+        return c
+
+    def check(self, sender: str, step: int, group: str, weight: float, header: dict[str, Any], part: int,
+              parts: int, values: np.ndarray) -> Contribution:
+        """The sender's contribution, once its signature and the chunk's path check."""
+        root, sig, path = header.get("root"), header.get("sig"), header.get("path")
+        if not isinstance(root, str) or not isinstance(sig, str) or not isinstance(path, list):
+            raise SignatureError(f"chunk of part {part} from {sender!r} refused: it carries no signed contribution")
+        c = Contribution(sender, self.run, step, group, weight, root, sig)
+        check_contribution(c, self.key_of(sender), run=self.run, step=step, group=group)
+        try:
+            hashes = [bytes.fromhex(str(h)) for h in path]
+        except ValueError:
+            hashes = []
+        check_chunk(c, part, parts, values, hashes)
+        return c
+
+    def check_listed(self, listed: object, step: int, group: str) -> dict[str, Contribution]:
+        """Contributions an owner passes on (``[[peer, root, sig, weight], ...]``), each checked."""
+        if not isinstance(listed, list):
+            raise SignatureError("the signed contributions of a reduced part are not a list")
+        out = {}
+        for item in listed:
+            try:
+                peer, root, sig, weight = (str(item[0]), str(item[1]), str(item[2]), float(item[3]))
+            except (TypeError, IndexError, ValueError):
+                raise SignatureError(f"a malformed signed contribution {str(item)[:80]!r} in a reduced part") from None
+            c = Contribution(peer, self.run, step, group, weight, root, sig)
+            check_contribution(c, self.key_of(peer), run=self.run, step=step, group=group)
+            out[peer] = c
+        return out
