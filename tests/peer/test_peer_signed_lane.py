@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 
+from potluck.core.errors import PeerRefused, SignatureError
 from potluck.ledger.signing import derived_key
 from potluck.peer.allreduce import butterfly
 from potluck.peer.contributions import Signer
 from potluck.peer.exchange import Exchange, Member
+from potluck.peer.history import sign_head
 from potluck.peer.lane import Lane
 from potluck.peer.robust import Averaging
+from potluck.peer.witness import HeadWitness, claim_to_json
 
 pytest_plugins = ["peer_kit"]  # peer_tls, identities
 
@@ -82,3 +86,55 @@ def test_quantized_chunks_are_signed_as_the_owner_decodes_them(identities):
     outcomes = _run(identities, 3, vectors, [1.0, 1.0, 1.0], 20.0, quantize=True)
     for out in outcomes:
         assert out.complete and not out.refused and len(out.signed) == 3
+
+
+class _Liar(HeadWitness):
+    """Shows a forked history to every other member after the first."""
+
+    def claim(self, step, head, root, receiver):
+        forked = head if receiver in (self.me, "peer-0") else "f" * 64
+        return sign_head(self.key, self.run, self.me, step, forked, root)
+
+
+def test_a_peer_that_shows_two_heads_is_named_by_every_honest_member(identities):
+    keys = {i.peer_id: i.public_key for i in identities[:4]}
+
+    async def main():
+        exchanges, lanes, members = await _peers(identities, 4)
+        witnesses = []
+        for ex, ident in zip(exchanges, identities[:4]):
+            kind = _Liar if ident.peer_id == "peer-3" else HeadWitness
+            w = kind(ident.peer_id, "run", ident.signing_key, keys.get)
+            w.lane = ex.lane
+            ex.more_ops.update({"head": w.handle, "heads": w.handle})
+            witnesses.append(w)
+        try:
+            honest = await asyncio.gather(*[w.compare(1, members, "a" * 64, "r", 10.0) for w in witnesses])
+            again = await asyncio.gather(*[w.compare(2, members[:3], "b" * 64, "r", 10.0)
+                                           for w in witnesses if not isinstance(w, _Liar)])
+            return honest, again
+        finally:
+            for lane in lanes:
+                await lane.stop()
+
+    found, without_liar = asyncio.run(main())
+    for i in range(3):
+        assert [(e.peer, e.step) for e in found[i]] == [("peer-3", 1)], i
+        a, b = found[i][0].claims
+        assert {a.head, b.head} == {"a" * 64, "f" * 64}
+    assert all(f == [] for f in without_liar)  # honest peers alone: nobody named
+
+
+def test_a_passed_off_or_unsigned_head_claim_is_refused(identities):
+    keys = {i.peer_id: i.public_key for i in identities[:2]}
+    w = HeadWitness("peer-0", "run", identities[0].signing_key, keys.get)
+    other = sign_head(identities[1].signing_key, "run", "peer-1", 1, "h", "r")
+    with pytest.raises(SignatureError, match="passed off"):
+        w.handle("peer-2", {"op": "head", "step": 1, "claim": claim_to_json(other)})
+    forged = sign_head(identities[0].signing_key, "run", "peer-1", 1, "h", "r")
+    with pytest.raises(SignatureError, match="'peer-1'"):
+        w.handle("peer-1", {"op": "head", "step": 1, "claim": claim_to_json(forged)})
+    with pytest.raises(SignatureError, match="step 1"):
+        w.handle("peer-1", {"op": "head", "step": 2, "claim": claim_to_json(other)})
+    with pytest.raises(PeerRefused):
+        w.handle("peer-1", {"op": "heads", "step": 1, "claims": "x"})

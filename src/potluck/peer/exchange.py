@@ -94,6 +94,8 @@ class Exchange:
                  signer: Signer | None = None, averaging: Averaging = Averaging()) -> None:
         self.me, self.fingerprint_of, self.quantize = me, fingerprint_of, quantize
         self.signer, self.averaging = signer, averaging
+        # more ops served on this lane: op -> handler(caller id, header) (witness.py's head and heads)
+        self.more_ops: dict[str, Callable[[str, Header], tuple[Header, bytes]]] = {}
         self.lane: Lane | None = None
         self._sessions: dict[tuple[int, str], _Session] = {}
         self._views: dict[int, dict[str, tuple[str, ...]]] = {}
@@ -116,6 +118,8 @@ class Exchange:
         op, step, digest = header.get("op"), header.get("step"), header.get("group")
         if op == "view" and isinstance(step, int) and isinstance(header.get("members"), list):
             return self._store_view(caller.peer_id, step, header["members"])
+        if isinstance(op, str) and op in self.more_ops:
+            return self.more_ops[op](caller.peer_id, header)
         if op not in ("reduce", "gather", "parts?") or not isinstance(step, int) or not isinstance(digest, str):
             raise PeerRefused(f"malformed request from {caller.peer_id!r}: op {op!r}")
         if op == "parts?":
