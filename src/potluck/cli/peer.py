@@ -65,6 +65,8 @@ def peer(
     outer_momentum: float = typer.Option(0.9, help="Outer Nesterov momentum, in [0, 1)."),
     group_size: int = typer.Option(8, help="Largest averaging group."),
     quantize: bool = typer.Option(False, "--quantize", help="Send pseudo-gradient chunks as 8-bit codes (stochastic rounding)."),
+    averaging: str = typer.Option("mean", help="How a part's owner reduces the signed chunks: mean, median or trimmed."),
+    trim: float = typer.Option(0.25, help="β of --averaging trimmed: the fraction dropped at each end."),
     ttl: float = typer.Option(6.0, help="Seconds a DHT record lives; re-published every ttl/3 (a dead peer ages out after this)."),
     deadline_floor: float = typer.Option(5.0, help="Shortest matchmaking / all-reduce deadline, seconds."),
     deadline_ceiling: float = typer.Option(60.0, help="Longest matchmaking / all-reduce deadline, seconds (used until speeds are measured)."),
@@ -87,7 +89,7 @@ def peer(
                          run_id=run_id, task=task, data_path=data_path, host=host, advertise=advertise, port=port, dht_port=dht_port,
                          bootstrap=tuple(_address(b) for b in bootstrap or []), outer_steps=outer_steps,
                          inner_epochs=inner_epochs, outer_lr=outer_lr, outer_momentum=outer_momentum,
-                         group_size=group_size, quantize=quantize, ttl=ttl, deadline_floor=deadline_floor,
+                         group_size=group_size, quantize=quantize, averaging=averaging, trim=trim, ttl=ttl, deadline_floor=deadline_floor,
                          deadline_ceiling=deadline_ceiling, seed=seed, wait_for_peers=wait_for_peers, rendezvous_timeout=rendezvous_timeout, fit=parse_assignments(fit, "--fit"),
                          port_file=port_file)
         on_sigterm()
@@ -105,6 +107,9 @@ def up(
     group_size: int = typer.Option(8, help="Largest averaging group."),
     quantize: bool = typer.Option(False, "--quantize", help="8-bit pseudo-gradient chunks."),
     seed: int = typer.Option(0, help="Seed of the split, the model and the groups."),
+    partition: str = typer.Option("iid", help="How the data is split over the peers: iid or contiguous (one stretch of a text each)."),
+    averaging: str = typer.Option("mean", help="How a part's owner reduces the signed chunks: mean, median or trimmed."),
+    fit: Optional[list[str]] = typer.Option(None, "--fit", "-F", metavar="KEY=VALUE", help="A local training setting for every peer (repeatable)."),
     run_dir: Optional[Path] = typer.Option(None, help="Where everything is written.  [default: runs/<time>-peer-up]"),
 ) -> None:
     out = CommandOutput("potluck.cli.peer")
@@ -112,7 +117,8 @@ def up(
         from potluck.apps.peer import UpSettings, run_up
 
         settings = UpSettings(peers=peers, outer_steps=outer_steps, task=task, data_path=data_path,
-                              inner_epochs=inner_epochs, group_size=group_size, quantize=quantize, seed=seed)
+                              inner_epochs=inner_epochs, group_size=group_size, quantize=quantize, seed=seed,
+                              partition=partition, averaging=averaging, fit=parse_assignments(fit, "--fit"))
         folder = run_dir or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-peer-up"
         out.info(f"potluck peer up: {peers} peers over mutual TLS, run directory {folder}")
         on_sigterm()

@@ -77,6 +77,11 @@ class Directory:
         record = self.members.get(peer_id)
         return certificate_fingerprint(record) if record is not None else None
 
+    def key_of(self, peer_id: str) -> bytes | None:
+        """The Ed25519 key of the peer's live member record (None: not listed)."""
+        record = self.members.get(peer_id)
+        return record.public_key if record is not None else None
+
     def member(self, peer_id: str) -> Member:
         record = self.members[peer_id]
         return Member(peer_id, record.address, certificate_fingerprint(record))

@@ -9,7 +9,9 @@
         group ← find_group(s)                              DHT matchmaking, with a deadline
         ḡ  ← group all-reduce of g, weighted by examples   lane, with a deadline
         θ  ← Nesterov outer step(θ, ḡ)                     diloco.py
-        evaluate θ on the held-out slice of own data; commit step s (rundir.py)
+        evaluate θ on the held-out slice of own data
+        ledger entry s (group, signed contribution roots, θ's digest); commit step s (rundir.py)
+        compare ledger heads with the group (witness.py): equivocators are named
 
 The peer keeps its member record (address, certificate, key, current step)
 re-published every ``ttl / 3`` seconds from start to stop, so it is listed while it
@@ -24,7 +26,7 @@ import math
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +35,19 @@ import numpy as np
 from potluck.core.errors import ConfigError, DataError
 from potluck.core.files import atomic_write
 from potluck.core.messages import Scalar
-from potluck.peer.allreduce import part_bounds
+from potluck.peer.allreduce import AllReduceOutcome, part_bounds
+from potluck.peer.contributions import Signer
 from potluck.peer.dht import PeerDHT, members_key
 from potluck.peer.diloco import NesterovOuter, mixed_vector, pseudo_gradient, split_mixed, unflatten
 from potluck.peer.exchange import Exchange, Member
+from potluck.peer.history import Equivocation
 from potluck.peer.identity import load_identity
 from potluck.peer.lane import Lane
 from potluck.peer.matchmaking import Deadlines, Directory, find_group, rendezvous
 from potluck.peer.records import Trust, make_record
+from potluck.peer.robust import Averaging
 from potluck.peer.rundir import PeerRunDir
+from potluck.peer.witness import HeadWitness
 from potluck.tasks.builtin import resolve_task
 from potluck.tasks.data.dataset import Dataset
 from potluck.tasks.protocol import DataInfo, Task
@@ -70,6 +76,8 @@ class PeerConfig:
     outer_momentum: float = 0.9
     group_size: int = 8
     quantize: bool = False
+    averaging: str = "mean"
+    trim: float = 0.25
     ttl: float = 6.0
     deadline_floor: float = 5.0
     deadline_ceiling: float = 60.0
@@ -94,6 +102,7 @@ class PeerConfig:
         for port in (self.port, self.dht_port, *(p for _, p in self.bootstrap)):
             if not 0 <= port <= 65535:
                 raise ConfigError(f"port {port} is not in 0-65535")
+        Averaging(self.averaging, self.trim)  # checks both
 
 
 @dataclass(frozen=True)
@@ -113,6 +122,9 @@ class StepRecord:
     matchmaking_deadline: float
     allreduce_deadline: float
     model_digest: str
+    ledger_head: str = ""
+    refused: dict[str, str] = field(default_factory=dict)  # peer -> why its contribution was refused
+    equivocators: dict[str, str] = field(default_factory=dict)  # peer -> the evidence
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict; NaN (no training at step 0) becomes null, which JSON has."""
@@ -153,7 +165,7 @@ class _Peer:
         self.rundir = PeerRunDir(cfg.run_dir, cfg.run_id, cfg.peer_id)
         self.rundir.create()
         self.identity = load_identity(cfg.tls_dir, cfg.peer_id, self.rundir.key_file)
-        self.task: Task = resolve_task(cfg.task)
+        self.task: Task = resolve_task(cfg.task, options=cfg.fit)  # charlm takes its model's shape from -F
         self.train, self.held_out = split_holdout(self.task.load_data(cfg.data_path), cfg.seed)
         self.anchor = self.task.build(DataInfo.from_dataset(self.train), cfg.seed)
         self.outer = NesterovOuter(lr=cfg.outer_lr, momentum=cfg.outer_momentum)
@@ -162,11 +174,17 @@ class _Peer:
         if resumed is not None:
             self.start_step, self.anchor = resumed.step, resumed.anchor
             self.outer.load_state(resumed.outer_state)
+        self.ledger = self.rundir.load_ledger(self.start_step)
         self.directory = Directory({})
         self.dht = PeerDHT(Trust(self.identity.tls.ca, cfg.run_id))
-        self.exchange = Exchange(cfg.peer_id, self.directory.fingerprint_of, quantize=cfg.quantize)
+        signer = Signer(cfg.run_id, self.identity.signing_key, self.directory.key_of)
+        self.exchange = Exchange(cfg.peer_id, self.directory.fingerprint_of, quantize=cfg.quantize, signer=signer,
+                                 averaging=Averaging(cfg.averaging, cfg.trim))
         self.lane = Lane(self.identity, self.exchange.handle, max_payload=16 + 12 * self.anchor.num_values)  # a mixed [θ, v, g] part
         self.exchange.lane = self.lane
+        self.witness = HeadWitness(cfg.peer_id, cfg.run_id, self.identity.signing_key, self.directory.key_of)
+        self.witness.lane = self.lane
+        self.exchange.more_ops.update({"head": self.witness.handle, "heads": self.witness.handle})
         self.deadlines = Deadlines(floor=cfg.deadline_floor, ceiling=cfg.deadline_ceiling, ttl=cfg.ttl)
         self.step = self.start_step + 1
         self.address = (cfg.host, cfg.port)
@@ -196,8 +214,8 @@ class _Peer:
         return record
 
     async def _average(self, step: int, group: list[Member], mixed: bool, gradient: np.ndarray, weight: float,
-                       deadline: float) -> tuple[np.ndarray, int, list[Member]]:
-        """The group's mean pseudo-gradient, the count of lost parts and the group as agreed
+                       deadline: float) -> tuple[np.ndarray, AllReduceOutcome, list[Member]]:
+        """The group's mean pseudo-gradient, the all-reduce's outcome and the group as agreed
         (a fifth of the deadline settles it, exchange.agree). When the members' anchors
         differ, [θ, v, g] is averaged and this peer adopts θ̄ and v̄ (diloco.py)."""
         group = await self.exchange.agree(step, group, 0.2 * deadline)
@@ -206,11 +224,11 @@ class _Peer:
         outcome = await self.exchange.allreduce(step, group, vector, weight, deadline=deadline, seed=self.cfg.seed,
                                                 anchor="mixed" if mixed else self.anchor.digest)
         if not mixed:
-            return outcome.values, len(outcome.missing_parts), group
+            return outcome.values, outcome, group
         bounds = part_bounds(vector.shape[0], len(group))
         theta, velocity, mean = split_mixed(outcome.values, vector, [bounds[i] for i in outcome.missing_parts])
         self.anchor, self.outer.velocity = unflatten(theta, self.anchor), velocity
-        return mean, len(outcome.missing_parts), group
+        return mean, outcome, group
 
     def _commit(self, record: StepRecord) -> None:
         self.rundir.commit(record.step, self.anchor, self.outer.state(), record.to_json())
@@ -235,18 +253,25 @@ class _Peer:
                                           directory=self.directory, deadline=matchmaking_deadline,
                                           group_size=cfg.group_size, seed=cfg.seed, ttl=cfg.ttl)
         reduce_started = time.monotonic()
-        values, missing = gradient, 0
+        values, outcome = gradient, AllReduceOutcome(gradient, ())
         if len(group) >= 2:
-            values, missing, group = await self._average(step, group, len(set(anchors.values())) > 1, gradient, weight,
-                                                  allreduce_deadline)
+            values, outcome, group = await self._average(step, group, len(set(anchors.values())) > 1, gradient, weight,
+                                                         allreduce_deadline)
             self.deadlines.observe_allreduce(time.monotonic() - reduce_started)
         reduce_seconds = time.monotonic() - reduce_started
         self.anchor = self.outer.step(self.anchor, values)
         evaluation = await asyncio.to_thread(self.task.evaluate, self.anchor, self.held_out)
         record = StepRecord(step, cfg.peer_id, evaluation.loss, dict(evaluation.metrics),
                             float(out.metrics.get("train_loss", float("nan"))),
-                            tuple(m.peer_id for m in group) or (cfg.peer_id,), missing, round(inner, 3),
-                            round(reduce_started - started - inner, 3), round(reduce_seconds, 3),
+                            tuple(m.peer_id for m in group) or (cfg.peer_id,), len(outcome.missing_parts),
+                            round(inner, 3), round(reduce_started - started - inner, 3), round(reduce_seconds, 3),
                             round(matchmaking_deadline, 3), round(allreduce_deadline, 3), self.anchor.digest)
+        entry = self.ledger.append(step, record.group, sorted(outcome.signed.items()), self.anchor.digest)
+        self.rundir.save_ledger(self.ledger)
+        found: list[Equivocation] = []
+        if len(group) >= 2:  # bounded: a slow or dead member costs at most a fifth of the deadline
+            found = await self.witness.compare(step, group, self.ledger.head, entry["root"], 0.2 * allreduce_deadline)
+        record = replace(record, ledger_head=self.ledger.head, refused=dict(outcome.refused),
+                         equivocators={e.peer: str(e) for e in found})
         self._commit(record)
         return record
