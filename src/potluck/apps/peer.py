@@ -18,6 +18,7 @@ Layout of ``<run_dir>``::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -25,9 +26,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,10 +48,27 @@ POTLUCK = [sys.executable, "-m", "potluck.cli"]
 
 
 def run_one(cfg: PeerConfig, on_step: Callable[[StepRecord], None] | None = None) -> list[StepRecord]:
-    """Run one peer in this process until its last outer step."""
+    """Run one peer in this process until its last outer step. SIGTERM makes it leave:
+    the step in progress is abandoned (its last commit stays), the peer announces that
+    it leaves, and KeyboardInterrupt is raised (exit code 130 in the CLI)."""
     for noisy in ("kademlia", "rpcudp"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    return asyncio.run(run_peer(cfg, on_step))
+    try:
+        return asyncio.run(_leaving_on_sigterm(run_peer(cfg, on_step)))
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
+
+
+async def _leaving_on_sigterm(work: Coroutine[Any, Any, list[StepRecord]]) -> list[StepRecord]:
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await task
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
 
 
 @dataclass(frozen=True)

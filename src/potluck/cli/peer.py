@@ -75,6 +75,7 @@ def peer(
     rendezvous_timeout: float = typer.Option(60.0, help="Longest wait, seconds, for --wait-for-peers."),
     fit: Optional[list[str]] = typer.Option(None, "--fit", "-F", metavar="KEY=VALUE", help="A local training setting (repeatable)."),
     port_file: Optional[Path] = typer.Option(None, help="Write 'LANE_PORT DHT_PORT' here once listening."),
+    join: bool = typer.Option(False, "--join", help="Join a running swarm: fetch the model and outer state two other peers vouch for."),
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
@@ -91,7 +92,7 @@ def peer(
                          inner_epochs=inner_epochs, outer_lr=outer_lr, outer_momentum=outer_momentum,
                          group_size=group_size, quantize=quantize, averaging=averaging, trim=trim, ttl=ttl, deadline_floor=deadline_floor,
                          deadline_ceiling=deadline_ceiling, seed=seed, wait_for_peers=wait_for_peers, rendezvous_timeout=rendezvous_timeout, fit=parse_assignments(fit, "--fit"),
-                         port_file=port_file)
+                         port_file=port_file, join=join)
         on_sigterm()
         records = run_one(cfg, lambda r: out.result(_line(r.to_json())))
         out.result(f"potluck peer {peer_id}: {len(records)} steps, run directory {cfg.run_dir}")

@@ -89,7 +89,7 @@ class Directory:
 
 async def refresh(dht: PeerDHT, run: str, directory: Directory) -> None:
     records = await dht.read(*members_keys(run))
-    directory.members = {r.peer_id: r for r in records}
+    directory.members = {r.peer_id: r for r in records if r.kind == "member"}  # not those that left
 
 
 async def rendezvous(dht: PeerDHT, run: str, directory: Directory, peers: int, deadline: float,

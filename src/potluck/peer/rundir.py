@@ -76,7 +76,9 @@ class PeerRunDir:
         return (self.checkpoints / f"step-{step:04d}.safetensors",
                 self.checkpoints / f"step-{step:04d}.outer.safetensors")
 
-    def commit(self, step: int, anchor: Params, outer_state: Mapping[str, np.ndarray], record: Mapping[str, Any]) -> None:
+    def commit(self, step: int, anchor: Params, outer_state: Mapping[str, np.ndarray],
+               record: Mapping[str, Any]) -> tuple[bytes, bytes]:
+        """Commit step ``step``; returns the bytes written (model, outer state: b"" for none)."""
         model_file, outer_file = self._files(step)
         model_bytes = bytes(anchor.encode())
         outer_bytes = bytes(Params.from_arrays(dict(outer_state)).encode()) if outer_state else b""
@@ -89,6 +91,7 @@ class PeerRunDir:
         append_line(self.metrics, json.dumps(dict(record), sort_keys=True))
         for old in self._files(step - 2):
             remove(old)
+        return model_bytes, outer_bytes
 
     def resume(self) -> Committed | None:
         """The last committed step, or None for a fresh directory; RunDirError when the

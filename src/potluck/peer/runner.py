@@ -32,9 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from potluck.core.errors import ConfigError, DataError
+from potluck.core.errors import ConfigError, DataError, PeerRefused, PotluckError
 from potluck.core.files import atomic_write
 from potluck.core.messages import Scalar
+from potluck.core.params import Params
 from potluck.peer.allreduce import AllReduceOutcome, part_bounds
 from potluck.peer.contributions import Signer
 from potluck.peer.dht import PeerDHT, members_key
@@ -42,8 +43,9 @@ from potluck.peer.diloco import NesterovOuter, mixed_vector, pseudo_gradient, sp
 from potluck.peer.exchange import Exchange, Member
 from potluck.peer.history import Equivocation
 from potluck.peer.identity import load_identity
+from potluck.peer.joining import StateServer, fetch_state, vouched_state
 from potluck.peer.lane import Lane
-from potluck.peer.matchmaking import Deadlines, Directory, find_group, rendezvous
+from potluck.peer.matchmaking import Deadlines, Directory, find_group, refresh, rendezvous
 from potluck.peer.records import Trust, make_record
 from potluck.peer.robust import Averaging
 from potluck.peer.rundir import PeerRunDir
@@ -86,6 +88,7 @@ class PeerConfig:
     rendezvous_timeout: float = 60.0
     fit: dict[str, Scalar] = field(default_factory=dict)
     port_file: Path | None = None
+    join: bool = False
 
     def __post_init__(self) -> None:
         for name in ("outer_steps", "inner_epochs"):
@@ -125,6 +128,7 @@ class StepRecord:
     ledger_head: str = ""
     refused: dict[str, str] = field(default_factory=dict)  # peer -> why its contribution was refused
     equivocators: dict[str, str] = field(default_factory=dict)  # peer -> the evidence
+    joined_from: str = ""  # the peer this step's state was fetched from (joining.py)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict; NaN (no training at step 0) becomes null, which JSON has."""
@@ -149,7 +153,7 @@ async def run_peer(cfg: PeerConfig, on_step: Callable[[StepRecord], None] | None
     try:
         await peer.start()
         if peer.start_step == 0:
-            records.append(await peer.evaluate_start())
+            records.append(await (peer.join() if cfg.join else peer.evaluate_start()))
         for step in range(peer.start_step + 1, cfg.outer_steps + 1):
             records.append(await peer.outer_step(step))
     finally:
@@ -185,13 +189,15 @@ class _Peer:
         self.witness = HeadWitness(cfg.peer_id, cfg.run_id, self.identity.signing_key, self.directory.key_of)
         self.witness.lane = self.lane
         self.exchange.more_ops.update({"head": self.witness.handle, "heads": self.witness.handle})
+        self.state = StateServer()
+        self.exchange.more_ops["state?"] = self.state.handle
         self.deadlines = Deadlines(floor=cfg.deadline_floor, ceiling=cfg.deadline_ceiling, ttl=cfg.ttl)
         self.step = self.start_step + 1
         self.address = (cfg.host, cfg.port)
 
     def _record(self, kind: str, weight: float = 0.0) -> bytes:
         return make_record(self.identity, kind, self.cfg.run_id, self.address, step=self.step, now=time.time(),
-                           ttl=self.cfg.ttl, weight=weight, anchor=self.anchor.digest)
+                           ttl=self.cfg.ttl, weight=weight, anchor=self.anchor.digest, state=self.state.label)
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -203,8 +209,44 @@ class _Peer:
         await rendezvous(self.dht, cfg.run_id, self.directory, cfg.wait_for_peers, cfg.rendezvous_timeout)
 
     async def stop(self) -> None:
+        """Leave: announce it (a leave record replaces the member record), then close."""
+        try:
+            await self.dht.leave(members_key(self.cfg.run_id, self.cfg.peer_id), self._record("leave"))
+        except (PotluckError, OSError) as exc:
+            log.warning("could not announce leaving: %s", exc)
         await self.dht.stop()
         await self.lane.stop()
+
+    async def join(self) -> StepRecord:
+        """Adopt the newest committed state two other peers vouch for (joining.py) and
+        commit it as this peer's own; PeerRefused when none is given within the
+        rendezvous timeout."""
+        cfg = self.cfg
+        until = time.monotonic() + cfg.rendezvous_timeout
+        while True:
+            await refresh(self.dht, cfg.run_id, self.directory)
+            vouched = vouched_state(self.directory.members.values(), cfg.peer_id)
+            if vouched is not None:
+                servers = [self.directory.member(p) for p in vouched.vouchers]
+                try:
+                    model, outer = await fetch_state(self.lane, servers, vouched, max(1.0, until - time.monotonic()))
+                    break
+                except PotluckError as exc:
+                    log.warning("joining: %s", exc)
+            if time.monotonic() >= until:
+                raise PeerRefused(f"no model state vouched for by two peers arrived within {cfg.rendezvous_timeout:g} s "
+                                  f"({len(self.directory.members)} members listed)")
+            await asyncio.sleep(0.25)
+        anchor = Params.decode(model)
+        anchor.check_schema(self.anchor.schema, what=f"the model of step {vouched.step} from {servers[0].peer_id}")
+        self.anchor, self.start_step, self.step = anchor, vouched.step, vouched.step + 1
+        self.outer.load_state(dict(Params.decode(outer)) if outer else {})
+        evaluation = await asyncio.to_thread(self.task.evaluate, self.anchor, self.held_out)
+        record = StepRecord(vouched.step, cfg.peer_id, evaluation.loss, dict(evaluation.metrics), float("nan"),
+                            (cfg.peer_id,), 0, 0.0, 0.0, 0.0, 0.0, 0.0, self.anchor.digest,
+                            joined_from=",".join(vouched.vouchers))
+        self._commit(record)
+        return record
 
     async def evaluate_start(self) -> StepRecord:
         evaluation = await asyncio.to_thread(self.task.evaluate, self.anchor, self.held_out)
@@ -231,7 +273,7 @@ class _Peer:
         return mean, outcome, group
 
     def _commit(self, record: StepRecord) -> None:
-        self.rundir.commit(record.step, self.anchor, self.outer.state(), record.to_json())
+        self.state.update(record.step, *self.rundir.commit(record.step, self.anchor, self.outer.state(), record.to_json()))
         log.info("peer %s step %d: loss %.4f, group %s", record.peer, record.step, record.loss, ",".join(record.group))
         if self.on_step is not None:
             self.on_step(record)

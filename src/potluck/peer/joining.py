@@ -1,0 +1,119 @@
+"""Joining a running swarm: the current model and outer state, vouched for by others.
+
+Every member record carries the peer's last commit as ``state`` =
+``"STEP:MODEL_SHA256:OUTER_SHA256"`` (the SHA-256 of the anchor's and of the outer
+optimizer's safetensors bytes, as ``rundir.py`` writes them), signed with the record.
+A new peer (``potluck peer --join``) reads the member list, picks the newest state that
+at least two other peers vouch for (:func:`vouched_state`: the same string in two
+signed records), asks one of those peers for it over the lane::
+
+    state?   {op}   reply: {step, model: BYTES, outer: BYTES}, payload: model then outer
+
+and accepts the bytes only if both hashes equal the vouched digests
+(:func:`fetch_state`); a peer that serves anything else is named and the next voucher
+is asked. One lying peer cannot make a newcomer adopt its model: it would need a second
+certified peer to sign the same digests. The newcomer then commits that state as its
+own step and joins the next step's group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from potluck.core.errors import PeerRefused, PotluckError, SignatureError
+from potluck.peer.exchange import Member
+from potluck.peer.lane import Header, Lane
+from potluck.peer.records import PeerRecord
+
+log = logging.getLogger(__name__)
+
+
+def state_label(step: int, model: bytes, outer: bytes) -> str:
+    return f"{step}:{hashlib.sha256(model).hexdigest()}:{hashlib.sha256(outer).hexdigest()}"
+
+
+@dataclass(frozen=True)
+class Vouched:
+    """A committed state and the peers whose signed member records name it."""
+
+    step: int
+    model: str
+    outer: str
+    vouchers: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.step}:{self.model}:{self.outer}"
+
+
+def vouched_state(records: Iterable[PeerRecord], me: str, at_least: int = 2) -> Vouched | None:
+    """The newest state named by ``at_least`` member records of peers other than ``me``
+    (ties: more vouchers first); None if there is none."""
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for record in records:
+        if record.kind == "member" and record.peer_id != me and record.state:
+            by_label[record.state].append(record.peer_id)
+    best: Vouched | None = None
+    for label, peers in by_label.items():
+        parts = label.split(":")
+        if len(peers) < at_least or len(parts) != 3 or not parts[0].isdigit():
+            continue
+        candidate = Vouched(int(parts[0]), parts[1], parts[2], tuple(sorted(peers)))
+        if best is None or (candidate.step, len(candidate.vouchers)) > (best.step, len(best.vouchers)):
+            best = candidate
+    return best
+
+
+class StateServer:
+    """Serves this peer's last committed state to newcomers (the ``state?`` op)."""
+
+    def __init__(self) -> None:
+        self.step, self.model, self.outer = -1, b"", b""
+
+    @property
+    def label(self) -> str:
+        return state_label(self.step, self.model, self.outer) if self.step >= 0 else ""
+
+    def update(self, step: int, model: bytes, outer: bytes) -> None:
+        self.step, self.model, self.outer = step, model, outer
+
+    def handle(self, sender: str, header: Header) -> tuple[Header, bytes]:
+        if self.step < 0:
+            raise PeerRefused(f"{sender!r} asked for the state before this peer committed one")
+        return ({"ok": True, "step": self.step, "model": len(self.model), "outer": len(self.outer)},
+                self.model + self.outer)
+
+
+async def fetch_state(lane: Lane, servers: Sequence[Member], vouched: Vouched, timeout: float) -> tuple[bytes, bytes]:
+    """(model bytes, outer bytes) of ``vouched`` from the first of ``servers`` that gives
+    exactly those; PeerRefused naming each server that failed and why."""
+    until, failures = time.monotonic() + timeout, []
+    for server in servers:
+        left = until - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            reply, payload = await lane.call(server.address, server.peer_id, server.fingerprint, {"op": "state?"},
+                                             timeout=left)
+            return _check(server.peer_id, reply, payload, vouched)
+        except PotluckError as exc:
+            log.warning("joining: %s", exc)
+            failures.append(f"{server.peer_id}: {exc}")
+    raise PeerRefused(f"no peer gave the state of step {vouched.step} vouched for by {', '.join(vouched.vouchers)}: "
+                      + ("; ".join(failures) or f"none answered within {timeout:.1f} s"))
+
+
+def _check(peer: str, reply: Header, payload: bytes, vouched: Vouched) -> tuple[bytes, bytes]:
+    size = reply.get("model")
+    if not isinstance(size, int) or not 0 <= size <= len(payload):
+        raise PeerRefused(f"{peer!r} sent a malformed state reply")
+    model, outer = payload[:size], payload[size:]
+    if reply.get("step") != vouched.step or state_label(vouched.step, model, outer) != vouched.label:
+        raise SignatureError(f"{peer!r} served a state that is not the one {', '.join(vouched.vouchers)} signed "
+                             f"for step {vouched.step}")
+    return model, outer
