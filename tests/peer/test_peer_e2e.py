@@ -82,3 +82,38 @@ def test_peer_up_prints_every_peers_loss_per_step(tmp_path):
         for step in (0, 1, 2):
             assert any(line.startswith(f"{peer_id}  step {step:>3}  loss ") for line in result.output.splitlines())
     assert "3 peers finished with the same model" in result.output
+
+
+def test_a_late_peer_joins_with_the_vouched_state_and_a_leaving_peer_is_dropped_at_once(tmp_path):
+    import signal
+
+    from potluck.apps.peer import peer_command
+
+    run_dir = tmp_path / "swarm"
+    settings = UpSettings(peers=4, outer_steps=40, seed=3, extra=("--wait-for-peers", "3", "--deadline-floor", "3"))
+    run_dir.mkdir()
+    ids = prepare(settings, run_dir)
+    peers = start_peers(settings, run_dir, ids[:3])
+    try:
+        _wait_for_step(peers, 2, timeout=600)
+        dht_port = (run_dir / "peer-000" / "ports").read_text().split()[1]
+        peers.spawn("peer-003", [*peer_command(settings, run_dir, "peer-003", f"127.0.0.1:{dht_port}"), "--join"])
+        _wait_for_step(peers, 1, timeout=600)  # every peer, the newcomer too, has committed
+        peers.procs["peer-001"].send_signal(signal.SIGTERM)  # leaves, and says so
+        assert peers.procs["peer-001"].wait(60) == 130, peers.tail("peer-001")
+        lines = follow(peers)
+    finally:
+        peers.stop_all()
+    joined = lines["peer-003"][0]
+    assert joined["step"] >= 2 and len(joined["joined_from"].split(",")) >= 2, joined
+    vouched = [r["model_digest"] for r in lines["peer-000"] if r["step"] == joined["step"]]
+    assert vouched == [joined["model_digest"]], "the newcomer adopted the state the others committed"
+    left_at = max(r["step"] for r in lines["peer-001"])
+    for peer_id in ("peer-000", "peer-002", "peer-003"):
+        assert peers.procs[peer_id].returncode == 0, peers.tail(peer_id)
+        records = lines[peer_id]
+        assert records[-1]["step"] == 40 and records[-1]["loss"] < lines["peer-000"][0]["loss"]
+        assert all("peer-001" not in r["group"] for r in records if r["step"] > left_at + 1), records
+        assert all(not r["refused"] and not r["equivocators"] for r in records[1:])
+    assert "peer-003" in lines["peer-000"][-1]["group"]
+    assert len({lines[p][-1]["model_digest"] for p in ("peer-000", "peer-002", "peer-003")}) == 1
