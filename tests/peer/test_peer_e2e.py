@@ -28,6 +28,13 @@ def test_three_peers_train_digits_to_one_model(tmp_path):
         assert all(r["allreduce_seconds"] <= r["allreduce_deadline"] + 1.0 for r in records[1:])
         committed = PeerRunDir(tmp_path / "swarm" / peer_id, "swarm", peer_id).resume()
         assert committed is not None and (committed.step, committed.anchor.digest) == (3, final)
+        rundir = PeerRunDir(tmp_path / "swarm" / peer_id, "swarm", peer_id)
+        ledger = rundir.load_ledger(3)  # verifies the chain
+        assert [e["step"] for e in ledger.entries] == [1, 2, 3] and ledger.entries[-1]["model"] == final
+        assert all(len(e["contributions"]) == 3 for e in ledger.entries), "every member's signed root recorded"
+        assert records[-1]["ledger_head"] == ledger.head and not records[-1]["equivocators"]
+    heads = {PeerRunDir(tmp_path / "swarm" / p, "swarm", p).load_ledger(3).head for p in lines}
+    assert len(heads) == 1, "members that always averaged together keep identical ledgers"
 
 
 def test_killing_a_peer_mid_run_leaves_the_others_going_within_their_deadlines(tmp_path):

@@ -172,3 +172,16 @@ def test_a_forger_is_refused_and_named_and_a_liar_is_caught(digits8):
     assert simulate_peers(task, splits, initial, SimSettings(outer_steps=1, group_size=8))[0].equivocators == {}
     with pytest.raises(ConfigError, match="adversaries"):
         SimSettings(poisoners=5, liars=4).adversaries(["a"] * 8)
+
+
+@pytest.mark.slow
+def test_the_untrusted_peers_benchmark_runs_at_small_sizes():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "benchmarks/peer_untrusted.py", "--peers", "4", "--steps", "1",
+                           "--size", "1000"], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "2 poisoners, median" in done.stdout and "reduce one part" in done.stdout
