@@ -97,7 +97,7 @@ def test_a_late_peer_joins_with_the_vouched_state_and_a_leaving_peer_is_dropped_
     from potluck.apps.peer import peer_command
 
     run_dir = tmp_path / "swarm"
-    settings = UpSettings(peers=4, outer_steps=40, seed=3, extra=("--wait-for-peers", "3", "--deadline-floor", "3"))
+    settings = UpSettings(peers=4, outer_steps=1000, seed=3, extra=("--wait-for-peers", "3", "--deadline-floor", "3"))
     run_dir.mkdir()
     ids = prepare(settings, run_dir)
     peers = start_peers(settings, run_dir, ids[:3])
@@ -105,22 +105,41 @@ def test_a_late_peer_joins_with_the_vouched_state_and_a_leaving_peer_is_dropped_
         _wait_for_step(peers, 2, timeout=600)
         dht_port = (run_dir / "peer-000" / "ports").read_text().split()[1]
         peers.spawn("peer-003", [*peer_command(settings, run_dir, "peer-003", f"127.0.0.1:{dht_port}"), "--join"])
-        _wait_for_step(peers, 1, timeout=600)  # every peer, the newcomer too, has committed
+        joined_at = _committed(peers, ["peer-003"], 1)
         peers.procs["peer-001"].send_signal(signal.SIGTERM)  # leaves, and says so
         assert peers.procs["peer-001"].wait(60) == 130, peers.tail("peer-001")
-        lines = follow(peers)
+        left_at = _committed(peers, ["peer-001"], 0)
+        _committed(peers, ["peer-000", "peer-002", "peer-003"], max(joined_at, left_at) + 3)
     finally:
-        peers.stop_all()
+        peers.stop_all()  # SIGTERM: they leave
+    lines = {p: _metrics_of(run_dir / p) for p in ids}
     joined = lines["peer-003"][0]
-    assert joined["step"] >= 2 and len(joined["joined_from"].split(",")) >= 2, joined
-    vouched = [r["model_digest"] for r in lines["peer-000"] if r["step"] == joined["step"]]
+    assert joined["step"] == joined_at >= 2 and len(joined["joined_from"].split(",")) >= 2, joined
+    vouched = [r["model_digest"] for r in lines["peer-000"] if r["step"] == joined_at]
     assert vouched == [joined["model_digest"]], "the newcomer adopted the state the others committed"
-    left_at = max(r["step"] for r in lines["peer-001"])
     for peer_id in ("peer-000", "peer-002", "peer-003"):
-        assert peers.procs[peer_id].returncode == 0, peers.tail(peer_id)
         records = lines[peer_id]
-        assert records[-1]["step"] == 40 and records[-1]["loss"] < lines["peer-000"][0]["loss"]
         assert all("peer-001" not in r["group"] for r in records if r["step"] > left_at + 1), records
         assert all(not r["refused"] and not r["equivocators"] for r in records[1:])
-    assert "peer-003" in lines["peer-000"][-1]["group"]
-    assert len({lines[p][-1]["model_digest"] for p in ("peer-000", "peer-002", "peer-003")}) == 1
+        assert records[-1]["loss"] < lines["peer-000"][0]["loss"]
+    assert any("peer-003" in r["group"] for r in lines["peer-000"]), "the newcomer averages with the others"
+
+
+def _committed(peers: Peers, ids: list[str], step: int, timeout: float = 600) -> int:
+    """The lowest committed step of ``ids`` once each has committed ``step`` or more."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        steps = []
+        for peer_id in ids:
+            try:
+                steps.append(json.loads((peers.run_dir / peer_id / "state.json").read_text())["step"])
+            except (OSError, ValueError):
+                pass
+        if len(steps) == len(ids) and min(steps) >= step:
+            return int(min(steps))
+        time.sleep(0.2)
+    raise AssertionError(f"{ids} did not commit step {step} within {timeout} s")
+
+
+def _metrics_of(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

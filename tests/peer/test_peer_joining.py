@@ -44,7 +44,7 @@ def test_the_state_is_fetched_and_a_server_of_other_bytes_is_named(identities):
         for ident, (model, outer) in zip(identities[:3], [(b"", b""), (b"a lie", OUTER), (MODEL, OUTER)]):
             ex, server = Exchange(ident.peer_id, prints.get), StateServer()
             if model:
-                server.update(4, model, outer)
+                server.update(4, model, outer, [0.5, "x", -1.0, 0.7])
             ex.more_ops["state?"] = server.handle
             lane = Lane(ident, ex.handle, timeout=5.0)
             lanes.append(lane)
@@ -60,7 +60,8 @@ def test_the_state_is_fetched_and_a_server_of_other_bytes_is_named(identities):
             for lane in lanes:
                 await lane.stop()
 
-    assert asyncio.run(main()) == (MODEL, OUTER)
+    got = asyncio.run(main())
+    assert (got.model, got.outer, got.server, got.allreduces) == (MODEL, OUTER, "peer-2", (0.5, 0.7))
 
 
 def test_a_peer_that_left_is_no_longer_a_member(identities):

@@ -7,13 +7,17 @@ A new peer (``potluck peer --join``) reads the member list, picks the newest sta
 at least two other peers vouch for (:func:`vouched_state`: the same string in two
 signed records), asks one of those peers for it over the lane::
 
-    state?   {op}   reply: {step, model: BYTES, outer: BYTES}, payload: model then outer
+    state?   {op}   reply: {step, model: BYTES, outer: BYTES, allreduces: [SECONDS, ...]},
+                    payload: model then outer
 
 and accepts the bytes only if both hashes equal the vouched digests
 (:func:`fetch_state`); a peer that serves anything else is named and the next voucher
 is asked. One lying peer cannot make a newcomer adopt its model: it would need a second
 certified peer to sign the same digests. The newcomer then commits that state as its
-own step and joins the next step's group.
+own step and joins the next step's group. It starts its all-reduce deadline from the
+server's last measured all-reduce durations (``allreduces``; unsigned, but any value is
+clamped to the deadline floor and ceiling), not from the ceiling: a newcomer that waited
+the ceiling for a member lost mid-reduce would fall behind the others for many steps.
 """
 
 from __future__ import annotations
@@ -74,24 +78,35 @@ class StateServer:
 
     def __init__(self) -> None:
         self.step, self.model, self.outer = -1, b"", b""
+        self.allreduces: list[float] = []
 
     @property
     def label(self) -> str:
         return state_label(self.step, self.model, self.outer) if self.step >= 0 else ""
 
-    def update(self, step: int, model: bytes, outer: bytes) -> None:
-        self.step, self.model, self.outer = step, model, outer
+    def update(self, step: int, model: bytes, outer: bytes, allreduces: Sequence[float] = ()) -> None:
+        self.step, self.model, self.outer, self.allreduces = step, model, outer, list(allreduces)
 
     def handle(self, sender: str, header: Header) -> tuple[Header, bytes]:
         if self.step < 0:
             raise PeerRefused(f"{sender!r} asked for the state before this peer committed one")
-        return ({"ok": True, "step": self.step, "model": len(self.model), "outer": len(self.outer)},
-                self.model + self.outer)
+        return ({"ok": True, "step": self.step, "model": len(self.model), "outer": len(self.outer),
+                 "allreduces": self.allreduces}, self.model + self.outer)
 
 
-async def fetch_state(lane: Lane, servers: Sequence[Member], vouched: Vouched, timeout: float) -> tuple[bytes, bytes]:
-    """(model bytes, outer bytes) of ``vouched`` from the first of ``servers`` that gives
-    exactly those; PeerRefused naming each server that failed and why."""
+@dataclass(frozen=True)
+class Fetched:
+    """A state as a newcomer received and checked it."""
+
+    model: bytes
+    outer: bytes
+    server: str
+    allreduces: tuple[float, ...]
+
+
+async def fetch_state(lane: Lane, servers: Sequence[Member], vouched: Vouched, timeout: float) -> Fetched:
+    """The state ``vouched`` from the first of ``servers`` that gives exactly its bytes;
+    PeerRefused naming each server that failed and why."""
     until, failures = time.monotonic() + timeout, []
     for server in servers:
         left = until - time.monotonic()
@@ -108,7 +123,7 @@ async def fetch_state(lane: Lane, servers: Sequence[Member], vouched: Vouched, t
                       + ("; ".join(failures) or f"none answered within {timeout:.1f} s"))
 
 
-def _check(peer: str, reply: Header, payload: bytes, vouched: Vouched) -> tuple[bytes, bytes]:
+def _check(peer: str, reply: Header, payload: bytes, vouched: Vouched) -> Fetched:
     size = reply.get("model")
     if not isinstance(size, int) or not 0 <= size <= len(payload):
         raise PeerRefused(f"{peer!r} sent a malformed state reply")
@@ -116,4 +131,6 @@ def _check(peer: str, reply: Header, payload: bytes, vouched: Vouched) -> tuple[
     if reply.get("step") != vouched.step or state_label(vouched.step, model, outer) != vouched.label:
         raise SignatureError(f"{peer!r} served a state that is not the one {', '.join(vouched.vouchers)} signed "
                              f"for step {vouched.step}")
-    return model, outer
+    listed = reply.get("allreduces")
+    durations = [float(x) for x in listed[-5:] if isinstance(x, (int, float)) and 0 < x < 3600] if isinstance(listed, list) else []
+    return Fetched(model, outer, peer, tuple(durations))

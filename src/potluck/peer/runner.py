@@ -229,7 +229,7 @@ class _Peer:
             if vouched is not None:
                 servers = [self.directory.member(p) for p in vouched.vouchers]
                 try:
-                    model, outer = await fetch_state(self.lane, servers, vouched, max(1.0, until - time.monotonic()))
+                    fetched = await fetch_state(self.lane, servers, vouched, max(1.0, until - time.monotonic()))
                     break
                 except PotluckError as exc:
                     log.warning("joining: %s", exc)
@@ -237,10 +237,12 @@ class _Peer:
                 raise PeerRefused(f"no model state vouched for by two peers arrived within {cfg.rendezvous_timeout:g} s "
                                   f"({len(self.directory.members)} members listed)")
             await asyncio.sleep(0.25)
-        anchor = Params.decode(model)
-        anchor.check_schema(self.anchor.schema, what=f"the model of step {vouched.step} from {servers[0].peer_id}")
+        anchor = Params.decode(fetched.model)
+        anchor.check_schema(self.anchor.schema, what=f"the model of step {vouched.step} from {fetched.server}")
         self.anchor, self.start_step, self.step = anchor, vouched.step, vouched.step + 1
-        self.outer.load_state(dict(Params.decode(outer)) if outer else {})
+        self.outer.load_state(dict(Params.decode(fetched.outer)) if fetched.outer else {})
+        for seconds in fetched.allreduces:  # start from the swarm's measured speed, not the ceiling
+            self.deadlines.observe_allreduce(seconds)
         evaluation = await asyncio.to_thread(self.task.evaluate, self.anchor, self.held_out)
         record = StepRecord(vouched.step, cfg.peer_id, evaluation.loss, dict(evaluation.metrics), float("nan"),
                             (cfg.peer_id,), 0, 0.0, 0.0, 0.0, 0.0, 0.0, self.anchor.digest,
@@ -273,7 +275,8 @@ class _Peer:
         return mean, outcome, group
 
     def _commit(self, record: StepRecord) -> None:
-        self.state.update(record.step, *self.rundir.commit(record.step, self.anchor, self.outer.state(), record.to_json()))
+        written = self.rundir.commit(record.step, self.anchor, self.outer.state(), record.to_json())
+        self.state.update(record.step, *written, self.deadlines.allreduces)
         log.info("peer %s step %d: loss %.4f, group %s", record.peer, record.step, record.loss, ",".join(record.group))
         if self.on_step is not None:
             self.on_step(record)
