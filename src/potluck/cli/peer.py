@@ -41,8 +41,13 @@ def _line(record: dict[str, object]) -> str:
     extra = "".join(f"  {k} {float(v):.4f}" for k, v in metrics.items()) if isinstance(metrics, dict) else ""
     group = record.get("group") or []
     missing = f"  missing parts {record['missing_parts']}" if record.get("missing_parts") else ""
+    named = ""
+    for key in ("refused", "equivocators", "joined_from"):  # peers named by this step
+        value = record.get(key)
+        if value and isinstance(value, (dict, str)):
+            named += f"  {key.replace('_', ' ')} {','.join(sorted(value)) if isinstance(value, dict) else value}"
     return (f"{record['peer']}  step {record['step']:>3}  loss {loss:.4f}{extra}  group {len(group)}"  # type: ignore[arg-type]
-            f"{missing}  model {str(record['model_digest'])[:12]}")
+            f"{missing}  model {str(record['model_digest'])[:12]}{named}")
 
 
 @app.callback(invoke_without_command=True)
