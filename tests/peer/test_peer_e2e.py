@@ -143,3 +143,20 @@ def _committed(peers: Peers, ids: list[str], step: int, timeout: float = 600) ->
 
 def _metrics_of(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_character_language_model_trains_across_peers_on_contiguous_text(tmp_path):
+    rng = __import__("numpy").random.default_rng(0)
+    words = ["the", "king", "shall", "speak", "to", "thee", "my", "lord", "and", "queen"]
+    text = "\n".join(" ".join(rng.choice(words, 8)) for _ in range(1500))
+    (tmp_path / "input.txt").write_text(text)
+    fit = {"vocab": "byte", "steps": 10, "context": 16, "width": 16, "depth": 1, "heads": 2, "batch_size": 16}
+    settings = UpSettings(peers=2, outer_steps=2, task="charlm", data_path=tmp_path / "input.txt",
+                          partition="contiguous", averaging="median", fit=fit, seed=0)
+    lines = run_up(settings, tmp_path / "lm")
+    for records in lines.values():
+        assert [r["step"] for r in records] == [0, 1, 2]
+        assert records[-1]["loss"] < 0.8 * records[0]["loss"] and "perplexity" in records[-1]["metrics"]
+    assert len({records[-1]["model_digest"] for records in lines.values()}) == 1
+    with pytest.raises(Exception, match="vocab=byte"):
+        run_up(UpSettings(peers=2, task="charlm", data_path=tmp_path / "input.txt", fit={"vocab": "char"}), tmp_path / "x")

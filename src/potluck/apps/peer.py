@@ -2,8 +2,8 @@
 
 ``peer up`` makes a fresh CA and one peer certificate per peer, splits the task's data
 (``--partition``: IID, seeded, or contiguous: one stretch of a text per peer) into one
-NPZ file per peer (a text task's blocks with ``-F vocab=byte``, so that every peer has
-the same vocabulary), and starts the peers as processes on
+NPZ file per peer (a text task's blocks, in charlm's byte vocabulary: ``-F vocab=char``
+is refused, since a vocabulary made from each peer's share would differ between peers), and starts the peers as processes on
 127.0.0.1: peer 0 first, then each next peer bootstrapping from the DHT address of the
 one before it (any peer can be the bootstrap; none is special). It follows every
 peer's ``metrics.jsonl`` and stops each child by PID at the end, on error or Ctrl-C.
@@ -102,7 +102,7 @@ def prepare(settings: UpSettings, run_dir: Path) -> list[str]:
     task = resolve_task(settings.task, options=settings.fit)
     data = task.load_data(settings.data_path)
     if isinstance(task, CharLMTask) and task.settings.vocab != "byte":
-        raise ConfigError(f"task {settings.task}: peers read their share as blocks of bytes; pass -F vocab=byte "
+        raise ConfigError(f"task {settings.task}: peers read their share as blocks of bytes; use -F vocab=byte "
                           "(a char vocabulary made from each peer's share would differ from peer to peer)")
     (run_dir / "data").mkdir(parents=True, exist_ok=True)
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
