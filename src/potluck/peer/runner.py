@@ -197,7 +197,8 @@ class _Peer:
 
     def _record(self, kind: str, weight: float = 0.0) -> bytes:
         return make_record(self.identity, kind, self.cfg.run_id, self.address, step=self.step, now=time.time(),
-                           ttl=self.cfg.ttl, weight=weight, anchor=self.anchor.digest, state=self.state.label)
+                           ttl=self.cfg.ttl, weight=weight, anchor=self.anchor.digest,
+                           state="" if kind == "ready" else self.state.label)  # ready records stay small
 
     async def start(self) -> None:
         cfg = self.cfg
