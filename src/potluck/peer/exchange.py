@@ -248,6 +248,9 @@ class Exchange:
         for sender, header, payload in session.pending:
             try:
                 self._accept(session, sender, header, payload)
+            except SignatureError as exc:  # an early chunk its sender did not sign: named like a late one
+                session.refused.setdefault(sender, str(exc))
+                self.refused.append(str(exc))
             except (PotluckError, TypeError, ValueError, KeyError) as exc:
                 self.refused.append(str(exc))
         session.pending.clear()

@@ -79,9 +79,9 @@ class HeadWitness:
                                  f"not run {self.run!r} step {step}")
         check_claim(claim, self.key_of(claim.peer))
         kept = self._claims.setdefault(step, {})
-        while len(self._claims) > MAX_STEPS:
-            del self._claims[min(self._claims)]
-            self._heard.pop(min(self._heard, default=0), None)
+        for store in (self._claims, self._heard):  # only the last MAX_STEPS steps
+            while len(store) > MAX_STEPS:
+                del store[min(store)]
         if len(kept) < MAX_CLAIMS:
             kept[(claim.peer, claim.head)] = claim
 
