@@ -44,7 +44,8 @@ def test_the_state_is_fetched_and_a_server_of_other_bytes_is_named(identities):
         for ident, (model, outer) in zip(identities[:3], [(b"", b""), (b"a lie", OUTER), (MODEL, OUTER)]):
             ex, server = Exchange(ident.peer_id, prints.get), StateServer()
             if model:
-                server.update(4, model, outer, [0.5, "x", -1.0, 0.7])
+                server.update(4, model, outer, [])
+                server.update(5, b"the next step", b"", [0.5, "x", -1.0, 0.7])  # committed again meanwhile: step 4 is still served
             ex.more_ops["state?"] = server.handle
             lane = Lane(ident, ex.handle, timeout=5.0)
             lanes.append(lane)
@@ -55,6 +56,8 @@ def test_the_state_is_fetched_and_a_server_of_other_bytes_is_named(identities):
                 await fetch_state(lanes[0], members[1:2], vouched, 10.0)
             with pytest.raises(PeerRefused, match="before this peer committed"):
                 await fetch_state(lanes[1], members[:1], vouched, 10.0)
+            with pytest.raises(PeerRefused, match="state of step 2; this peer holds steps 4, 5"):
+                await fetch_state(lanes[0], members[2:], Vouched(2, "m", "o", ("peer-2",)), 10.0)
             return got
         finally:
             for lane in lanes:

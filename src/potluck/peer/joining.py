@@ -7,7 +7,7 @@ A new peer (``potluck peer --join``) reads the member list, picks the newest sta
 at least two other peers vouch for (:func:`vouched_state`: the same string in two
 signed records), asks one of those peers for it over the lane::
 
-    state?   {op}   reply: {step, model: BYTES, outer: BYTES, allreduces: [SECONDS, ...]},
+    state?   {op, step}   reply: {step, model: BYTES, outer: BYTES, allreduces: [SECONDS, ...]},
                     payload: model then outer
 
 and accepts the bytes only if both hashes equal the vouched digests
@@ -74,24 +74,34 @@ def vouched_state(records: Iterable[PeerRecord], me: str, at_least: int = 2) -> 
 
 
 class StateServer:
-    """Serves this peer's last committed state to newcomers (the ``state?`` op)."""
+    """Serves this peer's committed states to newcomers (the ``state?`` op): the last one,
+    and the one before, so that a newcomer that read the member list just before this
+    peer committed again still gets the state it chose (and a mismatch means a lie)."""
 
     def __init__(self) -> None:
         self.step, self.model, self.outer = -1, b"", b""
         self.allreduces: list[float] = []
+        self._previous: tuple[int, bytes, bytes] = (-1, b"", b"")
 
     @property
     def label(self) -> str:
         return state_label(self.step, self.model, self.outer) if self.step >= 0 else ""
 
     def update(self, step: int, model: bytes, outer: bytes, allreduces: Sequence[float] = ()) -> None:
+        self._previous = (self.step, self.model, self.outer)
         self.step, self.model, self.outer, self.allreduces = step, model, outer, list(allreduces)
 
     def handle(self, sender: str, header: Header) -> tuple[Header, bytes]:
+        wanted = header.get("step", self.step)
         if self.step < 0:
             raise PeerRefused(f"{sender!r} asked for the state before this peer committed one")
-        return ({"ok": True, "step": self.step, "model": len(self.model), "outer": len(self.outer),
-                 "allreduces": self.allreduces}, self.model + self.outer)
+        held = {self.step: (self.model, self.outer), self._previous[0]: self._previous[1:]}
+        if wanted not in held or wanted < 0:
+            raise PeerRefused(f"{sender!r} asked for the state of step {wanted}; this peer holds steps "
+                              f"{', '.join(str(k) for k in sorted(held) if k >= 0)}")
+        model, outer = held[wanted]
+        return ({"ok": True, "step": wanted, "model": len(model), "outer": len(outer),
+                 "allreduces": self.allreduces}, model + outer)
 
 
 @dataclass(frozen=True)
@@ -113,8 +123,8 @@ async def fetch_state(lane: Lane, servers: Sequence[Member], vouched: Vouched, t
         if left <= 0:
             break
         try:
-            reply, payload = await lane.call(server.address, server.peer_id, server.fingerprint, {"op": "state?"},
-                                             timeout=left)
+            reply, payload = await lane.call(server.address, server.peer_id, server.fingerprint,
+                                             {"op": "state?", "step": vouched.step}, timeout=left)
             return _check(server.peer_id, reply, payload, vouched)
         except PotluckError as exc:
             log.warning("joining: %s", exc)
