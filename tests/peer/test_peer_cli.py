@@ -26,3 +26,13 @@ def test_bad_options_are_refused_with_the_reason(tmp_path):
     assert runner.invoke(app, ["peer", "up", "--peers", "0"]).exit_code == 2
     wildcard = runner.invoke(app, ["peer", "--peer-id", "a", "--host", "0.0.0.0", "--tls-dir", str(tmp_path)])
     assert wildcard.exit_code == 2 and "--advertise" in wildcard.output
+
+
+def test_peer_simulate_names_forgers_and_liars_and_refuses_an_unknown_rule():
+    runner = CliRunner()
+    result = runner.invoke(app, ["peer", "simulate", "--peers", "4", "--outer-steps", "1", "--group-size", "4",
+                                 "--averaging", "median", "--forgers", "1", "--liars", "1"])
+    assert result.exit_code == 0, result.output
+    assert "refused peer-" in result.output and "equivocators peer-" in result.output
+    bad = runner.invoke(app, ["peer", "simulate", "--averaging", "krum"])
+    assert bad.exit_code != 0 and "--averaging must be one of" in bad.output

@@ -1,7 +1,9 @@
 """``peer``: run one peer, or N peers on this machine (``peer up``) over mutual TLS.
 
 ``peer up`` makes a fresh CA and one peer certificate per peer, splits the task's data
-(IID, seeded) into one NPZ file per peer, and starts the peers as processes on
+(``--partition``: IID, seeded, or contiguous: one stretch of a text per peer) into one
+NPZ file per peer (a text task's blocks, in charlm's byte vocabulary: ``-F vocab=char``
+is refused, since a vocabulary made from each peer's share would differ between peers), and starts the peers as processes on
 127.0.0.1: peer 0 first, then each next peer bootstrapping from the DHT address of the
 one before it (any peer can be the bootstrap; none is special). It follows every
 peer's ``metrics.jsonl`` and stops each child by PID at the end, on error or Ctrl-C.
@@ -16,6 +18,7 @@ Layout of ``<run_dir>``::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -23,18 +26,21 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from potluck.core.errors import ConfigError, PotluckError, TransportError
+from potluck.core.messages import Scalar
 from potluck.peer.identity import issue_peer
 from potluck.peer.runner import PeerConfig, StepRecord, run_peer, split_holdout
 from potluck.peer.simulation import SimSettings, SimStep, simulate_peers
 from potluck.tasks.builtin import resolve_task
-from potluck.tasks.data.partition import iid
+from potluck.tasks.data.partition import contiguous, iid
+from potluck.tasks.lm_task import CharLMTask
 from potluck.tasks.protocol import DataInfo
 from potluck.transport.certs import init_ca
 
@@ -42,10 +48,27 @@ POTLUCK = [sys.executable, "-m", "potluck.cli"]
 
 
 def run_one(cfg: PeerConfig, on_step: Callable[[StepRecord], None] | None = None) -> list[StepRecord]:
-    """Run one peer in this process until its last outer step."""
+    """Run one peer in this process until its last outer step. SIGTERM makes it leave:
+    the step in progress is abandoned (its last commit stays), the peer announces that
+    it leaves, and KeyboardInterrupt is raised (exit code 130 in the CLI)."""
     for noisy in ("kademlia", "rpcudp"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    return asyncio.run(run_peer(cfg, on_step))
+    try:
+        return asyncio.run(_leaving_on_sigterm(run_peer(cfg, on_step)))
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
+
+
+async def _leaving_on_sigterm(work: Coroutine[Any, Any, list[StepRecord]]) -> list[StepRecord]:
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await task
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
 
 
 @dataclass(frozen=True)
@@ -58,6 +81,9 @@ class UpSettings:
     group_size: int = 8
     quantize: bool = False
     seed: int = 0
+    partition: str = "iid"
+    averaging: str = "mean"
+    fit: dict[str, Scalar] = field(default_factory=dict)
     ttl: float = 6.0
     start_timeout: float = 120.0
     extra: tuple[str, ...] = field(default_factory=tuple)
@@ -65,17 +91,25 @@ class UpSettings:
     def __post_init__(self) -> None:
         if not 1 <= self.peers <= 64:
             raise ConfigError(f"--peers must be in 1-64 on one machine, got {self.peers}")
+        if self.partition not in ("iid", "contiguous"):
+            raise ConfigError(f"--partition must be iid or contiguous for peer up, got {self.partition!r}")
 
 
 def prepare(settings: UpSettings, run_dir: Path) -> list[str]:
     """Write the CA, the peer certificates and each peer's data; returns the peer ids."""
     tls = run_dir / "tls"
     init_ca(tls, force=True)
-    data = resolve_task(settings.task).load_data(settings.data_path)
+    task = resolve_task(settings.task, options=settings.fit)
+    data = task.load_data(settings.data_path)
+    if isinstance(task, CharLMTask) and task.settings.vocab != "byte":
+        raise ConfigError(f"task {settings.task}: peers read their share as blocks of bytes; use -F vocab=byte "
+                          "(a char vocabulary made from each peer's share would differ from peer to peer)")
     (run_dir / "data").mkdir(parents=True, exist_ok=True)
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     ids = [f"peer-{i:03d}" for i in range(settings.peers)]
-    for peer_id, part in zip(ids, iid(len(data), settings.peers, settings.seed)):
+    parts = (contiguous(len(data), settings.peers) if settings.partition == "contiguous"
+             else iid(len(data), settings.peers, settings.seed))
+    for peer_id, part in zip(ids, parts):
         issue_peer(tls, peer_id)
         np.savez(run_dir / "data" / f"{peer_id}.npz", x=data.x[part], y=data.y[part])
     return ids
@@ -89,7 +123,8 @@ def peer_command(settings: UpSettings, run_dir: Path, peer_id: str, bootstrap: s
            "--group-size", str(settings.group_size), "--seed", str(settings.seed), "--ttl", str(settings.ttl),
            "--wait-for-peers", str(settings.peers),
            "--rendezvous-timeout", str(settings.start_timeout * settings.peers),
-           "--port-file", str(run_dir / peer_id / "ports"), *settings.extra]
+           "--port-file", str(run_dir / peer_id / "ports"), "--averaging", settings.averaging,
+           *[f"--fit={k}={v}" for k, v in settings.fit.items()], *settings.extra]
     if settings.quantize:
         cmd.append("--quantize")
     return cmd + (["--bootstrap", bootstrap] if bootstrap else [])

@@ -41,8 +41,13 @@ def _line(record: dict[str, object]) -> str:
     extra = "".join(f"  {k} {float(v):.4f}" for k, v in metrics.items()) if isinstance(metrics, dict) else ""
     group = record.get("group") or []
     missing = f"  missing parts {record['missing_parts']}" if record.get("missing_parts") else ""
+    named = ""
+    for key in ("refused", "equivocators", "joined_from"):  # peers named by this step
+        value = record.get(key)
+        if value and isinstance(value, (dict, str)):
+            named += f"  {key.replace('_', ' ')} {','.join(sorted(value)) if isinstance(value, dict) else value}"
     return (f"{record['peer']}  step {record['step']:>3}  loss {loss:.4f}{extra}  group {len(group)}"  # type: ignore[arg-type]
-            f"{missing}  model {str(record['model_digest'])[:12]}")
+            f"{missing}  model {str(record['model_digest'])[:12]}{named}")
 
 
 @app.callback(invoke_without_command=True)
@@ -65,6 +70,8 @@ def peer(
     outer_momentum: float = typer.Option(0.9, help="Outer Nesterov momentum, in [0, 1)."),
     group_size: int = typer.Option(8, help="Largest averaging group."),
     quantize: bool = typer.Option(False, "--quantize", help="Send pseudo-gradient chunks as 8-bit codes (stochastic rounding)."),
+    averaging: str = typer.Option("mean", help="How a part's owner reduces the signed chunks: mean, median or trimmed."),
+    trim: float = typer.Option(0.25, help="β of --averaging trimmed: the fraction dropped at each end."),
     ttl: float = typer.Option(6.0, help="Seconds a DHT record lives; re-published every ttl/3 (a dead peer ages out after this)."),
     deadline_floor: float = typer.Option(5.0, help="Shortest matchmaking / all-reduce deadline, seconds."),
     deadline_ceiling: float = typer.Option(60.0, help="Longest matchmaking / all-reduce deadline, seconds (used until speeds are measured)."),
@@ -73,6 +80,7 @@ def peer(
     rendezvous_timeout: float = typer.Option(60.0, help="Longest wait, seconds, for --wait-for-peers."),
     fit: Optional[list[str]] = typer.Option(None, "--fit", "-F", metavar="KEY=VALUE", help="A local training setting (repeatable)."),
     port_file: Optional[Path] = typer.Option(None, help="Write 'LANE_PORT DHT_PORT' here once listening."),
+    join: bool = typer.Option(False, "--join", help="Join a running swarm: fetch the model and outer state two other peers vouch for."),
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
@@ -87,9 +95,9 @@ def peer(
                          run_id=run_id, task=task, data_path=data_path, host=host, advertise=advertise, port=port, dht_port=dht_port,
                          bootstrap=tuple(_address(b) for b in bootstrap or []), outer_steps=outer_steps,
                          inner_epochs=inner_epochs, outer_lr=outer_lr, outer_momentum=outer_momentum,
-                         group_size=group_size, quantize=quantize, ttl=ttl, deadline_floor=deadline_floor,
+                         group_size=group_size, quantize=quantize, averaging=averaging, trim=trim, ttl=ttl, deadline_floor=deadline_floor,
                          deadline_ceiling=deadline_ceiling, seed=seed, wait_for_peers=wait_for_peers, rendezvous_timeout=rendezvous_timeout, fit=parse_assignments(fit, "--fit"),
-                         port_file=port_file)
+                         port_file=port_file, join=join)
         on_sigterm()
         records = run_one(cfg, lambda r: out.result(_line(r.to_json())))
         out.result(f"potluck peer {peer_id}: {len(records)} steps, run directory {cfg.run_dir}")
@@ -105,6 +113,9 @@ def up(
     group_size: int = typer.Option(8, help="Largest averaging group."),
     quantize: bool = typer.Option(False, "--quantize", help="8-bit pseudo-gradient chunks."),
     seed: int = typer.Option(0, help="Seed of the split, the model and the groups."),
+    partition: str = typer.Option("iid", help="How the data is split over the peers: iid or contiguous (one stretch of a text each)."),
+    averaging: str = typer.Option("mean", help="How a part's owner reduces the signed chunks: mean, median or trimmed."),
+    fit: Optional[list[str]] = typer.Option(None, "--fit", "-F", metavar="KEY=VALUE", help="A local training setting for every peer (repeatable)."),
     run_dir: Optional[Path] = typer.Option(None, help="Where everything is written.  [default: runs/<time>-peer-up]"),
 ) -> None:
     out = CommandOutput("potluck.cli.peer")
@@ -112,7 +123,8 @@ def up(
         from potluck.apps.peer import UpSettings, run_up
 
         settings = UpSettings(peers=peers, outer_steps=outer_steps, task=task, data_path=data_path,
-                              inner_epochs=inner_epochs, group_size=group_size, quantize=quantize, seed=seed)
+                              inner_epochs=inner_epochs, group_size=group_size, quantize=quantize, seed=seed,
+                              partition=partition, averaging=averaging, fit=parse_assignments(fit, "--fit"))
         folder = run_dir or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-peer-up"
         out.info(f"potluck peer up: {peers} peers over mutual TLS, run directory {folder}")
         on_sigterm()
@@ -148,14 +160,25 @@ def simulate(
     outer_momentum: float = typer.Option(0.9, help="Outer Nesterov momentum."),
     drop: float = typer.Option(0.0, help="Probability that a peer crashes mid-reduction in a step (it rejoins the next)."),
     seed: int = typer.Option(0, help="Seed of the split, the model, the groups and the crashes."),
+    averaging: str = typer.Option("mean", help="How a part's owner reduces the chunks: mean, median or trimmed."),
+    trim: float = typer.Option(0.25, help="β of --averaging trimmed: the fraction dropped at each end."),
+    poisoners: int = typer.Option(0, help="Adversaries that send their pseudo-gradient times --poison-scale."),
+    poison_scale: float = typer.Option(-10.0, help="The poisoners' factor."),
+    forgers: int = typer.Option(0, help="Adversaries that sign their contributions with a key not theirs."),
+    liars: int = typer.Option(0, help="Adversaries that show a forked ledger head to half of their group."),
 ) -> None:
     out = CommandOutput("potluck.cli.peer")
     with failures_as_exit_codes(out.error):
         from potluck.apps.peer import run_simulation
+        from potluck.peer.robust import Averaging
         from potluck.peer.simulation import SimSettings
 
         settings = SimSettings(outer_steps=outer_steps, inner_epochs=inner_epochs, group_size=group_size,
-                               outer_lr=outer_lr, outer_momentum=outer_momentum, drop=drop, seed=seed)
+                               outer_lr=outer_lr, outer_momentum=outer_momentum, drop=drop, seed=seed,
+                               averaging=Averaging(averaging, trim), poisoners=poisoners, poison_scale=poison_scale,
+                               forgers=forgers, liars=liars)
         run_simulation(task, data_path, peers, settings, lambda r: out.result(
             f"step {r.step:>3}  mean loss {r.mean_loss:.4f}  groups {len(r.groups)}  crashed {len(r.dropped)}  "
-            f"lost parts {r.lost_parts}  distinct models {r.distinct_models}"))
+            f"lost parts {r.lost_parts}  distinct models {r.distinct_models}"
+            + (f"  refused {','.join(r.refused)}" if r.refused else "")
+            + (f"  equivocators {','.join(r.equivocators)}" if r.equivocators else "")))

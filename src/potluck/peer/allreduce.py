@@ -117,6 +117,8 @@ class AllReduceOutcome:
     values: np.ndarray
     missing_parts: tuple[int, ...]
     contributors: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    signed: Mapping[str, str] = field(default_factory=dict)  # peer -> signed contribution root (lane)
+    refused: Mapping[str, str] = field(default_factory=dict)  # peer -> why its chunk was refused (lane)
 
     @property
     def complete(self) -> bool:
@@ -139,11 +141,14 @@ Delivered = Callable[[str, str, str], bool]
 
 
 def butterfly(vectors: Mapping[str, np.ndarray], weights: Mapping[str, float],
-              delivered: Delivered = lambda sender, receiver, phase: True) -> dict[str, AllReduceOutcome]:
+              delivered: Delivered = lambda sender, receiver, phase: True,
+              reducer: Callable[[int, int, Sequence[str]], PartReducer] = PartReducer) -> dict[str, AllReduceOutcome]:
     """Run the all-reduce in one process: the simulation and the oracle of the lane.
 
     ``delivered(sender, receiver, phase)`` (phase ``"reduce"`` or ``"gather"``) says
-    whether a message arrives; a member always hears itself. Returns each member's outcome.
+    whether a message arrives; a member always hears itself. ``reducer(part, length,
+    members)`` makes each owner's reducer (the weighted mean; ``robust.Averaging.reducer``
+    for a median or trimmed mean). Returns each member's outcome.
     """
     members = sorted(vectors)
     sizes = {v.shape for v in vectors.values()}
@@ -153,11 +158,11 @@ def butterfly(vectors: Mapping[str, np.ndarray], weights: Mapping[str, float],
     reduced: dict[int, ReducedPart] = {}
     for i, owner in enumerate(members):
         start, stop = bounds[i]
-        reducer = PartReducer(i, stop - start, members)
+        part = reducer(i, stop - start, members)
         for sender in members:
             if sender == owner or delivered(sender, owner, "reduce"):
-                reducer.add(sender, vectors[sender][start:stop], weights[sender])
-        reduced[i] = reducer.result(vectors[owner].dtype)
+                part.add(sender, vectors[sender][start:stop], weights[sender])
+        reduced[i] = part.result(vectors[owner].dtype)
     outcomes = {}
     for member in members:
         heard = {i: part for i, part in reduced.items()

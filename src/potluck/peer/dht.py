@@ -233,6 +233,18 @@ class PeerDHT:
 
         self._tasks.append(asyncio.ensure_future(loop()))
 
+    async def leave(self, key: str, raw: bytes) -> None:
+        """Stop re-publishing and put ``raw`` (this peer's leave record) under ``key``, here
+        and on the network, bounded like :meth:`put`: the newest record of a peer wins, so
+        it replaces the member record and the others stop counting on this peer at once."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.put(key, raw)
+
     async def read(self, *keys: str) -> list[PeerRecord]:
         """The admitted, live records under ``keys`` (read concurrently), one per peer, by peer id."""
         bundles = await asyncio.gather(*[self._read_one(key) for key in keys])

@@ -9,6 +9,15 @@ Two requests travel on the lane (``lane.py``), both pushed by their sender::
     parts?  {op, step, group, parts: [i, ...]}   reply: {parts: [[i, weight, contributors], ...]}
             and those reduced parts, float32, one after the other (a repair: see below)
 
+With a :class:`~potluck.peer.contributions.Signer` every ``reduce`` also carries the
+sender's signed contribution (``root``, ``sig``) and the chunk's Merkle ``path``
+(``contributions.py``); the owner refuses a chunk its sender did not sign, names the
+sender (:attr:`AllReduceOutcome.refused`), and passes the signed roots it accepted on
+with the reduced part (``gather``'s ``signed``: ``[[peer, root, sig, weight], ...]``), so
+every member learns who contributed what (:attr:`AllReduceOutcome.signed`, the step's
+ledger entry). An :class:`~potluck.peer.robust.Averaging` other than the mean makes each
+owner reduce by median or trimmed mean.
+
 ``group`` is :func:`~potluck.peer.allreduce.group_digest` of the step and the members;
 ``anchor`` the digest of the model the pseudo-gradient was taken from: chunks of another
 group, from a non-member, from a certificate other than the member's published one, for
@@ -32,14 +41,16 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from potluck.core.errors import PeerRefused, PotluckError
+from potluck.core.errors import PeerRefused, PotluckError, SignatureError
 from potluck.peer.allreduce import AllReduceOutcome, PartReducer, ReducedPart, assemble, group_digest, part_bounds
+from potluck.peer.contributions import Contribution, Signer
 from potluck.peer.lane import Caller, Header, Lane
+from potluck.peer.robust import Averaging
 from potluck.updates.quantize import check_range, dequantize, stochastic_codes
 
 log = logging.getLogger(__name__)
@@ -68,6 +79,8 @@ class _Session:
     pending: list[tuple[str, Header, bytes]] = field(default_factory=list)
     parts: dict[int, ReducedPart] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    signed: dict[str, Contribution] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
 
 
 class Exchange:
@@ -77,8 +90,12 @@ class Exchange:
     member record (None: unknown); calls from anyone else are refused.
     """
 
-    def __init__(self, me: str, fingerprint_of: Callable[[str], str | None], *, quantize: bool = False) -> None:
+    def __init__(self, me: str, fingerprint_of: Callable[[str], str | None], *, quantize: bool = False,
+                 signer: Signer | None = None, averaging: Averaging = Averaging()) -> None:
         self.me, self.fingerprint_of, self.quantize = me, fingerprint_of, quantize
+        self.signer, self.averaging = signer, averaging
+        # more ops served on this lane: op -> handler(caller id, header) (witness.py's head and heads)
+        self.more_ops: dict[str, Callable[[str, Header], tuple[Header, bytes]]] = {}
         self.lane: Lane | None = None
         self._sessions: dict[tuple[int, str], _Session] = {}
         self._views: dict[int, dict[str, tuple[str, ...]]] = {}
@@ -101,6 +118,8 @@ class Exchange:
         op, step, digest = header.get("op"), header.get("step"), header.get("group")
         if op == "view" and isinstance(step, int) and isinstance(header.get("members"), list):
             return self._store_view(caller.peer_id, step, header["members"])
+        if isinstance(op, str) and op in self.more_ops:
+            return self.more_ops[op](caller.peer_id, header)
         if op not in ("reduce", "gather", "parts?") or not isinstance(step, int) or not isinstance(digest, str):
             raise PeerRefused(f"malformed request from {caller.peer_id!r}: op {op!r}")
         if op == "parts?":
@@ -115,6 +134,9 @@ class Exchange:
             self._accept(session, caller.peer_id, header, payload)
         except (TypeError, ValueError, KeyError) as exc:  # a header field of the wrong type
             raise PeerRefused(f"malformed {op} from {caller.peer_id!r}: {exc}") from None
+        except SignatureError as exc:
+            session.refused.setdefault(caller.peer_id, str(exc))
+            raise
         return {"ok": True}, b""
 
     def _store_view(self, sender: str, step: int, members: list[object]) -> tuple[Header, bytes]:
@@ -168,12 +190,17 @@ class Exchange:
             if header.get("anchor") != session.anchor:
                 raise PeerRefused(f"{sender!r} trained from model {str(header.get('anchor'))[:12]}…, "
                                      f"this group's anchor is {session.anchor[:12]}…")
+            if self.signer is not None:
+                session.signed[sender] = self.signer.check(sender, session.step, session.digest, weight, header,
+                                                           part, len(session.members), values)
             session.reducer.add(sender, values, weight)
         else:
             if sender != session.members[part]:
                 raise PeerRefused(f"{sender!r} does not own part {part}")
             if not np.isfinite(values).all() or not weight > 0:
                 raise PeerRefused(f"reduced part {part} from {sender!r} holds NaN/Inf or a weight ≤ 0")
+            if self.signer is not None:
+                session.signed.update(self.signer.check_listed(header.get("signed", []), session.step, session.digest))
             contributors = tuple(str(c) for c in header.get("contributors", ()))
             values.setflags(write=False)
             session.parts[part] = ReducedPart(part, values, weight, contributors)
@@ -191,10 +218,9 @@ class Exchange:
         started, me = time.monotonic(), names.index(self.me)
         session = self._join(step, names, vector.shape[0], anchor)
         session.reducer.add(self.me, vector[slice(*session.bounds[me])], weight)  # type: ignore[union-attr]
-        rng = np.random.default_rng([seed, step, me])
-        sends = [asyncio.ensure_future(self._send(by_id[owner], step, session, i, vector, weight, anchor, rng,
-                                                  started + 0.4 * deadline))
-                 for i, owner in enumerate(names) if owner != self.me]
+        chunks = self._chunks(session, vector, weight, anchor, np.random.default_rng([seed, step, me]))
+        sends = [asyncio.ensure_future(self._call(by_id[names[i]], header, payload, started + 0.4 * deadline))
+                 for i, (header, payload) in chunks.items()]
         # (chunks are sent until 0.4·D; the gathers until 0.8·D; the repair until D)
         await self._wait(session, lambda: session.reducer.complete, started + 0.4 * deadline)  # type: ignore[union-attr]
         session.closed_reduce = True
@@ -211,16 +237,20 @@ class Exchange:
         for task in sends:
             task.cancel()
         await asyncio.gather(*sends, return_exceptions=True)
-        return assemble(vector, session.bounds, session.parts)
+        outcome = assemble(vector, session.bounds, session.parts)
+        return replace(outcome, signed={p: c.root for p, c in session.signed.items()}, refused=dict(session.refused))
 
     def _join(self, step: int, names: tuple[str, ...], size: int, anchor: str) -> _Session:
         session = self._session(step, group_digest(step, names))
         session.members, session.bounds, session.anchor = names, part_bounds(size, len(names)), anchor
         me = names.index(self.me)
-        session.reducer = PartReducer(me, session.bounds[me][1] - session.bounds[me][0], names)
+        session.reducer = self.averaging.reducer(me, session.bounds[me][1] - session.bounds[me][0], names)
         for sender, header, payload in session.pending:
             try:
                 self._accept(session, sender, header, payload)
+            except SignatureError as exc:  # an early chunk its sender did not sign: named like a late one
+                session.refused.setdefault(sender, str(exc))
+                self.refused.append(str(exc))
             except (PotluckError, TypeError, ValueError, KeyError) as exc:
                 self.refused.append(str(exc))
         session.pending.clear()
@@ -271,17 +301,33 @@ class Exchange:
             log.warning("step %s: asking %s for parts failed: %s", header["step"], member.peer_id, exc)
             return {}, b""
 
-    async def _send(self, owner: Member, step: int, session: _Session, part: int, vector: np.ndarray,
-                    weight: float, anchor: str, rng: np.random.Generator, until: float) -> None:
-        chunk = vector[slice(*session.bounds[part])]
-        header: Header = {"op": "reduce", "step": step, "group": session.digest, "part": part,
-                          "weight": weight, "anchor": anchor}
-        payload = _encode(chunk, header, rng) if self.quantize else chunk.astype(np.float32).tobytes()
-        await self._call(owner, header, payload, until)
+    def _chunks(self, session: _Session, vector: np.ndarray, weight: float, anchor: str,
+                rng: np.random.Generator) -> dict[int, tuple[Header, bytes]]:
+        """The ``reduce`` requests for the other members' parts; signed over the values
+        as the owners will decode them (8-bit codes decode to other values than sent)."""
+        received, chunks = np.array(vector, np.float32), {}
+        for part, owner in enumerate(session.members):
+            if owner == self.me:
+                continue
+            start, stop = session.bounds[part]
+            header: Header = {"op": "reduce", "step": session.step, "group": session.digest, "part": part,
+                              "weight": weight, "anchor": anchor}
+            if self.quantize:
+                payload = _encode(vector[start:stop], header, rng)
+                received[start:stop] = _decode(header, payload, stop - start)
+            else:
+                payload = received[start:stop].tobytes()
+            chunks[part] = (header, payload)
+        if self.signer is not None:
+            session.signed[self.me] = self.signer.sign(self.me, session.step, session.digest, weight, received,
+                                                       session.bounds, chunks)
+        return chunks
 
     async def _gather(self, other: Member, step: int, session: _Session, reduced: ReducedPart, until: float) -> None:
         header: Header = {"op": "gather", "step": step, "group": session.digest, "part": reduced.part,
-                          "weight": reduced.weight, "contributors": list(reduced.contributors)}
+                          "weight": reduced.weight, "contributors": list(reduced.contributors),
+                          "signed": [[c.peer, c.root, c.signature, c.weight] for p, c in session.signed.items()
+                                     if p in reduced.contributors]}
         await self._call(other, header, reduced.values.astype(np.float32).tobytes(), until)
 
     async def _call(self, member: Member, header: Header, payload: bytes, until: float) -> None:

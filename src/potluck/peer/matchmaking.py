@@ -77,6 +77,11 @@ class Directory:
         record = self.members.get(peer_id)
         return certificate_fingerprint(record) if record is not None else None
 
+    def key_of(self, peer_id: str) -> bytes | None:
+        """The Ed25519 key of the peer's live member record (None: not listed)."""
+        record = self.members.get(peer_id)
+        return record.public_key if record is not None else None
+
     def member(self, peer_id: str) -> Member:
         record = self.members[peer_id]
         return Member(peer_id, record.address, certificate_fingerprint(record))
@@ -84,7 +89,7 @@ class Directory:
 
 async def refresh(dht: PeerDHT, run: str, directory: Directory) -> None:
     records = await dht.read(*members_keys(run))
-    directory.members = {r.peer_id: r for r in records}
+    directory.members = {r.peer_id: r for r in records if r.kind == "member"}  # not those that left
 
 
 async def rendezvous(dht: PeerDHT, run: str, directory: Directory, peers: int, deadline: float,

@@ -2,8 +2,9 @@
 
 A record is compact JSON, at most :data:`MAX_RECORD_BYTES`::
 
-    {"body": {"v": 1, "kind": "member" | "ready", "run": RUN, "peer": ID,
+    {"body": {"v": 1, "kind": "member" | "ready" | "leave", "run": RUN, "peer": ID,
               "addr": [HOST, LANE_PORT], "step": S, "weight": W, "anchor": MODEL_SHA256_HEX,
+              "state": "STEP:MODEL_SHA256:OUTER_SHA256" (the last commit; "" before one),
               "issued": UNIX_SECONDS, "expires": UNIX_SECONDS,
               "key": ED25519_PUBLIC_HEX, "cert": CERT_DER_BASE64 (member only)},
      "sig": ED25519_SIGNATURE_HEX, "tls_sig": ECDSA_SIGNATURE_BASE64 (member only)}
@@ -15,7 +16,10 @@ a certificate of the project CA (a certificate alone is public: anyone could cop
 
 :class:`Trust` admits records: a member record when its certificate chains to the CA,
 names the peer (CN) and signed the body; any other record only when its Ed25519 key is
-the one a member record of that peer introduced. Everything else is ignored, with a
+the one a member record of that peer introduced. A ``leave`` record, put under the
+members key when a peer stops, replaces its member record there (the newest record of a
+peer wins), so the others stop counting on it at once instead of after its ttl.
+Everything else is ignored, with a
 :class:`RecordError` saying why (``reason`` is one of :data:`REASONS`).
 """
 
@@ -42,7 +46,7 @@ DOMAIN = b"potluck.peer.record.v1\n"
 MAX_RECORD_BYTES = 2048
 MAX_TTL = 60.0  # seconds: a record may not claim to live longer
 CLOCK_SKEW = 5.0  # seconds a record's issue time may lie in the future
-KINDS = ("member", "ready")
+KINDS = ("member", "ready", "leave")
 REASONS = ("malformed", "signature", "expired", "run", "certificate", "unknown-key")
 
 
@@ -71,6 +75,7 @@ class PeerRecord:
     public_key: bytes
     cert_der: bytes
     raw: bytes
+    state: str = ""  # "STEP:MODEL_SHA256:OUTER_SHA256" of the peer's last commit (joining.py)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -78,7 +83,7 @@ class PeerRecord:
 
 
 def make_record(identity: PeerIdentity, kind: str, run: str, address: tuple[str, int], *, step: int,
-                now: float, ttl: float, weight: float = 0.0, anchor: str = "") -> bytes:
+                now: float, ttl: float, weight: float = 0.0, anchor: str = "", state: str = "") -> bytes:
     """Sign a fresh record; ``ttl`` seconds in (0, MAX_TTL]."""
     if kind not in KINDS:
         raise RecordError("malformed", f"unknown record kind {kind!r}")
@@ -86,7 +91,7 @@ def make_record(identity: PeerIdentity, kind: str, run: str, address: tuple[str,
         raise RecordError("malformed", f"record ttl must be in (0, {MAX_TTL}] seconds, got {ttl}")
     body: dict[str, Any] = {"v": 1, "kind": kind, "run": run, "peer": identity.peer_id,
                             "addr": [address[0], int(address[1])], "step": int(step), "weight": float(weight),
-                            "anchor": anchor[:64],
+                            "anchor": anchor[:64], "state": state[:160],
                             "issued": round(now, 3), "expires": round(now + ttl, 3), "key": identity.public_key.hex()}
     if kind == "member":
         der = x509.load_pem_x509_certificate(identity.tls.cert).public_bytes(serialization.Encoding.DER)
@@ -114,7 +119,8 @@ def parse_record(raw: bytes) -> PeerRecord:
             host=_pick(body["addr"][0], str), port=_pick(body["addr"][1], int), step=_pick(body["step"], int),
             weight=float(body["weight"]), anchor=_pick(body.get("anchor", ""), str), issued=float(body["issued"]), expires=float(body["expires"]),
             public_key=bytes.fromhex(body["key"]),
-            cert_der=base64.b64decode(body["cert"], validate=True) if "cert" in body else b"", raw=bytes(raw))
+            cert_der=base64.b64decode(body["cert"], validate=True) if "cert" in body else b"", raw=bytes(raw),
+            state=_pick(body.get("state", ""), str))
         signature = bytes.fromhex(envelope["sig"])
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise RecordError("malformed", f"malformed record: {type(exc).__name__}: {exc}") from None

@@ -7,6 +7,7 @@ Layout::
     state.json                               the commit mark: last step and both files' SHA-256
     model.safetensors                        a copy of the latest anchor, for people and tools
     metrics.jsonl                            one JSON line per committed outer step
+    ledger.jsonl                             the hash-chained ledger of outer steps (history.py)
     keys/ed25519.pem                         the peer's signing key (mode 0600)
 
 Commit of step k: both checkpoint files (temp file, fsync, rename), then ``state.json``
@@ -29,6 +30,7 @@ import numpy as np
 from potluck.core.errors import ParamsError, RunDirError
 from potluck.core.files import append_line, atomic_write, remove
 from potluck.core.params import Params
+from potluck.peer.history import StepLedger
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,24 @@ class PeerRunDir:
         self.mark = self.path / "state.json"
         self.metrics = self.path / "metrics.jsonl"
         self.key_file = self.path / "keys" / "ed25519.pem"
+        self.ledger_file = self.path / "ledger.jsonl"
+
+    def save_ledger(self, ledger: StepLedger) -> None:
+        """Written whole and atomically before the step's commit mark."""
+        atomic_write(self.ledger_file, ledger.lines().encode())
+
+    def load_ledger(self, step: int) -> StepLedger:
+        """The ledger up to committed ``step`` (a later entry, written before a commit that
+        did not happen, is dropped); LedgerError when the chain does not verify."""
+        if not self.ledger_file.exists():
+            return StepLedger()
+        try:
+            text = self.ledger_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise RunDirError(f"cannot read {self.ledger_file}: {exc.strerror}") from exc
+        ledger = StepLedger.from_lines(text)
+        ledger.entries = [e for e in ledger.entries if e["step"] <= step]
+        return ledger
 
     def create(self) -> None:
         try:
@@ -56,7 +76,9 @@ class PeerRunDir:
         return (self.checkpoints / f"step-{step:04d}.safetensors",
                 self.checkpoints / f"step-{step:04d}.outer.safetensors")
 
-    def commit(self, step: int, anchor: Params, outer_state: Mapping[str, np.ndarray], record: Mapping[str, Any]) -> None:
+    def commit(self, step: int, anchor: Params, outer_state: Mapping[str, np.ndarray],
+               record: Mapping[str, Any]) -> tuple[bytes, bytes]:
+        """Commit step ``step``; returns the bytes written (model, outer state: b"" for none)."""
         model_file, outer_file = self._files(step)
         model_bytes = bytes(anchor.encode())
         outer_bytes = bytes(Params.from_arrays(dict(outer_state)).encode()) if outer_state else b""
@@ -69,6 +91,7 @@ class PeerRunDir:
         append_line(self.metrics, json.dumps(dict(record), sort_keys=True))
         for old in self._files(step - 2):
             remove(old)
+        return model_bytes, outer_bytes
 
     def resume(self) -> Committed | None:
         """The last committed step, or None for a fresh directory; RunDirError when the
