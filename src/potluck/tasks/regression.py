@@ -30,6 +30,7 @@ from potluck.core.errors import ConfigError, DataError, NonFiniteError, TaskErro
 from potluck.core.messages import ConfigDict
 from potluck.core.params import Params
 from potluck.tasks.data.dataset import Dataset
+from potluck.tasks.data.loaders import csv_columns
 from potluck.tasks.devices import amp_dtype, autocast, resolve_device
 from potluck.tasks.protocol import DataInfo, EvalOutput, FitOutput, MetricSpec
 from potluck.tasks.settings import check_known, is_int
@@ -50,14 +51,7 @@ def read_regression_csv(path: Path | None, target_column: str, group_column: str
             header, rows = _rows(p, csv.reader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{p}: cannot read as a CSV file ({exc})") from None
-    for name, kind in ((target_column, "target"), (group_column, "group")):
-        if name is not None and name not in header:
-            raise DataError(f"{p}: no {kind} column {name!r}; the columns are: {', '.join(header)}")
-    t_at = header.index(target_column)
-    g_at = header.index(group_column) if group_column is not None else -1
-    feature_at = [i for i in range(len(header)) if i not in (t_at, g_at)]
-    if not feature_at:
-        raise DataError(f"{p}: no feature columns besides the target and group")
+    t_at, g_at, feature_at = csv_columns(p, header, target_column, group_column, kind="target")
     values = np.empty((len(rows), len(header)), dtype=np.float64)
     for r, (line, fields) in enumerate(rows):
         for i in [*feature_at, t_at]:

@@ -258,16 +258,7 @@ def _parse_csv(p: Path, fh: TextIO, label_column: str, group_column: str | None)
         for i, h in enumerate(header):
             if h in header[:i]:
                 raise DataError(f"{src} line 1: column {h!r} appears more than once in the header")
-        cols = ", ".join(header)
-        if label_column not in header:
-            raise DataError(f"{src}: no label column {label_column!r}; the columns are: {cols}")
-        if group_column is not None and group_column not in header:
-            raise DataError(f"{src}: no group column {group_column!r}; the columns are: {cols}")
-        label_at = header.index(label_column)
-        group_at = header.index(group_column) if group_column is not None else -1
-        feature_at = [i for i in range(len(header)) if i not in (label_at, group_at)]
-        if not feature_at:
-            raise DataError(f"{src}: no feature columns besides {cols}")
+        label_at, group_at, feature_at = csv_columns(src, header, label_column, group_column)
 
         rows: list[list[float]] = []
         labels: list[str] = []
@@ -379,3 +370,20 @@ def _make_dataset(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, src: 
         groups,
         src,
     )
+
+
+def csv_columns(src: object, header: list[str], label_column: str, group_column: str | None,
+                kind: str = "label") -> tuple[int, int, list[int]]:
+    """Where the ``kind`` (label or target) column and the group column stand in
+    ``header`` (-1: no group), and the feature columns: every other one; DataError
+    naming the columns when one is missing or no feature is left."""
+    cols = ", ".join(header)
+    for name, what in ((label_column, kind), (group_column, "group")):
+        if name is not None and name not in header:
+            raise DataError(f"{src}: no {what} column {name!r}; the columns are: {cols}")
+    label_at = header.index(label_column)
+    group_at = header.index(group_column) if group_column is not None else -1
+    feature_at = [i for i in range(len(header)) if i not in (label_at, group_at)]
+    if not feature_at:
+        raise DataError(f"{src}: no feature columns besides {cols}")
+    return label_at, group_at, feature_at
