@@ -1,0 +1,222 @@
+"""The Synthetic(α, β) federated data set of Li et al. 2020 (FedProx), after Shamir et al.
+
+Each virtual node ``k`` has its own model and input distribution, drawn from the run
+seed and ``k`` alone, so a node's examples are generated when it is sampled and a
+million nodes cost no memory until then::
+
+    u_k ~ N(0, α)     W_k ~ N(u_k, 1)  (classes × features)     b_k ~ N(u_k, 1)
+    B_k ~ N(0, β)     v_k ~ N(B_k, 1)  (features)
+    x ~ N(v_k, Σ),  Σ diagonal, Σ_jj = j^(−1.2)
+    y = argmax(softmax(W_k x + b_k)) = argmax(W_k x + b_k)
+
+α controls how much the nodes' models differ, β how much their inputs do (the second
+arguments of N are standard deviations, as in the paper's generator). A node holds
+``min_examples + floor(lognormal(size_log_mean, size_log_sigma))`` examples, at most
+``max_examples`` (the paper's code: lognormal(4, 2) + 50, uncapped; the cap keeps a
+round's work bounded). The held-out set comes from a fixed set of nodes: ``test_nodes``
+examples' worth from each of the first ``min(nodes, test_nodes)`` nodes' distributions,
+drawn from a stream of their own. Synthetic nodes keep no validation split.
+
+Task options (``-F``, fixed for the run), with defaults::
+
+    synthetic_alpha   α ≥ 0                          1.0
+    synthetic_beta    β ≥ 0                          1.0
+    features          input width ≥ 1                60
+    classes           ≥ 2                            10
+    hidden            0: logistic regression; else one ReLU layer this wide   0
+    max_examples      cap on a node's examples       1000
+    straggler_fraction  fraction of fits that run fewer epochs (see below)   0.0
+
+A straggler (chosen per fit from the fit's seed, with probability
+``straggler_fraction``) trains a uniformly random number of epochs in 1 … epochs − 1,
+as in the paper's experiments with systems heterogeneity; its partial work is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from potluck.core.errors import ConfigError, DataError
+from potluck.core.messages import ConfigDict
+from potluck.core.params import Params
+from potluck.core.seeds import rng_for
+from potluck.tasks.data.dataset import Dataset
+from potluck.tasks.protocol import DataInfo, EvalOutput, FitOutput, MetricSpec
+from potluck.tasks.settings import check_known, is_int, is_number
+
+
+@runtime_checkable
+class VirtualNodeSource(Protocol):
+    """A Task that generates each virtual node's data itself, from the run seed and the
+    node's index, instead of loading one data set to partition (``runtime/federation.py``
+    asks for a node's data only when the node is sampled)."""
+
+    def data_info(self) -> DataInfo:
+        """The shape of one example and the class count, known without generating data."""
+        ...
+
+    def node_data(self, seed: int, index: int) -> Dataset:
+        """Node ``index``'s training examples; the same for the same (seed, index)."""
+        ...
+
+    def held_out_data(self, seed: int, nodes: int) -> Dataset:
+        """The centralized evaluation set of a federation of ``nodes`` nodes."""
+        ...
+
+
+@dataclass(frozen=True)
+class NodeModel:
+    """Node k's hidden labelling model (``w``: classes × features, ``b``) and input mean ``v``."""
+
+    w: np.ndarray
+    b: np.ndarray
+    v: np.ndarray
+    size: int
+
+
+@dataclass(frozen=True)
+class Synthetic:
+    """The generator; see the module docstring for the definition."""
+
+    alpha: float = 1.0
+    beta: float = 1.0
+    features: int = 60
+    classes: int = 10
+    size_log_mean: float = 4.0
+    size_log_sigma: float = 2.0
+    min_examples: int = 50
+    max_examples: int = 1000
+    test_nodes: int = 100
+    test_per_node: int = 50
+
+    def __post_init__(self) -> None:
+        def bad(name: str, rule: str) -> ConfigError:
+            return ConfigError(f"synthetic data: {name} must be {rule}, got {getattr(self, name)!r}")
+
+        for name in ("alpha", "beta", "size_log_mean", "size_log_sigma"):
+            if not is_number(getattr(self, name)) or (name != "size_log_mean" and getattr(self, name) < 0):
+                raise bad(name, "a finite number" + ("" if name == "size_log_mean" else " ≥ 0"))
+        for name, low in (("features", 1), ("classes", 2), ("min_examples", 1), ("test_nodes", 1),
+                          ("test_per_node", 1)):
+            if not is_int(getattr(self, name)) or getattr(self, name) < low:
+                raise bad(name, f"an integer ≥ {low}")
+        if not is_int(self.max_examples) or self.max_examples < self.min_examples:
+            raise bad("max_examples", f"an integer ≥ min_examples ({self.min_examples})")
+
+    @property
+    def variances(self) -> np.ndarray:
+        """Σ's diagonal: j^(−1.2) for j = 1 … features."""
+        return np.arange(1, self.features + 1, dtype=np.float64) ** -1.2
+
+    def node_model(self, seed: int, index: int) -> NodeModel:
+        """Node ``index``'s (W_k, b_k, v_k) and example count, from (seed, index) alone."""
+        rng = rng_for(seed, "synthetic", index)
+        u = rng.normal(0.0, self.alpha)
+        w = rng.normal(u, 1.0, (self.classes, self.features))
+        b = rng.normal(u, 1.0, self.classes)
+        v = rng.normal(rng.normal(0.0, self.beta), 1.0, self.features)
+        extra = rng.lognormal(self.size_log_mean, self.size_log_sigma)
+        size = int(min(self.max_examples, self.min_examples + min(extra, self.max_examples)))
+        return NodeModel(w, b, v, size)
+
+    def examples(self, model: NodeModel, count: int, rng: np.random.Generator, source: str) -> Dataset:
+        """``count`` examples x ~ N(v, Σ) (stored as float32), labelled by argmax(W x + b)
+        computed on the stored values, so the labels are exact for the data as kept."""
+        x = (model.v + rng.standard_normal((count, self.features)) * np.sqrt(self.variances)).astype(np.float32)
+        y = np.argmax(x.astype(np.float64) @ model.w.T + model.b, axis=1).astype(np.int64)
+        return Dataset(x, y, source=source)
+
+    def node_data(self, seed: int, index: int) -> Dataset:
+        model = self.node_model(seed, index)
+        return self.examples(model, model.size, rng_for(seed, "synthetic-x", index), f"synthetic node {index}")
+
+    def held_out_data(self, seed: int, nodes: int) -> Dataset:
+        parts = [self.examples(self.node_model(seed, k), self.test_per_node, rng_for(seed, "synthetic-test", k), "")
+                 for k in range(min(nodes, self.test_nodes))]
+        return Dataset(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]),
+                       source=f"synthetic({self.alpha:g}, {self.beta:g}) held out")
+
+
+# Task options (fit settings that fix the data or model for the run) → Synthetic fields.
+DATA_OPTIONS = {"synthetic_alpha": "alpha", "synthetic_beta": "beta", "features": "features", "classes": "classes",
+                "max_examples": "max_examples"}
+TASK_OPTIONS = (*DATA_OPTIONS, "hidden", "straggler_fraction")
+
+
+class SyntheticTask:
+    """Synthetic(α, β) with a logistic-regression (``hidden`` 0) or one-hidden-layer
+    model, trained by the PyTorch adapter (``tasks/torch_task.py``) it wraps.
+
+    Raises ``ConfigError`` for an invalid option."""
+
+    name = "synthetic"
+    metric = MetricSpec("accuracy", higher_is_better=True)
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        from potluck.tasks.models import mlp
+        from potluck.tasks.torch_task import FitSettings, TorchClassifierTask
+
+        self.options = dict(options or {})
+        self.data = Synthetic(**{f: self.options[k] for k, f in DATA_OPTIONS.items() if k in self.options})
+        hidden, straggling = self.options.get("hidden", 0), self.options.get("straggler_fraction", 0.0)
+        if not is_int(hidden) or hidden < 0:
+            raise ConfigError(f"task synthetic: hidden must be an integer ≥ 0, got {hidden!r}")
+        if not is_number(straggling) or not 0 <= straggling <= 1:
+            raise ConfigError(f"task synthetic: straggler_fraction must be in [0, 1], got {straggling!r}")
+        self.straggler_fraction = float(straggling)
+        self._settings = FitSettings
+        self.torch = TorchClassifierTask("synthetic", partial(mlp, hidden=(hidden,) if hidden else ()),
+                                         self.load_data, defaults=FitSettings(lr=0.01, epochs=1, batch_size=10))
+
+    def load_data(self, path: Path | None) -> Dataset:
+        if path is None:
+            raise DataError("the synthetic task generates each virtual node's data in simulation; "
+                            "to train on a file, pass --data-path")
+        from potluck.tasks.data.loaders import load_dataset
+
+        return load_dataset(path)
+
+    def data_info(self) -> DataInfo:
+        return DataInfo((self.data.features,), self.data.classes)
+
+    def node_data(self, seed: int, index: int) -> Dataset:
+        return self.data.node_data(seed, index)
+
+    def held_out_data(self, seed: int, nodes: int) -> Dataset:
+        return self.data.held_out_data(seed, nodes)
+
+    def check_fit_config(self, config: ConfigDict) -> None:
+        """ConfigError for an unknown setting, or a task option this task was not made with."""
+        check_known(self.name, config, [*self._settings.__dataclass_fields__, *TASK_OPTIONS])
+        for key in TASK_OPTIONS:
+            if key in config and config[key] != self.options.get(key, config[key]):
+                raise ConfigError(f"task synthetic: {key}={config[key]!r} differs from the task's "
+                                  f"{self.options[key]!r}")
+        self.torch.check_fit_config({k: v for k, v in config.items() if k not in TASK_OPTIONS})
+
+    def build(self, info: DataInfo, seed: int) -> Params:
+        return self.torch.build(info, seed)
+
+    def fit(self, params: Params, data: Dataset, config: ConfigDict, seed: int) -> FitOutput:
+        """The adapter's fit, with a straggler's fewer epochs (see the module docstring)."""
+        epochs = straggler_epochs(int(config.get("epochs", self.torch.defaults.epochs)), self.straggler_fraction, seed)
+        out = self.torch.fit(params, data, {**config, "epochs": epochs}, seed)
+        return replace(out, metrics={**out.metrics, "epochs": float(epochs)})
+
+    def evaluate(self, params: Params, data: Dataset) -> EvalOutput:
+        return self.torch.evaluate(params, data)
+
+
+def straggler_epochs(epochs: int, fraction: float, seed: int) -> int:
+    """``epochs``, or for a straggler (probability ``fraction``, drawn from ``seed``) a
+    uniform draw from 1 … epochs − 1 (1 when epochs is 1)."""
+    rng = rng_for(seed, "straggler")
+    if fraction > 0 and rng.random() < fraction:
+        return int(rng.integers(1, max(epochs - 1, 1) + 1))
+    return epochs
