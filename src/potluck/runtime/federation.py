@@ -62,9 +62,13 @@ class NodeIds(Sequence[str]):
     def __init__(self, spec: FederationSpec) -> None:
         self.spec, self.total = spec, spec.nodes
         self.width = len(spec.node_id(0)) - len("node-")
+        self._format = f"node-{{:0{self.width}d}}".format  # spec.node_id's format, bound once
 
     def __len__(self) -> int:
         return self.total
+
+    def __iter__(self) -> Iterator[str]:
+        return map(self._format, range(self.total))  # list(ids) runs at C speed
 
     @overload
     def __getitem__(self, i: int) -> str: ...
@@ -73,10 +77,10 @@ class NodeIds(Sequence[str]):
 
     def __getitem__(self, i: int | slice) -> str | list[str]:
         if isinstance(i, slice):
-            return [self.spec.node_id(j) for j in range(*i.indices(self.total))]
+            return list(map(self._format, range(*i.indices(self.total))))
         if not -self.total <= i < self.total:
             raise IndexError(f"node index {i} out of range for {self.total} nodes")
-        return self.spec.node_id(i % self.total)
+        return self._format(i % self.total)
 
     def position(self, node_id: str) -> int | None:
         """The index of ``node_id``, or None when it names none of these nodes."""
