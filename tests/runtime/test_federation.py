@@ -46,6 +46,7 @@ def test_partitioned_nodes_match_the_eager_split():
         assert np.array_equal(node.train.x, train.x[np.sort(shuffled[n_val:])])
         assert np.array_equal(node.val.y, train.y[np.sort(shuffled[:n_val])])
         assert fed.nodes.has_validation(spec.node_id(i)) == (n_val > 0)
+    assert fed.nodes.has_validation("node-010") is None
     with pytest.raises(KeyError):
         fed.nodes["node-010"]
 
@@ -60,7 +61,7 @@ def test_a_million_synthetic_nodes_cost_no_memory_until_sampled():
     assert len(fed.nodes) == 1_000_000 and len(fed.test) == 100 * 50
     node = fed.nodes["node-999999"]
     assert np.array_equal(node.train.x, fed.task.node_data(derive_seed(5, "data"), 999_999).x)  # type: ignore[attr-defined]
-    assert len(node.val) == 0 and not fed.nodes.has_validation("node-999999")
+    assert len(node.val) == 0 and fed.nodes.has_validation("node-999999") is False
 
 
 class Exploding:

@@ -53,8 +53,7 @@ class InProcessPool(NodePool):
     def _evaluate(self, ins: EvaluateInstruction) -> EvaluateResult:
         """The runner's evaluation; for a virtual node without validation examples, the
         runner's empty answer without making the node's data."""
-        virtual = self._virtual
-        if virtual is not None and ins.node_id in virtual and not virtual.has_validation(ins.node_id):
+        if self._virtual is not None and self._virtual.has_validation(ins.node_id) is False:
             return EvaluateResult(ins.round, ins.node_id, float("nan"), 0, {})
         return self.runner.evaluate(ins)
 

@@ -84,8 +84,8 @@ class NodeIds(Sequence[str]):
 
     def position(self, node_id: str) -> int | None:
         """The index of ``node_id``, or None when it names none of these nodes."""
-        digits = node_id[len("node-"):]
-        if not node_id.startswith("node-") or len(digits) != self.width or not digits.isdigit():
+        digits = node_id[5:]  # after "node-"
+        if len(digits) != self.width or node_id[:5] != "node-" or not digits.isdigit():
             return None
         i = int(digits)
         return i if i < self.total else None
@@ -125,12 +125,10 @@ class VirtualNodes(Mapping[str, NodeData]):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def has_validation(self, node_id: str) -> bool:
-        """Whether ``node_id`` has validation examples; KeyError for an unknown node."""
+    def has_validation(self, node_id: str) -> bool | None:
+        """Whether ``node_id`` has validation examples; None for an unknown node."""
         i = self.ids.position(node_id)
-        if i is None:
-            raise KeyError(node_id)
-        return self._has_val(i)
+        return None if i is None else self._has_val(i)
 
 
 @dataclass

@@ -114,9 +114,10 @@ class Synthetic:
         """Σ's diagonal: j^(−1.2) for j = 1 … features."""
         return np.arange(1, self.features + 1, dtype=np.float64) ** -1.2
 
-    def node_model(self, seed: int, index: int) -> NodeModel:
-        """Node ``index``'s (W_k, b_k, v_k) and example count, from (seed, index) alone."""
-        rng = rng_for(seed, "synthetic", index)
+    def node_model(self, seed: int, index: int, rng: np.random.Generator | None = None) -> NodeModel:
+        """Node ``index``'s (W_k, b_k, v_k) and example count, from (seed, index) alone;
+        drawn first from ``rng`` when given (the node's stream, whose examples follow)."""
+        rng = rng_for(seed, "synthetic", index) if rng is None else rng
         u = rng.normal(0.0, self.alpha)
         w = rng.normal(u, 1.0, (self.classes, self.features))
         b = rng.normal(u, 1.0, self.classes)
@@ -133,8 +134,9 @@ class Synthetic:
         return Dataset(x, y, source=source)
 
     def node_data(self, seed: int, index: int) -> Dataset:
-        model = self.node_model(seed, index)
-        return self.examples(model, model.size, rng_for(seed, "synthetic-x", index), f"synthetic node {index}")
+        rng = rng_for(seed, "synthetic", index)  # one stream: the node's model, then its examples
+        model = self.node_model(seed, index, rng)
+        return self.examples(model, model.size, rng, f"synthetic node {index}")
 
     def held_out_data(self, seed: int, nodes: int) -> Dataset:
         parts = [self.examples(self.node_model(seed, k), self.test_per_node, rng_for(seed, "synthetic-test", k), "")
@@ -216,7 +218,9 @@ class SyntheticTask:
 def straggler_epochs(epochs: int, fraction: float, seed: int) -> int:
     """``epochs``, or for a straggler (probability ``fraction``, drawn from ``seed``) a
     uniform draw from 1 … epochs − 1 (1 when epochs is 1)."""
+    if fraction <= 0:
+        return epochs
     rng = rng_for(seed, "straggler")
-    if fraction > 0 and rng.random() < fraction:
+    if rng.random() < fraction:
         return int(rng.integers(1, max(epochs - 1, 1) + 1))
     return epochs
