@@ -97,7 +97,9 @@ def test_the_task_generates_nodes_and_checks_its_options():
     task.check_fit_config({"synthetic_alpha": 0.5, "lr": 0.1, "straggler_fraction": 0.0})
     with pytest.raises(ConfigError, match="synthetic_alpha=1.0 differs"):
         task.check_fit_config({"synthetic_alpha": 1.0})
-    with pytest.raises(ConfigError, match="unknown fit setting 'nope'"):
+    with pytest.raises(ConfigError, match="fit setting lr must be a number > 0"):
+        task.check_fit_config({"lr": 0})
+    with pytest.raises(ConfigError, match="unknown fit setting .nope."):
         task.check_fit_config({"nope": 1})
     with pytest.raises(ConfigError, match="straggler_fraction must be in"):
         resolve_task("synthetic", options={"straggler_fraction": 2.0})
@@ -113,3 +115,32 @@ def test_the_task_learns_a_node_and_reports_straggling_epochs():
     out = task.fit(params, data, {"epochs": 5, "lr": 0.05}, seed=11)
     assert 1 <= out.metrics["epochs"] <= 4 and out.metrics["epochs"] == straggler_epochs(5, 1.0, 11)
     assert task.evaluate(out.params, data).loss < before
+
+
+def test_local_sgd_matches_torch_with_momentum_weight_decay_and_the_proximal_term():
+    torch = pytest.importorskip("torch")
+    task = resolve_task("synthetic", options={"features": 6, "classes": 4})
+    data = task.node_data(0, 1)
+    start = task.build(task.data_info(), 3)
+    config = {"epochs": 3, "batch_size": len(data), "lr": 0.1, "momentum": 0.9, "weight_decay": 0.01,
+              "proximal_mu": 0.5}
+    out = task.fit(start, data, config, seed=0)
+    w = torch.tensor(start["weight"], dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(start["bias"], dtype=torch.float64, requires_grad=True)
+    w0, b0 = w.detach().clone(), b.detach().clone()
+    opt = torch.optim.SGD([w, b], lr=0.1, momentum=0.9, weight_decay=0.01)
+    x, y = torch.tensor(data.x, dtype=torch.float64), torch.tensor(data.y)
+    losses = []
+    for _ in range(3):  # one batch per epoch: the order of its rows does not matter
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ w.T + b, y) + 0.25 * (((w - w0) ** 2).sum() + ((b - b0) ** 2).sum())
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert np.allclose(out.params["weight"], w.detach().numpy(), atol=1e-6)
+    assert np.allclose(out.params["bias"], b.detach().numpy(), atol=1e-6)
+    assert out.metrics["train_loss"] == pytest.approx(np.mean(losses))
+    evaluated = task.evaluate(out.params, data)
+    logits = torch.tensor(out.params["weight"], dtype=torch.float64)
+    want = torch.nn.functional.cross_entropy(x @ logits.T + torch.tensor(out.params["bias"], dtype=torch.float64), y)
+    assert evaluated.loss == pytest.approx(float(want), rel=1e-6)

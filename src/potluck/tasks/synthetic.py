@@ -13,9 +13,9 @@ million nodes cost no memory until then::
 arguments of N are standard deviations, as in the paper's generator). A node holds
 ``min_examples + floor(lognormal(size_log_mean, size_log_sigma))`` examples, at most
 ``max_examples`` (the paper's code: lognormal(4, 2) + 50, uncapped; the cap keeps a
-round's work bounded). The held-out set comes from a fixed set of nodes: ``test_nodes``
-examples' worth from each of the first ``min(nodes, test_nodes)`` nodes' distributions,
-drawn from a stream of their own. Synthetic nodes keep no validation split.
+round's work bounded). The held-out set comes from a fixed set of nodes:
+``test_per_node`` examples from each of the first ``min(nodes, test_nodes)`` nodes'
+distributions, drawn from a stream of their own. Synthetic nodes keep no validation split.
 
 Task options (``-F``, fixed for the run), with defaults::
 
@@ -23,9 +23,13 @@ Task options (``-F``, fixed for the run), with defaults::
     synthetic_beta    β ≥ 0                          1.0
     features          input width ≥ 1                60
     classes           ≥ 2                            10
-    hidden            0: logistic regression; else one ReLU layer this wide   0
     max_examples      cap on a node's examples       1000
     straggler_fraction  fraction of fits that run fewer epochs (see below)   0.0
+
+The model is multinomial logistic regression in numpy (:class:`SyntheticTask`), no
+PyTorch: a fit on a node's hundred examples is a few small matrix products. Fit
+settings: lr (0.01), momentum (0), weight_decay (0), epochs (1), batch_size (10),
+proximal_mu (0; FedProx sends it).
 
 A straggler (chosen per fit from the fit's seed, with probability
 ``straggler_fraction``) trains a uniformly random number of epochs in 1 … epochs − 1,
@@ -35,20 +39,19 @@ as in the paper's experiments with systems heterogeneity; its partial work is ke
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from potluck.core.errors import ConfigError, DataError
+from potluck.core.errors import ConfigError, DataError, NonFiniteError, TaskError
 from potluck.core.messages import ConfigDict
 from potluck.core.params import Params
 from potluck.core.seeds import rng_for
 from potluck.tasks.data.dataset import Dataset
 from potluck.tasks.protocol import DataInfo, EvalOutput, FitOutput, MetricSpec
-from potluck.tasks.settings import check_known, is_int, is_number
+from potluck.tasks.settings import check_known, is_int, is_number, settings_over
 
 
 @runtime_checkable
@@ -145,36 +148,54 @@ class Synthetic:
                        source=f"synthetic({self.alpha:g}, {self.beta:g}) held out")
 
 
-# Task options (fit settings that fix the data or model for the run) → Synthetic fields.
+# Task options (fit settings that fix the data for the run) → Synthetic fields.
 DATA_OPTIONS = {"synthetic_alpha": "alpha", "synthetic_beta": "beta", "features": "features", "classes": "classes",
                 "max_examples": "max_examples"}
-TASK_OPTIONS = (*DATA_OPTIONS, "hidden", "straggler_fraction")
+TASK_OPTIONS = (*DATA_OPTIONS, "straggler_fraction")
+
+
+@dataclass(frozen=True)
+class SGDSettings:
+    """Local training of the synthetic task's model (the paper's: batch 10, lr 0.01)."""
+
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    epochs: int = 1
+    batch_size: int = 10
+    proximal_mu: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "momentum", "weight_decay", "proximal_mu"):
+            value = getattr(self, name)
+            if not is_number(value) or value < 0 or (name == "lr" and value == 0) or (name == "momentum" and value >= 1):
+                rule = {"lr": "> 0", "momentum": "in [0, 1)"}.get(name, "≥ 0")
+                raise ConfigError(f"task synthetic: fit setting {name} must be a number {rule}, got {value!r}")
+        for name in ("epochs", "batch_size"):
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise ConfigError(f"task synthetic: fit setting {name} must be an integer ≥ 1, "
+                                  f"got {getattr(self, name)!r}")
 
 
 class SyntheticTask:
-    """Synthetic(α, β) with a logistic-regression (``hidden`` 0) or one-hidden-layer
-    model, trained by the PyTorch adapter (``tasks/torch_task.py``) it wraps.
+    """Synthetic(α, β) with multinomial logistic regression, as in the paper, in numpy:
+    local SGD (momentum and weight decay as ``torch.optim.SGD``) on the mean
+    cross-entropy, plus FedProx's (μ/2)·‖w − w_global‖² when the strategy sends
+    ``proximal_mu``. Parameters ``weight`` (classes × features) and ``bias``, float32.
 
-    Raises ``ConfigError`` for an invalid option."""
+    Raises ``ConfigError`` for an invalid option or fit setting."""
 
     name = "synthetic"
     metric = MetricSpec("accuracy", higher_is_better=True)
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
-        from potluck.tasks.models import mlp
-        from potluck.tasks.torch_task import FitSettings, TorchClassifierTask
-
         self.options = dict(options or {})
         self.data = Synthetic(**{f: self.options[k] for k, f in DATA_OPTIONS.items() if k in self.options})
-        hidden, straggling = self.options.get("hidden", 0), self.options.get("straggler_fraction", 0.0)
-        if not is_int(hidden) or hidden < 0:
-            raise ConfigError(f"task synthetic: hidden must be an integer ≥ 0, got {hidden!r}")
+        straggling = self.options.get("straggler_fraction", 0.0)
         if not is_number(straggling) or not 0 <= straggling <= 1:
             raise ConfigError(f"task synthetic: straggler_fraction must be in [0, 1], got {straggling!r}")
         self.straggler_fraction = float(straggling)
-        self._settings = FitSettings
-        self.torch = TorchClassifierTask("synthetic", partial(mlp, hidden=(hidden,) if hidden else ()),
-                                         self.load_data, defaults=FitSettings(lr=0.01, epochs=1, batch_size=10))
+        self.settings = SGDSettings(**{k: v for k, v in self.options.items() if k in SGDSettings.__dataclass_fields__})
 
     def load_data(self, path: Path | None) -> Dataset:
         if path is None:
@@ -194,25 +215,76 @@ class SyntheticTask:
         return self.data.held_out_data(seed, nodes)
 
     def check_fit_config(self, config: ConfigDict) -> None:
-        """ConfigError for an unknown setting, or a task option this task was not made with."""
-        check_known(self.name, config, [*self._settings.__dataclass_fields__, *TASK_OPTIONS])
+        """ConfigError for an unknown or invalid setting, or a task option this task was not made with."""
+        check_known(self.name, config, [*SGDSettings.__dataclass_fields__, *TASK_OPTIONS])
         for key in TASK_OPTIONS:
             if key in config and config[key] != self.options.get(key, config[key]):
                 raise ConfigError(f"task synthetic: {key}={config[key]!r} differs from the task's "
                                   f"{self.options[key]!r}")
-        self.torch.check_fit_config({k: v for k, v in config.items() if k not in TASK_OPTIONS})
+        settings_over(self.settings, config)
 
     def build(self, info: DataInfo, seed: int) -> Params:
-        return self.torch.build(info, seed)
+        """Weights uniform in ±1/√features (as ``torch.nn.Linear``), seeded."""
+        if len(info.input_shape) != 1:
+            raise TaskError(f"task synthetic: expected one row of features per example, got shape {info.input_shape}")
+        bound = 1 / np.sqrt(info.input_shape[0])
+        rng = np.random.default_rng(seed)
+        w = rng.uniform(-bound, bound, (info.num_classes, info.input_shape[0]))
+        return Params.from_arrays({"weight": w.astype(np.float32),
+                                   "bias": rng.uniform(-bound, bound, info.num_classes).astype(np.float32)})
 
     def fit(self, params: Params, data: Dataset, config: ConfigDict, seed: int) -> FitOutput:
-        """The adapter's fit, with a straggler's fewer epochs (see the module docstring)."""
-        epochs = straggler_epochs(int(config.get("epochs", self.torch.defaults.epochs)), self.straggler_fraction, seed)
-        out = self.torch.fit(params, data, {**config, "epochs": epochs}, seed)
-        return replace(out, metrics={**out.metrics, "epochs": float(epochs)})
+        """Local SGD from ``params``; a straggler runs fewer epochs (module docstring)."""
+        s = settings_over(self.settings, config)
+        epochs = straggler_epochs(s.epochs, self.straggler_fraction, seed)
+        w, b = params["weight"].astype(np.float64), params["bias"].astype(np.float64)
+        w0, b0 = w.copy(), b.copy()
+        vw, vb = np.zeros_like(w), np.zeros_like(b)
+        x, y = data.x.astype(np.float64), data.y
+        rng = np.random.default_rng(seed)
+        total, steps = 0.0, 0
+        for _ in range(epochs):
+            order = rng.permutation(len(y))
+            for start in range(0, len(y), s.batch_size):
+                batch = order[start:start + s.batch_size]
+                loss, gw, gb = cross_entropy_grad(w, b, x[batch], y[batch])
+                if s.proximal_mu:
+                    loss += 0.5 * s.proximal_mu * (np.sum((w - w0) ** 2) + np.sum((b - b0) ** 2))
+                    gw, gb = gw + s.proximal_mu * (w - w0), gb + s.proximal_mu * (b - b0)
+                if s.weight_decay:
+                    gw, gb = gw + s.weight_decay * w, gb + s.weight_decay * b
+                vw, vb = s.momentum * vw + gw, s.momentum * vb + gb  # torch's SGD: the first step's buffer is g
+                w, b = w - s.lr * vw, b - s.lr * vb
+                total, steps = total + loss, steps + 1
+        mean_loss = total / max(steps, 1)
+        if not np.isfinite(mean_loss) or not np.all(np.isfinite(w)):
+            raise NonFiniteError(f"task synthetic: training loss became {mean_loss} (lower the lr?)")
+        out = Params.from_arrays({"weight": w.astype(np.float32), "bias": b.astype(np.float32)})
+        return FitOutput(out, len(y), {"train_loss": mean_loss, "epochs": float(epochs)})
 
     def evaluate(self, params: Params, data: Dataset) -> EvalOutput:
-        return self.torch.evaluate(params, data)
+        if len(data) == 0:
+            raise TaskError(f"task synthetic: cannot evaluate on an empty data set ({data.source})")
+        logits = data.x.astype(np.float64) @ params["weight"].T.astype(np.float64) + params["bias"]
+        loss = float(np.mean(_logsumexp(logits) - logits[np.arange(len(data)), data.y]))
+        return EvalOutput(loss, len(data), {"accuracy": float(np.mean(logits.argmax(axis=1) == data.y))})
+
+
+def _logsumexp(logits: np.ndarray) -> np.ndarray:
+    top = logits.max(axis=1)
+    return np.asarray(top + np.log(np.exp(logits - top[:, None]).sum(axis=1)))
+
+
+def cross_entropy_grad(w: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Mean cross-entropy of softmax(x wᵀ + b) against ``y`` and its gradients in w and b."""
+    logits = x @ w.T + b
+    lse = _logsumexp(logits)
+    p = np.exp(logits - lse[:, None])
+    rows = np.arange(len(y))
+    loss = float(np.mean(lse - logits[rows, y]))
+    p[rows, y] -= 1.0
+    p /= len(y)
+    return loss, p.T @ x, p.sum(axis=0)
 
 
 def straggler_epochs(epochs: int, fraction: float, seed: int) -> int:
