@@ -132,7 +132,8 @@ class Synthetic:
     def examples(self, model: NodeModel, count: int, rng: np.random.Generator, source: str) -> Dataset:
         """``count`` examples x ~ N(v, Σ) (stored as float32), labelled by argmax(W x + b)
         computed on the stored values, so the labels are exact for the data as kept."""
-        x = (model.v + rng.standard_normal((count, self.features)) * np.sqrt(self.variances)).astype(np.float32)
+        z = rng.standard_normal((count, self.features), dtype=np.float32)
+        x = z * np.sqrt(self.variances, dtype=np.float32) + model.v.astype(np.float32)
         y = np.argmax(x.astype(np.float64) @ model.w.T + model.b, axis=1).astype(np.int64)
         return Dataset(x, y, source=source)
 
