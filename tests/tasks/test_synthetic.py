@@ -144,3 +144,20 @@ def test_local_sgd_matches_torch_with_momentum_weight_decay_and_the_proximal_ter
     logits = torch.tensor(out.params["weight"], dtype=torch.float64)
     want = torch.nn.functional.cross_entropy(x @ logits.T + torch.tensor(out.params["bias"], dtype=torch.float64), y)
     assert evaluated.loss == pytest.approx(float(want), rel=1e-6)
+
+
+def test_dropped_stragglers_fail_their_fit_and_others_train():
+    from potluck.core.errors import TaskError
+
+    task = resolve_task("synthetic", options={"straggler_fraction": 0.5, "drop_stragglers": True})
+    data = task.node_data(0, 2)
+    params = task.build(task.data_info(), 0)
+    seeds = range(40)
+    dropped = [s for s in seeds if straggler_epochs(3, 0.5, s) < 3]
+    assert 0 < len(dropped) < 40
+    with pytest.raises(TaskError, match="straggler .* is dropped"):
+        task.fit(params, data, {"epochs": 3}, seed=dropped[0])
+    kept = next(s for s in seeds if s not in dropped)
+    assert task.fit(params, data, {"epochs": 3}, seed=kept).metrics["epochs"] == 3
+    with pytest.raises(ConfigError, match="drop_stragglers must be true or false"):
+        resolve_task("synthetic", options={"drop_stragglers": 1})

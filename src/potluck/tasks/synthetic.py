@@ -25,6 +25,7 @@ Task options (``-F``, fixed for the run), with defaults::
     classes           ≥ 2                            10
     max_examples      cap on a node's examples       1000
     straggler_fraction  fraction of fits that run fewer epochs (see below)   0.0
+    drop_stragglers   a straggler's fit fails instead (see below)          false
 
 The model is multinomial logistic regression in numpy (:class:`SyntheticTask`), no
 PyTorch: a fit on a node's hundred examples is a few small matrix products. Fit
@@ -33,7 +34,9 @@ proximal_mu (0; FedProx sends it).
 
 A straggler (chosen per fit from the fit's seed, with probability
 ``straggler_fraction``) trains a uniformly random number of epochs in 1 … epochs − 1,
-as in the paper's experiments with systems heterogeneity; its partial work is kept.
+as in the paper's experiments with systems heterogeneity; its partial work is kept
+(FedProx), or with ``drop_stragglers`` (default false) the fit fails, so the round goes
+on without it, as the paper's FedAvg drops stragglers (lower ``--quorum`` to match).
 """
 
 from __future__ import annotations
@@ -152,7 +155,7 @@ class Synthetic:
 # Task options (fit settings that fix the data for the run) → Synthetic fields.
 DATA_OPTIONS = {"synthetic_alpha": "alpha", "synthetic_beta": "beta", "features": "features", "classes": "classes",
                 "max_examples": "max_examples"}
-TASK_OPTIONS = (*DATA_OPTIONS, "straggler_fraction")
+TASK_OPTIONS = (*DATA_OPTIONS, "straggler_fraction", "drop_stragglers")
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,9 @@ class SyntheticTask:
         if not is_number(straggling) or not 0 <= straggling <= 1:
             raise ConfigError(f"task synthetic: straggler_fraction must be in [0, 1], got {straggling!r}")
         self.straggler_fraction = float(straggling)
+        self.drop_stragglers = self.options.get("drop_stragglers", False)
+        if not isinstance(self.drop_stragglers, bool):
+            raise ConfigError(f"task synthetic: drop_stragglers must be true or false, got {self.drop_stragglers!r}")
         self.settings = SGDSettings(**{k: v for k, v in self.options.items() if k in SGDSettings.__dataclass_fields__})
 
     def load_data(self, path: Path | None) -> Dataset:
@@ -238,6 +244,9 @@ class SyntheticTask:
         """Local SGD from ``params``; a straggler runs fewer epochs (module docstring)."""
         s = settings_over(self.settings, config)
         epochs = straggler_epochs(s.epochs, self.straggler_fraction, seed)
+        if epochs < s.epochs and self.drop_stragglers:
+            raise TaskError(f"task synthetic: a straggler ({epochs} of {s.epochs} epochs done) is dropped "
+                            "(drop_stragglers: as FedAvg in Li et al. 2020)")
         w, b = params["weight"].astype(np.float64), params["bias"].astype(np.float64)
         w0, b0 = w.copy(), b.copy()
         vw, vb = np.zeros_like(w), np.zeros_like(b)
