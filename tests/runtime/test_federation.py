@@ -22,7 +22,7 @@ def test_node_ids_are_made_when_read():
     assert len(ids) == 1234 and list(ids) == [spec.node_id(i) for i in range(1234)]
     assert ids[0] == "node-0000" and ids[-1] == "node-1233" and ids[5:8] == ["node-0005", "node-0006", "node-0007"]
     assert ids.index("node-0042") == 42 and "node-1233" in ids
-    for bad in ("node-1234", "node-42", "node-00042", "n-0042", "node-+042", 42):
+    for bad in ("node-1234", "node-42", "node-00042", "n-0042", "node-+042", "node-\u0661\u0662\u0663\u0664", 42):
         assert bad not in ids
     with pytest.raises(IndexError):
         ids[1234]

@@ -56,7 +56,7 @@ class FederationSpec:
 
 
 class NodeIds(Sequence[str]):
-    """The ids of ``count`` virtual nodes, ``spec.node_id(i)`` for i in 0 … count − 1,
+    """The ids of ``spec.nodes`` virtual nodes, ``spec.node_id(i)`` for i in 0 … nodes − 1,
     made when read: a million nodes cost no strings until sampled."""
 
     def __init__(self, spec: FederationSpec) -> None:
@@ -85,7 +85,7 @@ class NodeIds(Sequence[str]):
     def position(self, node_id: str) -> int | None:
         """The index of ``node_id``, or None when it names none of these nodes."""
         digits = node_id[5:]  # after "node-"
-        if len(digits) != self.width or node_id[:5] != "node-" or not digits.isdigit():
+        if len(digits) != self.width or node_id[:5] != "node-" or not (digits.isascii() and digits.isdigit()):
             return None
         i = int(digits)
         return i if i < self.total else None
@@ -151,7 +151,7 @@ def build_federation(spec: FederationSpec) -> Federation:
     if isinstance(task, VirtualNodeSource):
         seed = derive_seed(spec.seed, "data")
         info = task.data_info()
-        nodes = VirtualNodes(spec, lambda i: NodeData(task.node_data(seed, i), _EMPTY.subset(_NONE)),
+        nodes = VirtualNodes(spec, lambda i: NodeData(task.node_data(seed, i), _EMPTY),
                              lambda i: False)
         test = task.held_out_data(seed, spec.nodes)
     else:
