@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -55,7 +56,7 @@ def scale(opts: argparse.Namespace) -> None:
                          records[-1]["metrics"]["accuracy"]])  # type: ignore[index]
             print(table(["nodes", "per round", "peak RSS MB", "median round s (not last)", "last round s",
                          "wall s", "accuracy"], rows[-1:]), flush=True)
-    print()
+    print(f"\nload average (1, 5, 15 min) at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
     print(table(["nodes", "per round", "peak RSS MB", "median round s (not last)", "last round s", "wall s",
                  "accuracy"], rows))
 
@@ -79,6 +80,7 @@ def stragglers(opts: argparse.Namespace) -> None:
                          records[-1]["metrics"]["accuracy"], wall])  # type: ignore[index]
     for name, losses in curves.items():
         print(name, " ".join(f"{v:.3f}" for v in losses))
+    print(f"load average (1, 5, 15 min) at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
     print(table(["strategy", "loss, round 1", "loss, last round", "std of loss, last half",
                  "largest jump, last half", "accuracy, last round", "wall s"], rows))
 
