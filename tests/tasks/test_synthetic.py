@@ -161,3 +161,17 @@ def test_dropped_stragglers_fail_their_fit_and_others_train():
     assert task.fit(params, data, {"epochs": 3}, seed=kept).metrics["epochs"] == 3
     with pytest.raises(ConfigError, match="drop_stragglers must be true or false"):
         resolve_task("synthetic", options={"drop_stragglers": 1})
+
+
+def test_a_simulation_of_synthetic_nodes_is_determined_by_its_seed(tmp_path):
+    from potluck.apps.simulate import run_simulation
+    from potluck.core.config import SimulationConfig
+
+    def digest(seed: int, name: str) -> str:
+        cfg = SimulationConfig(task="synthetic", nodes=100_000, fraction=0.0001, rounds=2, seed=seed,
+                               run_dir=str(tmp_path / name), fit={"max_examples": 60})
+        result = run_simulation(cfg)
+        assert [r.sampled for r in result.records] == [10, 10]
+        return result.final_params.digest
+
+    assert digest(1, "a") == digest(1, "b") != digest(2, "c")
