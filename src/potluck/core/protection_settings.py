@@ -99,7 +99,7 @@ class ProtectionSection(Settings):
         rules = [
             ("secagg_threshold", not (k and t) or k / 2 < t <= k,
              f"above half of secagg_neighbours and at most it ({show(k)}), so the server can never unmask one update"),
-            ("secagg_bits", population * (2**self.secagg_bits - 1) < 2**32,
+            ("secagg_bits", not self.secagg or population * (2**self.secagg_bits - 1) < 2**32,
              f"small enough that the sum of {show(population)} values cannot wrap around 2^32 "
              f"(nodes · (2^bits − 1) < 2^32)"),
             ("secagg", not self.secagg or self.compression == "none",

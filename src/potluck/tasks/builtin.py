@@ -8,9 +8,10 @@
 | cnn             | PyTorch small CNN            | ``--data-path`` images (IDX, folders)   |
 | charlm          | decoder-only transformer LM  | ``--data-path`` any UTF-8 text file     |
 | regression      | PyTorch MLP or linear, MSE   | ``--data-path`` CSV, numeric target     |
+| synthetic       | logistic regression (or MLP) | Synthetic(α, β), generated per node     |
 
-Factories take the CSV column names and the run's fit settings (``options``); charlm
-and regression read the settings that shape their data or model from them.
+Factories take the CSV column names and the run's fit settings (``options``); charlm,
+regression and synthetic read the settings that shape their data or model from them.
 """
 
 from __future__ import annotations
@@ -109,6 +110,12 @@ def _regression(options: Options, *, label_column: str, group_column: str | None
     return RegressionTask.from_options(options, target_column=label_column, group_column=group_column)
 
 
+def _synthetic(options: Options, **columns: str | None) -> Task:
+    from potluck.tasks.synthetic import SyntheticTask
+
+    return SyntheticTask(options)
+
+
 BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
     "digits": _digits,
     "digits-sklearn": _digits_sklearn,
@@ -116,6 +123,7 @@ BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
     "cnn": _cnn,
     "charlm": _charlm,
     "regression": _regression,
+    "synthetic": _synthetic,
 }
 
 
