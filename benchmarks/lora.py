@@ -69,11 +69,12 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=256, help="model width (the bytes ratio grows with it)")
     parser.add_argument("--depth", type=int, default=1)
     parser.add_argument("--context", type=int, default=64)
-    parser.add_argument("--nodes", type=int, default=4, help="nodes of every run")
-    parser.add_argument("--pretrain-rounds", type=int, default=4)
+    parser.add_argument("--nodes", type=int, default=4, help="nodes of each fine-tuning run")
+    parser.add_argument("--pretrain-nodes", type=int, default=2)
+    parser.add_argument("--pretrain-rounds", type=int, default=3)
     parser.add_argument("--pretrain-steps", type=int, default=60, help="local steps per pre-training round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each fine-tuning run")
-    parser.add_argument("--steps", type=int, default=30, help="local steps per fine-tuning round")
+    parser.add_argument("--steps", type=int, default=20, help="local steps per fine-tuning round")
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank")
     parser.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (adapters scaled by alpha/rank)")
     parser.add_argument("--full-lr", type=float, default=0.003, help="peak lr of full fine-tuning (and pre-training)")
@@ -86,18 +87,20 @@ def main() -> None:
     args = arguments()
     shape = {"vocab": "byte", "width": args.width, "depth": args.depth, "context": args.context, "heads": 4,
              "device": "cpu"}
-    common = {"task": "charlm", "nodes": args.nodes, "test_fraction": args.test_fraction, "seed": 0}
+    common = {"task": "charlm", "test_fraction": args.test_fraction, "seed": 0}
     rows: list[list[object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         where = Path(tmp)
         first, second = split_text(Path(args.text), where)
-        pre = {**common, "data_path": str(first), "partition": "iid", "rounds": args.pretrain_rounds,
+        pre = {**common, "data_path": str(first), "partition": "iid", "nodes": args.pretrain_nodes,
+               "rounds": args.pretrain_rounds,
                "fit": {**shape, "steps": args.pretrain_steps, "lr": args.full_lr}}
         loss, sent, seconds = measure(where / "base", pre)
         rows.append(["pre-train (first half)", args.pretrain_rounds, f"{loss:.4f}", f"{sent / 1024:,.1f}", "", "",
                      f"{seconds:.0f}"])
         base = where / "base" / "model.safetensors"
-        tune = {**common, "data_path": str(second), "partition": "contiguous", "rounds": args.rounds}
+        tune = {**common, "data_path": str(second), "partition": "contiguous", "nodes": args.nodes,
+                "rounds": args.rounds}
         fit = {**shape, "steps": args.steps, "init_from": str(base)}
         full_settings = {**tune, "fit": {**fit, "lr": args.full_lr}}
         rows.append(["base, no fine-tuning", 0, f"{base_loss(full_settings, base):.4f}", "", "", "", ""])

@@ -8,9 +8,10 @@
 | cnn             | PyTorch small CNN            | ``--data-path`` images (IDX, folders)   |
 | charlm          | decoder-only transformer LM  | ``--data-path`` any UTF-8 text file     |
 | regression      | PyTorch MLP or linear, MSE   | ``--data-path`` CSV, numeric target     |
+| minilm-speaker  | pretrained MiniLM + LoRA     | ``--data-path`` a play: who says a line |
 
-Factories take the CSV column names and the run's fit settings (``options``); charlm
-and regression read the settings that shape their data or model from them.
+Factories take the CSV column names and the run's fit settings (``options``); charlm,
+regression and minilm-speaker read the settings that shape their data or model from them.
 """
 
 from __future__ import annotations
@@ -107,6 +108,12 @@ def _regression(options: Options, *, label_column: str, group_column: str | None
     return RegressionTask.from_options(options, target_column=label_column, group_column=group_column)
 
 
+def _minilm_speaker(options: Options, *, label_column: str, group_column: str | None) -> Task:
+    from potluck.tasks.minilm_task import MiniLMSpeakerTask
+
+    return MiniLMSpeakerTask.from_options(options)
+
+
 BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
     "digits": _digits,
     "digits-sklearn": _digits_sklearn,
@@ -114,6 +121,7 @@ BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
     "cnn": _cnn,
     "charlm": _charlm,
     "regression": _regression,
+    "minilm-speaker": _minilm_speaker,
 }
 
 

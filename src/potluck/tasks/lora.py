@@ -41,8 +41,10 @@ def load_base(model: nn.Module, path: Path) -> None:
     load_params_into(model, params)
 
 
-def add_lora(model: nn.Module, rank: int, alpha: float, targets: Sequence[str], seed: int) -> nn.Module:
-    """``model`` with LoRA adapters on the ``targets`` linear layers; all else frozen.
+def add_lora(model: nn.Module, rank: int, alpha: float, targets: Sequence[str], seed: int,
+             also_train: Sequence[str] = ()) -> nn.Module:
+    """``model`` with LoRA adapters on the ``targets`` linear layers; all else frozen but
+    the parameters whose names start with one of ``also_train`` (a new head, say).
 
     Adapters start as peft does (A random, seeded; B zero), so the adapted model equals
     the base until it trains.
@@ -57,12 +59,12 @@ def add_lora(model: nn.Module, rank: int, alpha: float, targets: Sequence[str], 
         warnings.simplefilter("ignore")  # peft warns about a model without a HF config; ours has none by design
         adapted = inject_adapter_in_model(config, model)
     for name, p in adapted.named_parameters():
-        p.requires_grad_("lora_" in name)
+        p.requires_grad_("lora_" in name or name.startswith(tuple(also_train)))
     return adapted
 
 
 def trainable_params(model: nn.Module) -> Params:
-    """The parameters that train (the adapters), by name, in module order."""
+    """The parameters that train (the adapters, and any ``also_train``), by name, in module order."""
     return Params.from_arrays(
         {n: p.detach().cpu().numpy() for n, p in model.named_parameters() if p.requires_grad}, copy=True
     )
