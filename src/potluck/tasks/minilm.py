@@ -107,12 +107,16 @@ class SentenceClassifier(nn.Module):
         self.encoder = encoder
         self.head = nn.Linear(width, classes)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """The mean of the encoder's last hidden states over each line's real tokens."""
         mask = ids != PAD_ID
         longest = max(int(mask.sum(dim=1).max()), 1) if len(ids) else 1
         ids, mask = ids[:, :longest], mask[:, :longest]
         hidden = self.encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
         weights = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-        out: torch.Tensor = self.head(pooled)
+        pooled: torch.Tensor = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return pooled
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(self.embed(ids))
         return out
