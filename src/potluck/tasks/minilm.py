@@ -65,8 +65,9 @@ def tokenize(lines: list[str], max_tokens: int, folder: Path | None = None) -> n
     return np.ascontiguousarray(encoded["input_ids"], dtype=np.int32)
 
 
-def load_encoder(folder: Path | None = None) -> nn.Module:
-    """The shipped BERT encoder (no pooler) with the shipped weights, in training mode.
+def load_encoder(folder: Path | None = None) -> tuple[nn.Module, int]:
+    """The shipped BERT encoder (no pooler) with the shipped weights, in training mode,
+    and its width (the size of a token's hidden state).
 
     Read by ``BertModel.from_pretrained(local_files_only=True)`` with its load report and
     progress bar silenced (restored after); a weight the file lacks is a DataError, not
@@ -91,8 +92,7 @@ def load_encoder(folder: Path | None = None) -> nn.Module:
     if missing:
         raise DataError(f"the MiniLM weights in {where} lack {len(missing)} tensor(s) of the model, e.g. {missing[0]}")
     encoder.train()
-    result: nn.Module = encoder
-    return result
+    return encoder, int(encoder.config.hidden_size)
 
 
 class SentenceClassifier(nn.Module):

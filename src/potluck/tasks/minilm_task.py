@@ -151,9 +151,9 @@ class MiniLMSpeakerTask:
             raise ConfigError(f"task {self.name}: the data has {info.num_classes} speakers, the head {s.classes}")
         if self._num_threads is not None:
             torch.set_num_threads(self._num_threads)
-        encoder = load_encoder()
+        encoder, width = load_encoder()
         torch.manual_seed(seed)
-        model: nn.Module = SentenceClassifier(encoder, int(encoder.config.hidden_size), s.classes)
+        model: nn.Module = SentenceClassifier(encoder, width, s.classes)
         if s.lora_rank > 0:
             model = add_lora(model, s.lora_rank, s.lora_alpha, LORA_TARGETS, seed, also_train=(HEAD,))
         self._model = model

@@ -112,4 +112,5 @@ def _spread(indices: np.ndarray, count: int) -> np.ndarray:
     """At most ``count`` of ``indices``, evenly spaced over them, first and last included."""
     if len(indices) <= count:
         return indices
-    return indices[np.unique(np.linspace(0, len(indices) - 1, count).round().astype(np.int64))]
+    picked: np.ndarray = indices[np.unique(np.linspace(0, len(indices) - 1, count).round().astype(np.int64))]
+    return picked
