@@ -1,11 +1,13 @@
 """LoRA adapters (through the ``peft`` library) on a frozen base model: only adapters travel.
 
-``add_lora(model, rank, alpha)`` injects rank-``rank`` adapters into the model's linear
-layers in place (``peft.inject_adapter_in_model``) and freezes everything else. The
-task's parameters are then the adapter tensors alone (``trainable_params``): they are
-what nodes send and strategies aggregate, a tiny fraction of the model. The base stays
-on every node as the checkpoint it was loaded from (``load_base``), so every node must
-hold the same base file; the run's ``model.safetensors`` holds the adapters only.
+``add_lora(model, rank, alpha, targets, seed)`` injects rank-``rank`` adapters into the
+model's ``targets`` linear layers in place (``peft.inject_adapter_in_model``) and freezes
+everything else but ``also_train`` (a classifier's new head, in ``minilm-speaker``). The
+task's parameters are then the adapter tensors (and that head) alone
+(``trainable_params``): they are what nodes send and strategies aggregate, a tiny
+fraction of the model. The base stays on every node as the checkpoint it was loaded
+from (``load_base``, or the package that ships it), so every node must hold the same
+base; the run's ``model.safetensors`` holds the adapters only.
 
 ``peft`` is imported only when LoRA is asked for (it pulls in ``transformers``, which
 takes seconds to import): ``pip install 'potluck[lora]'``.
