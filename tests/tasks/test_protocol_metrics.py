@@ -16,13 +16,14 @@ from potluck.tasks.protocol import LOSS_METRIC, EvalOutput, MetricSpec, metric_o
 @pytest.mark.parametrize(("name", "metric", "up"), [
     ("digits", "accuracy", True), ("digits-sklearn", "accuracy", True), ("mlp", "accuracy", True),
     ("cnn", "accuracy", True), ("charlm", "perplexity", False), ("regression", "mse", False),
+    ("minilm-speaker", "accuracy", True),
 ])
 def test_each_builtin_declares_its_primary_metric(name, metric, up):
     assert metric_of(resolve_task(name)) == MetricSpec(metric, higher_is_better=up)
 
 
 def test_every_builtin_is_listed_above():
-    assert set(BUILTIN_TASKS) == {"digits", "digits-sklearn", "mlp", "cnn", "charlm", "regression"}
+    assert set(BUILTIN_TASKS) == {"digits", "digits-sklearn", "mlp", "cnn", "charlm", "regression", "minilm-speaker"}
 
 
 def test_better_follows_the_direction_and_never_prefers_nan():
