@@ -59,7 +59,7 @@ def test_resolve_each_builtin(name, kind):
 
 
 def test_builtin_table_and_default():
-    assert set(BUILTIN_TASKS) == {"digits", "digits-sklearn", "mlp", "cnn", "charlm", "regression", "synthetic"}
+    assert set(BUILTIN_TASKS) == {"digits", "digits-sklearn", "mlp", "cnn", "charlm", "regression", "synthetic", "minilm-speaker"}
     assert DEFAULT_TASK in BUILTIN_TASKS
 
 

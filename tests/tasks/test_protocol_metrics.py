@@ -17,13 +17,14 @@ from potluck.tasks.protocol import LOSS_METRIC, EvalOutput, MetricSpec, metric_o
     ("digits", "accuracy", True), ("digits-sklearn", "accuracy", True), ("mlp", "accuracy", True),
     ("cnn", "accuracy", True), ("charlm", "perplexity", False), ("regression", "mse", False),
     ("synthetic", "accuracy", True),
+    ("minilm-speaker", "accuracy", True),
 ])
 def test_each_builtin_declares_its_primary_metric(name, metric, up):
     assert metric_of(resolve_task(name)) == MetricSpec(metric, higher_is_better=up)
 
 
 def test_every_builtin_is_listed_above():
-    assert set(BUILTIN_TASKS) == {"digits", "digits-sklearn", "mlp", "cnn", "charlm", "regression", "synthetic"}
+    assert set(BUILTIN_TASKS) == {"digits", "digits-sklearn", "mlp", "cnn", "charlm", "regression", "synthetic", "minilm-speaker"}
 
 
 def test_better_follows_the_direction_and_never_prefers_nan():

@@ -9,9 +9,10 @@
 | charlm          | decoder-only transformer LM  | ``--data-path`` any UTF-8 text file     |
 | regression      | PyTorch MLP or linear, MSE   | ``--data-path`` CSV, numeric target     |
 | synthetic       | logistic regression (or MLP) | Synthetic(α, β), generated per node     |
+| minilm-speaker  | pretrained MiniLM + LoRA     | ``--data-path`` a play: who says a line |
 
 Factories take the CSV column names and the run's fit settings (``options``); charlm,
-regression and synthetic read the settings that shape their data or model from them.
+regression, synthetic and minilm-speaker read the settings that shape their data or model from them.
 """
 
 from __future__ import annotations
@@ -116,6 +117,12 @@ def _synthetic(options: Options, **columns: str | None) -> Task:
     return SyntheticTask(options)
 
 
+def _minilm_speaker(options: Options, *, label_column: str, group_column: str | None) -> Task:
+    from potluck.tasks.minilm_task import MiniLMSpeakerTask
+
+    return MiniLMSpeakerTask.from_options(options)
+
+
 BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
     "digits": _digits,
     "digits-sklearn": _digits_sklearn,
@@ -124,6 +131,7 @@ BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
     "charlm": _charlm,
     "regression": _regression,
     "synthetic": _synthetic,
+    "minilm-speaker": _minilm_speaker,
 }
 
 

@@ -1,11 +1,13 @@
 """LoRA adapters (through the ``peft`` library) on a frozen base model: only adapters travel.
 
-``add_lora(model, rank, alpha)`` injects rank-``rank`` adapters into the model's linear
-layers in place (``peft.inject_adapter_in_model``) and freezes everything else. The
-task's parameters are then the adapter tensors alone (``trainable_params``): they are
-what nodes send and strategies aggregate, a tiny fraction of the model. The base stays
-on every node as the checkpoint it was loaded from (``load_base``), so every node must
-hold the same base file; the run's ``model.safetensors`` holds the adapters only.
+``add_lora(model, rank, alpha, targets, seed)`` injects rank-``rank`` adapters into the
+model's ``targets`` linear layers in place (``peft.inject_adapter_in_model``) and freezes
+everything else but ``also_train`` (a classifier's new head, in ``minilm-speaker``). The
+task's parameters are then the adapter tensors (and that head) alone
+(``trainable_params``): they are what nodes send and strategies aggregate, a tiny
+fraction of the model. The base stays on every node as the checkpoint it was loaded
+from (``load_base``, or the package that ships it), so every node must hold the same
+base; the run's ``model.safetensors`` holds the adapters only.
 
 ``peft`` is imported only when LoRA is asked for (it pulls in ``transformers``, which
 takes seconds to import): ``pip install 'potluck[lora]'``.
@@ -41,8 +43,10 @@ def load_base(model: nn.Module, path: Path) -> None:
     load_params_into(model, params)
 
 
-def add_lora(model: nn.Module, rank: int, alpha: float, targets: Sequence[str], seed: int) -> nn.Module:
-    """``model`` with LoRA adapters on the ``targets`` linear layers; all else frozen.
+def add_lora(model: nn.Module, rank: int, alpha: float, targets: Sequence[str], seed: int,
+             also_train: Sequence[str] = ()) -> nn.Module:
+    """``model`` with LoRA adapters on the ``targets`` linear layers; all else frozen but
+    the parameters whose names start with one of ``also_train`` (a new head, say).
 
     Adapters start as peft does (A random, seeded; B zero), so the adapted model equals
     the base until it trains.
@@ -57,12 +61,12 @@ def add_lora(model: nn.Module, rank: int, alpha: float, targets: Sequence[str], 
         warnings.simplefilter("ignore")  # peft warns about a model without a HF config; ours has none by design
         adapted = inject_adapter_in_model(config, model)
     for name, p in adapted.named_parameters():
-        p.requires_grad_("lora_" in name)
+        p.requires_grad_("lora_" in name or name.startswith(tuple(also_train)))
     return adapted
 
 
 def trainable_params(model: nn.Module) -> Params:
-    """The parameters that train (the adapters), by name, in module order."""
+    """The parameters that train (the adapters, and any ``also_train``), by name, in module order."""
     return Params.from_arrays(
         {n: p.detach().cpu().numpy() for n, p in model.named_parameters() if p.requires_grad}, copy=True
     )
