@@ -12,7 +12,8 @@ and report the loss on them after the last round. Tokens are counted as predicte
 tokens: steps × batch × context. The ratio is federated loss / central loss, measured
 in the same run; issue 13 asks for ≤ 1.10.
 
-    python benchmarks/charlm.py                                   # the figures in docs/benchmarks.md
+    python benchmarks/charlm.py --steps 6 --server-opt fedavg --server-opt fedavgm -S momentum=0.5 --jobs 3
+                                                # the figures in docs/benchmarks.md
     python benchmarks/charlm.py --server-opt fedavg --server-opt fedavgm -S momentum=0.5
     python benchmarks/charlm.py --width 16 --depth 1 --heads 2 --context 16 --nodes 2 --rounds 2 --steps 2
 
@@ -28,6 +29,7 @@ import math
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _measure import run_measured, table
@@ -54,7 +56,8 @@ def model_flags(opts: argparse.Namespace, steps: int) -> list[str]:
 def simulate(label: str, args: list[str], run_dir: Path) -> dict[str, object]:
     """One ``potluck simulate`` run; its last round's held-out figures and its wall time."""
     print(f"[{time.strftime('%H:%M:%S')}] {label}: {run_dir}/metrics.jsonl", file=sys.stderr, flush=True)
-    run = run_measured([*POTLUCK, "simulate", "--task", "charlm", "--run-dir", str(run_dir), *args], timeout=6 * 3600)
+    run = run_measured([*POTLUCK, "simulate", "--task", "charlm", "--run-dir", str(run_dir), *args], poll=0.5,
+                       timeout=6 * 3600)
     if run.returncode != 0:
         raise SystemExit(f"{label}: potluck simulate failed:\n{run.stderr[-3000:]}")
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -84,6 +87,8 @@ def main() -> None:
     parser.add_argument("--server-opt", action="append", help="server step(s) of the federated runs (repeatable)")
     parser.add_argument("-S", "--strategy-option", action="append", default=[],
                         help="KEY=VALUE for the server steps other than fedavg, e.g. momentum=0.5")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once (each is one single-threaded process; wall times then share the cores)")
     parser.add_argument("--out", type=Path, help="keep the run directories here (default: a temporary folder)")
     opts = parser.parse_args()
     if not opts.data_path.is_file():
@@ -100,14 +105,18 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         central_steps = opts.rounds * opts.nodes * opts.steps
-        central = simulate("central", [*common, "--nodes", "1", "--rounds", "1",
-                                       *model_flags(opts, central_steps)], out / f"{stamp}-central")
-        fed: dict[str, dict[str, object]] = {}
+        runs = {"central": ([*common, "--nodes", "1", "--rounds", "1", *model_flags(opts, central_steps)],
+                            out / f"{stamp}-central")}
         for opt in opts.server_opt or ["fedavg"]:
             extra = [a for kv in opts.strategy_option for a in ("-S", kv)] if opt != "fedavg" else []
-            fed[opt] = simulate(f"federated {opt}", [*common, "--nodes", str(opts.nodes), "--rounds", str(opts.rounds),
-                                                    "--server-opt", opt, *extra, *model_flags(opts, opts.steps)],
-                                out / f"{stamp}-fed-{opt}")
+            runs[opt] = ([*common, "--nodes", str(opts.nodes), "--rounds", str(opts.rounds), "--server-opt", opt,
+                          *extra, *model_flags(opts, opts.steps)], out / f"{stamp}-fed-{opt}")
+        with ThreadPoolExecutor(max_workers=opts.jobs) as pool:
+            futures = {name: pool.submit(simulate, name if name == "central" else f"federated {name}", *run)
+                       for name, run in runs.items()}
+            done = {name: f.result() for name, f in futures.items()}
+        central = done.pop("central")
+        fed = done
 
     def row(label: str, r: dict[str, object]) -> list[object]:
         loss = float(r["loss"])  # type: ignore[arg-type]
@@ -118,7 +127,8 @@ def main() -> None:
     rows += [row(f"federated {opt}: {opts.nodes} nodes, {opts.rounds} rounds × {opts.steps} steps", r)
              for opt, r in fed.items()]
     print(f"{params:,} parameters (width {opts.width}, depth {opts.depth}, heads {opts.heads}, "
-          f"context {opts.context}), batch {opts.batch_size}, lr {opts.lr}, held-out {opts.test_fraction:.0%}")
+          f"context {opts.context}), batch {opts.batch_size}, lr {opts.lr}, held-out {opts.test_fraction:.0%}, "
+          f"{opts.jobs} run(s) at once")
     print(table(["run", "tokens", "val loss", "perplexity", "loss / central", "wall s"], rows))
     worst = max(float(r[4]) for r in rows[1:])  # type: ignore[arg-type]
     best = min(float(r[4]) for r in rows[1:])  # type: ignore[arg-type]
