@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import time
@@ -59,7 +58,8 @@ def simulate(label: str, args: list[str], run_dir: Path) -> dict[str, object]:
     run = run_measured([*POTLUCK, "simulate", "--task", "charlm", "--run-dir", str(run_dir), *args], poll=0.5,
                        timeout=6 * 3600)
     if run.returncode != 0:
-        raise SystemExit(f"{label}: potluck simulate failed:\n{run.stderr[-3000:]}")
+        print(f"{label}: potluck simulate failed (exit {run.returncode}):\n{run.stderr[-3000:]}", file=sys.stderr, flush=True)
+        return {"error": f"failed (exit {run.returncode})"}
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     last = lines[-1]
     train_s = sum(line["seconds"] for line in lines)
@@ -119,6 +119,8 @@ def main() -> None:
         fed = done
 
     def row(label: str, r: dict[str, object]) -> list[object]:
+        if "error" in r or "error" in central:
+            return [label, f"{tokens:,}", str(r.get("error", "–")), "–", "–", "–"]
         loss = float(r["loss"])  # type: ignore[arg-type]
         return [label, f"{tokens:,}", loss, float(r["ppl"]), loss / float(central["loss"]),  # type: ignore[arg-type]
                 float(r["wall"])]  # type: ignore[arg-type]
@@ -130,10 +132,12 @@ def main() -> None:
           f"context {opts.context}), batch {opts.batch_size}, lr {opts.lr}, held-out {opts.test_fraction:.0%}, "
           f"{opts.jobs} run(s) at once")
     print(table(["run", "tokens", "val loss", "perplexity", "loss / central", "wall s"], rows))
-    worst = max(float(r[4]) for r in rows[1:])  # type: ignore[arg-type]
-    best = min(float(r[4]) for r in rows[1:])  # type: ignore[arg-type]
-    print(f"target loss / central ≤ 1.10: best {best:.3f} ({'met' if best <= 1.10 else 'missed'}), worst {worst:.3f}"
-          if math.isfinite(best) else "no federated run")
+    ratios = [r[4] for r in rows[1:] if isinstance(r[4], float)]
+    if ratios:
+        print(f"target loss / central ≤ 1.10: best {min(ratios):.3f} ({'met' if min(ratios) <= 1.10 else 'missed'}), "
+              f"worst {max(ratios):.3f}")
+    if any("error" in r for r in (central, *fed.values())):
+        raise SystemExit("a run failed (see above)")
 
 
 if __name__ == "__main__":
