@@ -13,7 +13,7 @@ tokens: steps × batch × context. The ratio is federated loss / central loss, m
 in the same run; issue 13 asks for ≤ 1.10.
 
     python benchmarks/charlm.py --steps 6 --server-opt fedavg --server-opt fedavgm -S momentum=0.5 --jobs 3
-                                                # the figures in docs/benchmarks.md
+                                                # the figures in docs/benchmarks.md (~20 min, busy machine)
     python benchmarks/charlm.py --server-opt fedavg --server-opt fedavgm -S momentum=0.5
     python benchmarks/charlm.py --width 16 --depth 1 --heads 2 --context 16 --nodes 2 --rounds 2 --steps 2
 
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--data-path", type=Path, default=TEXT)
     parser.add_argument("--nodes", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--steps", type=int, default=10, help="local AdamW steps per node and round")
+    parser.add_argument("--steps", type=int, default=6, help="local AdamW steps per node and round")
     parser.add_argument("--batch-size", type=int, default=16, help="blocks per step")
     parser.add_argument("--context", type=int, default=64)
     parser.add_argument("--width", type=int, default=128)
