@@ -53,6 +53,12 @@ async def node(address: str, tls: Path, node_id: str, stop: asyncio.Event) -> in
                     break
                 continue
             header = parts[0].header
+            if header.kind == pb.EVALUATE:  # an evaluation carries figures, not a payload
+                await stub.Push(iter([pb.ResultPart(header=pb.ResultHeader(
+                    session=welcome.session, instruction_id=header.instruction_id, round=header.round,
+                    num_examples=10, loss=1.0, run_id=header.run_id))]))
+                answered += 1
+                continue
             model = Params.decode(b"".join(p.chunk.data for p in parts[1:]))
             update = Params.from_arrays({k: np.full_like(v, 1e-3) for k, v in model.items()}, ParamsKind.DELTA).encode()
             digest = payload_digest(update)

@@ -8,7 +8,7 @@ slow test runs them all, in order, in one fresh folder, at small size:
   wins), or ``--rounds 2`` when it resumes the run before it;
 - files a command reads are made first: ``mytask.py`` and ``experiment.toml`` from the
   README's own blocks, ``data.csv`` and ``./images/`` as small data sets, and
-  ``../shared/data/mnist`` resolved from the repository;
+  ``../shared/data/`` (MNIST, Tiny Shakespeare) resolved from the repository;
 - the install and test commands (:data:`NOT_RUN`) are what made this environment, and
   ``potluck server`` / ``potluck node`` name a real host (``fl.example.org``), so they
   are only parsed (:data:`PARSE_ONLY`); ``potluck up`` runs the same code on one machine.
@@ -92,7 +92,7 @@ def small(command: str) -> str:
         if words[:2] in (["potluck", "simulate"], ["potluck", "up"]) and "--help" not in words:
             part = part.rstrip() + (" --rounds 2" if "--resume" in words else " --rounds 1") + " "
         parts.append(part)
-    return "&&".join(parts).replace("../shared/data/mnist", str(MNIST))
+    return "&&".join(parts).replace("../shared/data/", str(MNIST.parent) + "/")
 
 
 def make_inputs(folder: Path) -> None:

@@ -140,6 +140,11 @@ def test_a_call_that_sends_nothing_is_cancelled_at_its_server_side_deadline(tls)
                 assert refusal(call).code() == grpc.StatusCode.CANCELLED  # no client deadline: the server's
         finally:
             stalled.release()
+        # The client hears CANCELLED before the server's thread has left the call: wait
+        # (bounded) for both slots to come back rather than racing that thread.
+        released = time.monotonic() + 30
+        while server.guard.held("a") and time.monotonic() < released:
+            time.sleep(0.01)
         assert pool.rejections["deadline"] == 2 and server.guard.held("a") == 0
         assert c.push(IncomingResult(session, ins.instruction_id, 1, 10, payload=delta())) is False
         t.join(10)
