@@ -38,6 +38,8 @@ def make_root(tmp: Path) -> Path:
     exe.parent.mkdir(parents=True)
     exe.write_text("#!/bin/sh\nexec python3 -m potluck.cli \"$@\"\n")
     exe.chmod(0o755)
+    (root / "bin").mkdir(exist_ok=True)
+    shutil.copy2("/bin/kill", root / "bin/kill")  # the server unit's ExecReload (SIGHUP re-reads the CRL)
     for env in ENV_FILES.values():
         (root / "etc/potluck").mkdir(parents=True, exist_ok=True)
         shutil.copy(SYSTEMD / env, root / "etc/potluck" / env)
